@@ -1,0 +1,168 @@
+"""The tcmctl command line (click). Every command takes --json for machine output.
+
+Exit codes: 0 ok, 1 the command ran but did not succeed, 2 usage, 3 daemon unreachable,
+4 refused by the daemon (its error code and message go to stderr).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+import orjson
+from tcmd.errors import TcmError
+
+from tcmctl import render
+from tcmctl.client import Client, DaemonUnreachable, connect
+
+EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_REFUSED = 1, 2, 3, 4
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class Ctx:
+    """What every command shares: where the daemon is, and how to print."""
+
+    def __init__(self, socket_path: Path | None, autostart: bool) -> None:
+        self.socket_path = socket_path
+        self.autostart = autostart
+        self.json = False
+        self._client: Client | None = None
+
+    def client(self, *, autostart: bool | None = None, timeout_s: float | None = 30.0) -> Client:
+        if self._client is None:
+            self._client = connect(
+                socket_path=self.socket_path,
+                autostart=self.autostart if autostart is None else autostart,
+                timeout_s=timeout_s,
+            )
+        return self._client
+
+    def call(self, method: str, params: Mapping[str, Any] | None = None, **kw: Any) -> Any:
+        """Call the daemon, dropping params that were not given."""
+        clean = {k: v for k, v in (params or {}).items() if v is not None}
+        return self.client(**kw).call(method, clean)
+
+    def emit(self, result: Any, human: Callable[[Any], str] | None = None) -> None:
+        """Print ``result`` as JSON (with --json) or through ``human``."""
+        if self.json or human is None:
+            out = orjson.dumps(result, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS)
+            click.echo(out.decode())
+        else:
+            click.echo(human(result))
+
+
+def json_option(fn: F) -> F:
+    """Add --json to a command (stable keys, for programs)."""
+
+    @click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON output.")
+    @functools.wraps(fn)
+    def wrapper(*args: Any, as_json: bool, **kwargs: Any) -> Any:
+        if as_json:
+            click.get_current_context().find_object(Ctx).json = True  # type: ignore[union-attr]
+        return fn(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
+pass_ctx = click.make_pass_decorator(Ctx)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--socket",
+    "socket_path",
+    type=click.Path(path_type=Path),
+    envvar="TCM_SOCKET",
+    help="Daemon socket (default: $TCM_SOCKET or the standard path).",
+)
+@click.option("--no-autostart", is_flag=True, help="Do not start tcmd when it is not running.")
+@click.version_option(package_name="tcm", prog_name="tcmctl")
+@click.pass_context
+def cli(ctx: click.Context, socket_path: Path | None, no_autostart: bool) -> None:
+    """Drive tcmd: spawn agents in tmux, run tasks in parallel, watch their health."""
+    ctx.obj = Ctx(socket_path, autostart=not no_autostart)
+
+
+@cli.command()
+@json_option
+@pass_ctx
+def status(obj: Ctx) -> None:
+    """Version, uptime, store health and counts of the daemon."""
+    obj.emit(obj.call("status"), render.status)
+
+
+@cli.command()
+@json_option
+@pass_ctx
+def ping(obj: Ctx) -> None:
+    """Check that the daemon answers."""
+    obj.emit(obj.call("ping"), lambda r: "pong")
+
+
+@cli.command()
+@json_option
+@pass_ctx
+def tools(obj: Ctx) -> None:
+    """List the daemon's tools (RPC methods = MCP tools)."""
+    obj.emit(
+        obj.call("tools"), lambda rows: render.table(rows, ["name", "description"], max_width=90)
+    )
+
+
+@cli.command()
+@click.argument("method")
+@click.argument("params", required=False, default="{}")
+@json_option
+@pass_ctx
+def call(obj: Ctx, method: str, params: str) -> None:
+    """Call any tool with PARAMS as a JSON object ('-' reads stdin)."""
+    raw = sys.stdin.read() if params == "-" else params
+    try:
+        parsed = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise click.BadParameter(f"not JSON: {exc}", param_hint="PARAMS") from None
+    if not isinstance(parsed, dict):
+        raise click.BadParameter("must be a JSON object", param_hint="PARAMS")
+    obj.json = True
+    obj.emit(obj.client().call(method, parsed))
+
+
+def _register_subcommands() -> None:
+    from tcmctl import cli_daemon
+
+    cli.add_command(cli_daemon.daemon)
+
+
+_register_subcommands()
+
+
+def run(argv: list[str], env: Mapping[str, str] | None = None) -> int:
+    """Run the CLI; map errors to exit codes in this one place."""
+    try:
+        rv = cli.main(args=argv, prog_name="tcmctl", standalone_mode=False)
+    except click.exceptions.NoArgsIsHelpError as exc:
+        click.echo(exc.ctx.get_help() if exc.ctx else str(exc))
+        return EXIT_USAGE
+    except click.ClickException as exc:
+        exc.show()
+        return EXIT_USAGE if exc.exit_code == 2 else exc.exit_code
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except click.Abort:
+        click.echo("aborted", err=True)
+        return EXIT_FAILED
+    except DaemonUnreachable as exc:
+        click.echo(f"tcmctl: {exc.message}", err=True)
+        return EXIT_UNREACHABLE
+    except TcmError as exc:
+        click.echo(f"tcmctl: {exc.message} [{exc.code}]", err=True)
+        return EXIT_REFUSED
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_FAILED
+    return rv if isinstance(rv, int) else 0

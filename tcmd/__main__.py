@@ -1,0 +1,3 @@
+from tcmd.daemon import main
+
+main()

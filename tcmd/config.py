@@ -1,0 +1,215 @@
+"""Settings: every knob of tcmd, read once from the environment and an optional TOML file.
+
+``Settings.from_env()`` is the one place configuration is read. Environment variables win
+over the file named by ``TCM_CONFIG``; the file may use the same names (``PHASE = 2``) or
+their lower-case form. Anything invalid raises ``ConfigError`` naming the variable.
+Nothing here reads the environment at import time, and nothing imports more than the
+standard library (the thin clients use the path helpers).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from tcmd.errors import ConfigError
+
+SOCKET_PATH_MAX = 107  # sun_path is 108 bytes on Linux, including the NUL
+_TMUX_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+_LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+def state_dir_from_env(env: Mapping[str, str]) -> Path:
+    """TCM_STATE_DIR, else $XDG_STATE_HOME/tcm, else ~/.local/state/tcm."""
+    if env.get("TCM_STATE_DIR"):
+        return Path(env["TCM_STATE_DIR"]).expanduser()
+    if env.get("XDG_STATE_HOME"):
+        return Path(env["XDG_STATE_HOME"]) / "tcm"
+    return Path(env.get("HOME") or Path.home()) / ".local" / "state" / "tcm"
+
+
+def socket_path_from_env(env: Mapping[str, str]) -> Path:
+    """TCM_SOCKET, else $XDG_RUNTIME_DIR/tcm/tcmd.sock, else ~/.local/state/tcm/tcmd.sock."""
+    if env.get("TCM_SOCKET"):
+        return Path(env["TCM_SOCKET"]).expanduser()
+    if env.get("XDG_RUNTIME_DIR"):
+        return Path(env["XDG_RUNTIME_DIR"]) / "tcm" / "tcmd.sock"
+    return Path(env.get("HOME") or Path.home()) / ".local" / "state" / "tcm" / "tcmd.sock"
+
+
+def _int(lo: int, hi: int | None = None) -> Callable[[str, str], int]:
+    def parse(var: str, raw: str) -> int:
+        try:
+            value = int(raw.strip())
+        except ValueError:
+            value = None
+        if value is None or value < lo or (hi is not None and value > hi):
+            bound = f"between {lo} and {hi}" if hi is not None else f">= {lo}"
+            raise ConfigError(var, f"must be an integer {bound}, got {raw!r}")
+        return value
+
+    return parse
+
+
+def _choice(*allowed: str) -> Callable[[str, str], str]:
+    def parse(var: str, raw: str) -> str:
+        value = raw.strip().lower()
+        if value not in allowed:
+            raise ConfigError(var, f"must be one of {', '.join(allowed)}, got {raw!r}")
+        return value
+
+    return parse
+
+
+def _bool(var: str, raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(var, f"must be true or false, got {raw!r}")
+
+
+def _redis_url(var: str, raw: str) -> str | None:
+    value = raw.strip()
+    if not value:
+        return None
+    if not value.startswith(("redis://", "rediss://", "unix://")):
+        raise ConfigError(var, f"must be a redis://, rediss:// or unix:// URL, got {raw!r}")
+    return value
+
+
+def _socket(var: str, raw: str) -> Path:
+    path = Path(raw).expanduser().absolute()
+    if len(os.fsencode(path)) > SOCKET_PATH_MAX:
+        raise ConfigError(var, f"socket path is longer than {SOCKET_PATH_MAX} bytes: {path}")
+    return path
+
+
+def _dir(var: str, raw: str) -> Path:
+    if not raw.strip():
+        raise ConfigError(var, "must be a directory path, got an empty value")
+    return Path(raw).expanduser().absolute()
+
+
+def _tmux_name(var: str, raw: str) -> str:
+    if not _TMUX_NAME.match(raw):
+        raise ConfigError(var, f"must be 1-64 characters of A-Z a-z 0-9 _ . -, got {raw!r}")
+    return raw
+
+
+def _command(var: str, raw: str) -> tuple[str, ...]:
+    try:
+        argv = tuple(shlex.split(raw))
+    except ValueError as exc:
+        raise ConfigError(var, f"cannot be split into arguments ({exc}): {raw!r}") from None
+    if not argv:
+        raise ConfigError(var, "must name a program, got an empty value")
+    return argv
+
+
+def _log_format(var: str, raw: str) -> str | None:
+    value = _choice("console", "json", "auto")(var, raw)
+    return None if value == "auto" else value
+
+
+# field name -> (environment variable, parser, default as the raw string the env would hold)
+_SPEC: dict[str, tuple[str, Callable[[str, str], Any]]] = {
+    "phase": ("PHASE", lambda v, r: int(_choice("2", "3")(v, r))),
+    "redis_url": ("REDIS_URL", _redis_url),
+    "max_manager_concurrency": ("MAX_MANAGER_CONCURRENCY", _int(1, 1000)),
+    "max_specialists_per_manager": ("MAX_SPECIALISTS_PER_MANAGER", _int(1, 1000)),
+    "health_check_interval_ms": ("HEALTH_CHECK_INTERVAL", _int(50, 86_400_000)),
+    "unhealthy_threshold": ("UNHEALTHY_THRESHOLD", _int(1, 1000)),
+    "socket_path": ("TCM_SOCKET", _socket),
+    "state_dir": ("TCM_STATE_DIR", _dir),
+    "tmux_socket": ("TCM_TMUX_SOCKET", _tmux_name),
+    "claude_command": ("TCM_CLAUDE_COMMAND", _command),
+    "log_format": ("TCM_LOG_FORMAT", _log_format),
+    "log_level": ("TCM_LOG_LEVEL", _choice(*_LOG_LEVELS)),
+    "max_frame_bytes": ("TCM_MAX_FRAME_BYTES", _int(1024, 1 << 30)),
+    "journal_fsync": ("TCM_JOURNAL_FSYNC", _bool),
+    "trust_workdirs": ("TCM_TRUST_WORKDIRS", _bool),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Validated configuration of one tcmd. Units are in the names."""
+
+    socket_path: Path
+    state_dir: Path
+    phase: int = 3
+    redis_url: str | None = None
+    max_manager_concurrency: int = 5
+    max_specialists_per_manager: int = 3
+    health_check_interval_ms: int = 10_000
+    unhealthy_threshold: int = 3
+    tmux_socket: str = "tcm"
+    claude_command: tuple[str, ...] = ("claude",)
+    log_format: str | None = None  # None: console on a tty, json otherwise
+    log_level: str = "info"
+    max_frame_bytes: int = 4 * 1024 * 1024
+    journal_fsync: bool = False
+    trust_workdirs: bool = True
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Build Settings from ``env`` (default ``os.environ``) and the TCM_CONFIG file."""
+        env = dict(os.environ if env is None else env)
+        raw: dict[str, str] = {}
+        if env.get("TCM_CONFIG"):
+            raw.update(_read_toml(Path(env["TCM_CONFIG"]).expanduser()))
+        for var, _ in _SPEC.values():
+            if var in env:
+                raw[var] = env[var]
+        values: dict[str, Any] = {
+            "socket_path": _socket("TCM_SOCKET", str(socket_path_from_env(raw | env))),
+            "state_dir": _dir("TCM_STATE_DIR", str(state_dir_from_env(raw | env))),
+        }
+        for name, (var, parse) in _SPEC.items():
+            if var in raw and name not in ("socket_path", "state_dir"):
+                values[name] = parse(var, raw[var])
+        return cls(**values)
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-friendly view for ``status`` (no secrets: the Redis password is masked)."""
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, Path):
+                value = str(value)
+            elif isinstance(value, tuple):
+                value = list(value)
+            out[f.name] = value
+        if self.redis_url:
+            out["redis_url"] = re.sub(r"//([^@/]*):[^@/]*@", r"//\1:***@", self.redis_url)
+        return out
+
+
+def _read_toml(path: Path) -> dict[str, str]:
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError("TCM_CONFIG", f"file not found: {path}") from None
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError("TCM_CONFIG", f"cannot read {path}: {exc}") from None
+    known = {var for var, _ in _SPEC.values()}
+    out: dict[str, str] = {}
+    for key, value in data.items():
+        var = key.upper()
+        if var not in known:
+            raise ConfigError("TCM_CONFIG", f"unknown key {key!r} in {path}")
+        if isinstance(value, bool):
+            out[var] = "true" if value else "false"
+        elif isinstance(value, str | int):
+            out[var] = str(value)
+        else:
+            raise ConfigError(var, f"must be a string, integer or boolean in {path}")
+    return out

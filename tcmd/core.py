@@ -1,0 +1,94 @@
+"""The daemon's own tools: ping, status, tools."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel
+
+from tcmd import __version__
+from tcmd.api import Caller, NoParams, Tool, result_schema
+
+if TYPE_CHECKING:
+    from tcmd.daemon import Daemon
+
+
+class PingResult(BaseModel):
+    pong: bool
+    time: float
+
+
+class StatusResult(BaseModel):
+    version: str
+    pid: int
+    uptimeS: float
+    startedAt: float
+    boots: int
+    socket: str
+    stateDir: str
+    store: dict[str, Any]
+    counts: dict[str, int]
+    settings: dict[str, Any]
+
+
+class CoreTools:
+    """Tools every daemon has, whatever services run in it."""
+
+    def __init__(self, daemon: Daemon, counts: Callable[[], dict[str, int]]) -> None:
+        self.daemon = daemon
+        self.counts = counts
+
+    def tools(self) -> list[Tool[Any]]:
+        return [
+            Tool(
+                "ping",
+                "Check the daemon answers.",
+                NoParams,
+                self.ping,
+                result_schema(PingResult),
+                inline=True,
+                read_only=True,
+            ),
+            Tool(
+                "status",
+                "Version, pid, uptime, store health and counts of the daemon.",
+                NoParams,
+                self.status,
+                result_schema(StatusResult),
+                inline=True,
+                read_only=True,
+            ),
+            Tool(
+                "tools",
+                "The tool catalogue: names, descriptions, input and output schemas.",
+                NoParams,
+                self.list_tools,
+                {"type": "array", "items": {"type": "object"}},
+                inline=True,
+                read_only=True,
+            ),
+        ]
+
+    def ping(self, caller: Caller, params: NoParams) -> dict[str, Any]:
+        return {"pong": True, "time": time.time()}
+
+    def status(self, caller: Caller, params: NoParams) -> dict[str, Any]:
+        d = self.daemon
+        return {
+            "version": __version__,
+            "pid": os.getpid(),
+            "uptimeS": round(time.monotonic() - d.started_monotonic, 3),
+            "startedAt": d.started_at,
+            "boots": d.boots,
+            "socket": str(d.settings.socket_path),
+            "stateDir": str(d.settings.state_dir),
+            "store": d.store.health(),
+            "counts": self.counts(),
+            "settings": d.settings.describe(),
+        }
+
+    def list_tools(self, caller: Caller, params: NoParams) -> list[dict[str, Any]]:
+        return self.daemon.catalogue.describe()

@@ -1,0 +1,186 @@
+"""tcmd's lifecycle: start services in order, serve, shut down in reverse, bounded.
+
+``main()`` is the console script. ``serve()`` = start → run until a signal → shutdown.
+The first SIGTERM/SIGINT stops gracefully; a second one forces the exit at once (every
+acknowledged change is already in the journal, so nothing acknowledged is lost).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from tcmd import logs, sdnotify
+from tcmd.api import OPERATOR, Caller, Catalogue
+from tcmd.config import Settings
+from tcmd.core import CoreTools
+from tcmd.errors import ConfigError, Forbidden, TcmError
+from tcmd.rpc import RpcServer
+from tcmd.store.jsonfile import JsonFileStore
+
+log = structlog.get_logger(__name__)
+SHUTDOWN_GRACE_S = 5.0
+
+
+class AlreadyRunning(TcmError):
+    """Another tcmd holds the lock of this socket."""
+
+
+class Daemon:
+    """Everything one tcmd owns. Constructing it has no side effects; ``start`` does."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.started_at = time.time()
+        self.started_monotonic = time.monotonic()
+        self.boots = 0
+        self.store = JsonFileStore(settings.state_dir / "store", fsync=settings.journal_fsync)
+        self.catalogue = Catalogue()
+        self.rpc = RpcServer(
+            self.catalogue,
+            self.resolve_caller,
+            path=settings.socket_path,
+            max_frame=settings.max_frame_bytes,
+        )
+        self.stopping = asyncio.Event()
+        self._lock_fd: int | None = None
+        self._background: set[asyncio.Task[Any]] = set()
+        self._signals = 0
+
+    def resolve_caller(self, token: str | None) -> Caller:
+        if token is None:
+            return OPERATOR
+        raise Forbidden("unknown or revoked instance token")
+
+    def counts(self) -> dict[str, int]:
+        return {"connections": len(self.rpc.connections), "requests": self.rpc.requests}
+
+    async def start(self) -> None:
+        self._acquire_lock()
+        self.settings.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.store.open()
+        self.boots = int(self.store.get("meta", "boots") or 0) + 1
+        self.store.put("meta", "boots", self.boots)
+        self.catalogue.extend(CoreTools(self, self.counts).tools())
+        await self.rpc.start()
+        if (interval := sdnotify.watchdog_interval_s()) is not None:
+            self._spawn(self._watchdog(interval))
+        sdnotify.notify("READY=1")
+        log.info(
+            "tcmd ready",
+            socket=str(self.settings.socket_path),
+            pid=os.getpid(),
+            boots=self.boots,
+            store=self.store.backend,
+        )
+
+    async def stop(self) -> None:
+        sdnotify.notify("STOPPING=1")
+        log.info("tcmd stopping")
+        self.rpc.stop_accepting()
+        await self.rpc.drain(SHUTDOWN_GRACE_S)
+        for task in self._background:
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
+        self.store.close()
+        self._release_lock()
+        log.info("tcmd stopped")
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background_done)
+
+    def _background_done(self, task: asyncio.Task[Any]) -> None:
+        self._background.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("background task failed", exc_info=task.exception())
+            self.stopping.set()  # a dead service is a dead daemon: let systemd restart us
+
+    async def _watchdog(self, interval_s: float) -> None:
+        while True:
+            sdnotify.notify("WATCHDOG=1")
+            await asyncio.sleep(interval_s)  # a periodic beat, not a wait for a condition
+
+    # -- one daemon per socket ----------------------------------------------------------
+    def _acquire_lock(self) -> None:
+        sock = self.settings.socket_path
+        sock.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        lock_path = sock.with_name(sock.name + ".lock")
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise AlreadyRunning(f"another tcmd (pid {holder}) is already serving {sock}") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._lock_fd = fd
+        if sock.exists() or sock.is_symlink():
+            log.info("removing stale socket", socket=str(sock))
+            sock.unlink()
+
+    def _release_lock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    # -- signals ------------------------------------------------------------------------
+    def install_signal_handlers(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._on_signal, sig)
+
+    def _on_signal(self, sig: signal.Signals) -> None:
+        self._signals += 1
+        if self._signals > 1:
+            log.warning("second signal: forcing exit", signal=sig.name)
+            with contextlib.suppress(FileNotFoundError):
+                Path(self.settings.socket_path).unlink()
+            os._exit(1)
+        log.info("signal received: shutting down", signal=sig.name)
+        self.stopping.set()
+
+
+async def serve(settings: Settings) -> int:
+    """Run one daemon until a signal; the process exit code."""
+    daemon = Daemon(settings)
+    try:
+        await daemon.start()
+    except AlreadyRunning as exc:
+        log.error("refusing to start", reason=exc.message)
+        return 1
+    try:
+        daemon.install_signal_handlers()
+        await daemon.stopping.wait()
+    finally:
+        await daemon.stop()
+    return 0
+
+
+def main() -> None:
+    """Console script ``tcmd``."""
+    if len(sys.argv) > 1 and sys.argv[1] in ("--version", "-V"):
+        from tcmd import __version__
+
+        sys.stdout.write(f"tcmd {__version__}\n")
+        return
+    try:
+        settings = Settings.from_env()
+    except ConfigError as exc:
+        sys.stderr.write(f"tcmd: invalid configuration: {exc.message}\n")
+        sys.exit(2)
+    logs.configure(settings.log_level, settings.log_format)
+    import uvloop
+
+    sys.exit(uvloop.run(serve(settings)))
