@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel
 
 from tcmd import __version__
-from tcmd.api import Caller, NoParams, Tool, result_schema
+from tcmd.api import Caller, NoParams, Params, Tool, result_schema
+from tcmd.errors import NotFound
 
 if TYPE_CHECKING:
     from tcmd.daemon import Daemon
@@ -32,6 +33,10 @@ class StatusResult(BaseModel):
     store: dict[str, Any]
     counts: dict[str, int]
     settings: dict[str, Any]
+
+
+class DescribeParams(Params):
+    name: str
 
 
 class CoreTools:
@@ -70,6 +75,14 @@ class CoreTools:
                 inline=True,
                 read_only=True,
             ),
+            Tool(
+                "describe",
+                "One tool's entry of the catalogue, by name.",
+                DescribeParams,
+                self.describe,
+                inline=True,
+                read_only=True,
+            ),
         ]
 
     def ping(self, caller: Caller, params: NoParams) -> dict[str, Any]:
@@ -92,3 +105,9 @@ class CoreTools:
 
     def list_tools(self, caller: Caller, params: NoParams) -> list[dict[str, Any]]:
         return self.daemon.catalogue.describe()
+
+    def describe(self, caller: Caller, params: DescribeParams) -> dict[str, Any]:
+        for entry in self.daemon.catalogue.describe():
+            if entry["name"] == params.name:
+                return entry
+        raise NotFound(f"no tool named {params.name!r}")

@@ -26,6 +26,7 @@ from tcmd.protocol import RequestId
 
 log = structlog.get_logger(__name__)
 _PEERCRED = struct.Struct("3i")  # pid, uid, gid
+LINGER_S = 2.0
 ResolveCaller = Callable[[str | None], Caller]
 
 
@@ -83,6 +84,7 @@ class Connection(asyncio.Protocol):
         self.scanned = 0  # bytes of buffer already known to hold no newline
         self.tasks: set[asyncio.Task[None]] = set()
         self.peer_pid: int | None = None
+        self.discarding = False  # after an oversized frame: swallow input until we close
 
     # -- asyncio.Protocol -------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -95,8 +97,7 @@ class Connection(asyncio.Protocol):
             if uid != os.getuid():
                 log.warning("peer refused", peer_uid=uid, peer_pid=pid)
                 err = Forbidden(f"peer uid {uid} is not the daemon's uid {os.getuid()}")
-                transport.write(protocol.encode_error(None, err))
-                transport.close()
+                self._answer_and_close([protocol.encode_error(None, err)])
                 return
         self.server.connections.add(self)
 
@@ -113,6 +114,8 @@ class Connection(asyncio.Protocol):
             self.transport.resume_reading()
 
     def data_received(self, data: bytes) -> None:
+        if self.discarding:
+            return
         buf = self.buffer
         buf += data
         out: list[bytes] = []
@@ -197,8 +200,18 @@ class Connection(asyncio.Protocol):
         limit = self.server.max_frame
         log.warning("frame over limit", limit=limit, peer_pid=self.peer_pid)
         err = InvalidRequest(f"frame exceeds the limit of {limit} bytes; connection closed")
-        out.append(protocol.encode_error(None, err))
+        self._answer_and_close([*out, protocol.encode_error(None, err)])
+
+    def _answer_and_close(self, frames: list[bytes]) -> None:
+        """Send ``frames``, then close.
+
+        Input is read and dropped for a moment first: closing a Unix socket with unread
+        input resets it, and the client would lose the answer.
+        """
         self.buffer.clear()
+        self.discarding = True
         if self.transport is not None:
-            self.transport.write(b"".join(out))
-            self.transport.close()
+            self.transport.write(b"".join(frames))
+            if self.transport.can_write_eof():
+                self.transport.write_eof()
+            asyncio.get_running_loop().call_later(LINGER_S, self.close)

@@ -1,0 +1,29 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support import DaemonProcess
+
+
+@pytest.fixture
+def daemon_factory(tmp_path: Path) -> Iterator[type[DaemonProcess]]:
+    """Make DaemonProcess objects that are cleaned up after the test (by pid, by name)."""
+    made: list[DaemonProcess] = []
+
+    class Factory(DaemonProcess):
+        def __init__(self, state_dir: Path | None = None, extra_env: dict[str, str] | None = None):
+            super().__init__(state_dir or tmp_path / "state", extra_env)
+            made.append(self)
+
+    yield Factory
+    for d in made:
+        d.cleanup()
+
+
+@pytest.fixture
+def daemon(daemon_factory: type[DaemonProcess]) -> DaemonProcess:
+    """A running tcmd with its own socket, state dir and tmux server."""
+    return daemon_factory().start()

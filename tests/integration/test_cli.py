@@ -1,0 +1,122 @@
+"""tcmctl as a user runs it: real processes, exit codes, output, autostart."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.support import DaemonProcess, wait_until
+
+TCMCTL = [sys.executable, "-m", "tcmctl"]
+
+
+def run(
+    args: list[str], env: dict[str, str], stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        TCMCTL + args, env=env, capture_output=True, text=True, timeout=30, input=stdin, check=False
+    )
+
+
+def test_status_json_and_table(daemon: DaemonProcess) -> None:
+    out = run(["status", "--json"], daemon.env)
+    assert out.returncode == 0, out.stderr
+    st = json.loads(out.stdout)
+    assert st["pid"] == daemon.proc.pid  # type: ignore[union-attr]
+    table = run(["status"], daemon.env)
+    assert table.returncode == 0
+    assert f"pid {st['pid']}" in table.stdout
+    assert "jsonfile ok" in table.stdout
+
+
+def test_exit_codes(daemon: DaemonProcess, tmp_path: Path) -> None:
+    assert run(["no-such-command"], daemon.env).returncode == 2
+    refused = run(["call", "describe", '{"name": 3}'], daemon.env)
+    assert refused.returncode == 4
+    assert "name:" in refused.stderr
+    assert "-32602" in refused.stderr
+    gone = dict(daemon.env, TCM_SOCKET=str(tmp_path / "none.sock"))
+    unreachable = run(["--no-autostart", "status"], gone)
+    assert unreachable.returncode == 3
+    assert "not running" in unreachable.stderr
+    assert run(["call", "ping", "not json"], daemon.env).returncode == 2
+
+
+def test_call_reads_params_from_stdin(daemon: DaemonProcess) -> None:
+    out = run(["call", "describe", "-"], daemon.env, stdin='{"name": "status"}')
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["name"] == "status"
+
+
+def test_autostart_then_daemon_stop(tmp_path: Path) -> None:
+    d = DaemonProcess(tmp_path / "state")
+    env = d.env
+    try:
+        out = run(["status", "--json"], env)
+        assert out.returncode == 0, out.stderr
+        assert "started tcmd" in out.stderr
+        pid = json.loads(out.stdout)["pid"]
+        again = run(["status", "--json"], env)
+        assert "started" not in again.stderr
+        assert json.loads(again.stdout)["pid"] == pid
+        assert run(["daemon", "status"], env).returncode == 0
+        stop = run(["daemon", "stop", "--json"], env)
+        assert stop.returncode == 0, stop.stderr
+        assert json.loads(stop.stdout) == {"stopped": True, "pid": pid}
+        assert not d.socket.exists()
+        assert run(["daemon", "status"], env).returncode == 3
+        logs = run(["daemon", "logs", "-n", "5"], env)
+        assert "tcmd stopped" in logs.stdout
+    finally:
+        run(["daemon", "stop"], env)
+        d.cleanup()
+
+
+def test_concurrent_autostarts_make_one_daemon(tmp_path: Path) -> None:
+    d = DaemonProcess(tmp_path / "state")
+    try:
+        procs = [
+            subprocess.Popen(
+                [*TCMCTL, "status", "--json"],
+                env=d.env,
+                text=True,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+            )
+            for _ in range(4)
+        ]
+        results = [p.communicate(timeout=30) for p in procs]
+        assert all(p.returncode == 0 for p in procs), results
+        assert len({json.loads(out)["pid"] for out, _ in results}) == 1
+    finally:
+        run(["daemon", "stop"], d.env)
+        d.cleanup()
+
+
+def test_tcmctl_does_not_import_heavy_modules(tmp_path: Path) -> None:
+    code = (
+        "import sys; from tcmctl import cli; "
+        "heavy = ('redis', 'mcp', 'uvloop', 'pydantic', 'structlog'); "
+        "bad = [m for m in heavy if m in sys.modules]; "
+        "print(','.join(bad))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""
+
+
+def test_hook_exits_fast_and_zero_when_daemon_is_down(tmp_path: Path) -> None:
+    env = dict(os.environ, TCM_SOCKET=str(tmp_path / "absent.sock"))
+    out = subprocess.run(
+        [*TCMCTL, "hook"],
+        env=env,
+        input=b'{"hook_event_name":"Stop"}',
+        capture_output=True,
+        timeout=10,
+        check=False,
+    )
+    assert out.returncode == 0
+    assert out.stdout == b""
+    wait_until(lambda: True)

@@ -1,0 +1,122 @@
+"""Test support: a real tcmd process on a short socket path, and polling to a deadline."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+from tcmctl.client import Client, DaemonUnreachable
+
+T = TypeVar("T")
+
+
+def wait_until(
+    predicate: Callable[[], T],
+    timeout_s: float = 10.0,
+    interval_s: float = 0.01,
+    what: str = "condition",
+) -> T:
+    """Poll ``predicate`` until it returns something truthy; fail after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+        time.sleep(interval_s)
+
+
+class DaemonProcess:
+    """A real tcmd subprocess with its own socket, state dir and tmux server name."""
+
+    def __init__(self, state_dir: Path, extra_env: Mapping[str, str] | None = None) -> None:
+        self.tag = uuid.uuid4().hex[:8]
+        self.sock_dir = Path(tempfile.mkdtemp(prefix=f"tcm-{self.tag}-", dir="/tmp"))
+        self.socket = self.sock_dir / "tcmd.sock"
+        self.state_dir = state_dir
+        self.tmux_socket = f"tcmtest-{self.tag}"
+        self.env = {
+            **os.environ,
+            "TCM_SOCKET": str(self.socket),
+            "TCM_STATE_DIR": str(state_dir),
+            "TCM_TMUX_SOCKET": self.tmux_socket,
+            "TCM_LOG_FORMAT": "json",
+            "TCM_LOG_LEVEL": "debug",
+            **(extra_env or {}),
+        }
+        self.env.pop("TCM_INSTANCE_TOKEN", None)
+        self.env.pop("TCM_INSTANCE_ID", None)
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log_path = state_dir.parent / f"tcmd-{self.tag}.log"
+
+    def start(self, wait: bool = True) -> DaemonProcess:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "tcmd"],
+                env=self.env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+            )
+        if wait:
+            wait_until(self.answers, 15, what=f"tcmd on {self.socket}")
+        return self
+
+    def answers(self) -> bool:
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            raise AssertionError(f"tcmd exited with {self.proc.returncode}:\n{self.log()}")
+        try:
+            with Client(self.socket, timeout_s=2) as c:
+                c.call("ping")
+        except DaemonUnreachable:
+            return False
+        return True
+
+    def client(self, token: str | None = None, timeout_s: float = 30.0) -> Client:
+        return Client(self.socket, token=token, timeout_s=timeout_s).connect()
+
+    def call(
+        self, method: str, params: dict[str, Any] | None = None, token: str | None = None
+    ) -> Any:
+        with self.client(token) as c:
+            return c.call(method, params)
+
+    def terminate(self, timeout_s: float = 15.0) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout_s)
+
+    def kill9(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait(10)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def cleanup(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        subprocess.run(
+            ["tmux", "-L", self.tmux_socket, "kill-server"], capture_output=True, check=False
+        )
+        tmux_sock = Path(f"/tmp/tmux-{os.getuid()}/{self.tmux_socket}")
+        tmux_sock.unlink(missing_ok=True)  # kill-server leaves its socket file behind
+        shutil.rmtree(self.sock_dir, ignore_errors=True)

@@ -1,0 +1,99 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from tcmd.config import Settings, socket_path_from_env, state_dir_from_env
+from tcmd.errors import ConfigError
+
+BASE = {"HOME": "/home/u"}
+
+
+def test_defaults_follow_the_contract() -> None:
+    s = Settings.from_env(BASE)
+    assert (s.phase, s.max_manager_concurrency, s.max_specialists_per_manager) == (3, 5, 3)
+    assert (s.health_check_interval_ms, s.unhealthy_threshold) == (10_000, 3)
+    assert s.redis_url is None
+    assert s.tmux_socket == "tcm"
+    assert s.claude_command == ("claude",)
+    assert s.socket_path == Path("/home/u/.local/state/tcm/tcmd.sock")
+    assert s.state_dir == Path("/home/u/.local/state/tcm")
+
+
+def test_xdg_paths() -> None:
+    env = {**BASE, "XDG_RUNTIME_DIR": "/run/user/5", "XDG_STATE_HOME": "/st"}
+    assert socket_path_from_env(env) == Path("/run/user/5/tcm/tcmd.sock")
+    assert state_dir_from_env(env) == Path("/st/tcm")
+
+
+def test_every_variable_parses() -> None:
+    s = Settings.from_env(
+        {
+            **BASE,
+            "PHASE": "2",
+            "REDIS_URL": "redis://:pw@localhost:6379/1",
+            "MAX_MANAGER_CONCURRENCY": "7",
+            "MAX_SPECIALISTS_PER_MANAGER": "4",
+            "HEALTH_CHECK_INTERVAL": "500",
+            "UNHEALTHY_THRESHOLD": "2",
+            "TCM_SOCKET": "/tmp/x.sock",
+            "TCM_STATE_DIR": "/tmp/st",
+            "TCM_TMUX_SOCKET": "t-1",
+            "TCM_CLAUDE_COMMAND": "node 'my cli.js'",
+            "TCM_LOG_FORMAT": "json",
+            "TCM_LOG_LEVEL": "debug",
+        }
+    )
+    assert s.phase == 2
+    assert s.redis_url == "redis://:pw@localhost:6379/1"
+    assert s.describe()["redis_url"] == "redis://:***@localhost:6379/1"
+    assert (s.max_manager_concurrency, s.max_specialists_per_manager) == (7, 4)
+    assert (s.health_check_interval_ms, s.unhealthy_threshold) == (500, 2)
+    assert s.claude_command == ("node", "my cli.js")
+    assert (s.log_format, s.log_level, s.tmux_socket) == ("json", "debug", "t-1")
+
+
+@pytest.mark.parametrize(
+    ("var", "value"),
+    [
+        ("PHASE", "1"),
+        ("MAX_MANAGER_CONCURRENCY", "0"),
+        ("MAX_SPECIALISTS_PER_MANAGER", "x"),
+        ("HEALTH_CHECK_INTERVAL", "1.5"),
+        ("UNHEALTHY_THRESHOLD", ""),
+        ("REDIS_URL", "localhost"),
+        ("TCM_TMUX_SOCKET", "../x"),
+        ("TCM_CLAUDE_COMMAND", "'unclosed"),
+        ("TCM_LOG_FORMAT", "xml"),
+        ("TCM_SOCKET", "/tmp/" + "d" * 120),
+    ],
+)
+def test_invalid_values_name_the_variable(var: str, value: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env({**BASE, var: value})
+    assert info.value.variable == var
+    assert info.value.message.startswith(f"{var}: ")
+
+
+def test_toml_file_and_env_wins(tmp_path: Path) -> None:
+    cfg = tmp_path / "tcm.toml"
+    cfg.write_text('PHASE = 2\nmax_manager_concurrency = 9\nTCM_LOG_LEVEL = "warning"\n')
+    s = Settings.from_env({**BASE, "TCM_CONFIG": str(cfg), "MAX_MANAGER_CONCURRENCY": "3"})
+    assert (s.phase, s.max_manager_concurrency, s.log_level) == (2, 3, "warning")
+
+
+def test_toml_errors_are_named(tmp_path: Path) -> None:
+    cfg = tmp_path / "tcm.toml"
+    cfg.write_text("NOPE = 1\n")
+    with pytest.raises(ConfigError, match="unknown key 'NOPE'"):
+        Settings.from_env({**BASE, "TCM_CONFIG": str(cfg)})
+    cfg.write_text("PHASE = [")
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env({**BASE, "TCM_CONFIG": str(cfg)})
+    assert info.value.variable == "TCM_CONFIG"
+    with pytest.raises(ConfigError, match="file not found"):
+        Settings.from_env({**BASE, "TCM_CONFIG": str(tmp_path / "absent.toml")})
+    cfg.write_text("PHASE = 7\n")
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env({**BASE, "TCM_CONFIG": str(cfg)})
+    assert info.value.variable == "PHASE"
