@@ -15,10 +15,10 @@ from typing import Any, TypeVar
 
 import click
 import orjson
-from tcmd.errors import TcmError
 
 from tcmctl import render
 from tcmctl.client import Client, DaemonUnreachable, connect
+from tcmd.errors import TcmError
 
 EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_REFUSED = 1, 2, 3, 4
 F = TypeVar("F", bound=Callable[..., Any])

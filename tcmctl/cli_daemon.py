@@ -10,11 +10,11 @@ from collections import deque
 from pathlib import Path
 
 import click
-from tcmd.config import socket_path_from_env, state_dir_from_env
 
 from tcmctl import render
 from tcmctl.cli import Ctx, json_option, pass_ctx
 from tcmctl.client import Client, DaemonUnreachable, start_daemon
+from tcmd.paths import socket_path_from_env, state_dir_from_env
 
 STOP_TIMEOUT_S = 15.0
 

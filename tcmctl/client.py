@@ -15,9 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+
 from tcmd import protocol
-from tcmd.config import socket_path_from_env, state_dir_from_env
 from tcmd.errors import TcmError, Unavailable, from_json
+from tcmd.paths import socket_path_from_env, state_dir_from_env
 
 AUTOSTART_TIMEOUT_S = 10.0
 

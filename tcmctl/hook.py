@@ -12,7 +12,8 @@ import socket
 import sys
 
 import orjson
-from tcmd.config import socket_path_from_env
+
+from tcmd.paths import socket_path_from_env
 
 CONNECT_TIMEOUT_S = 0.05
 MAX_PAYLOAD_BYTES = 2 * 1024 * 1024  # a hook payload bigger than this is cut to its fields

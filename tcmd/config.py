@@ -19,28 +19,13 @@ from pathlib import Path
 from typing import Any
 
 from tcmd.errors import ConfigError
+from tcmd.paths import socket_path_from_env, state_dir_from_env
+
+__all__ = ["Settings", "socket_path_from_env", "state_dir_from_env"]
 
 SOCKET_PATH_MAX = 107  # sun_path is 108 bytes on Linux, including the NUL
 _TMUX_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _LOG_LEVELS = ("debug", "info", "warning", "error")
-
-
-def state_dir_from_env(env: Mapping[str, str]) -> Path:
-    """TCM_STATE_DIR, else $XDG_STATE_HOME/tcm, else ~/.local/state/tcm."""
-    if env.get("TCM_STATE_DIR"):
-        return Path(env["TCM_STATE_DIR"]).expanduser()
-    if env.get("XDG_STATE_HOME"):
-        return Path(env["XDG_STATE_HOME"]) / "tcm"
-    return Path(env.get("HOME") or Path.home()) / ".local" / "state" / "tcm"
-
-
-def socket_path_from_env(env: Mapping[str, str]) -> Path:
-    """TCM_SOCKET, else $XDG_RUNTIME_DIR/tcm/tcmd.sock, else ~/.local/state/tcm/tcmd.sock."""
-    if env.get("TCM_SOCKET"):
-        return Path(env["TCM_SOCKET"]).expanduser()
-    if env.get("XDG_RUNTIME_DIR"):
-        return Path(env["XDG_RUNTIME_DIR"]) / "tcm" / "tcmd.sock"
-    return Path(env.get("HOME") or Path.home()) / ".local" / "state" / "tcm" / "tcmd.sock"
 
 
 def _int(lo: int, hi: int | None = None) -> Callable[[str, str], int]:

@@ -8,7 +8,6 @@ arrive in any order).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -21,15 +20,28 @@ JSONRPC = "2.0"
 RequestId = str | int | None
 
 
-@dataclass(frozen=True, slots=True)
 class Request:
-    """A decoded, envelope-checked request. ``notification`` requests get no answer."""
+    """A decoded, envelope-checked request. ``notification`` requests get no answer.
 
-    method: str
-    params: dict[str, Any]
-    id: RequestId
-    notification: bool
-    token: str | None
+    A plain slotted class, not a dataclass: this module is imported by every client
+    process, where start-up time counts.
+    """
+
+    __slots__ = ("id", "method", "notification", "params", "token")
+
+    def __init__(
+        self,
+        method: str,
+        params: dict[str, Any],
+        req_id: RequestId,
+        notification: bool,
+        token: str | None,
+    ) -> None:
+        self.method = method
+        self.params = params
+        self.id = req_id
+        self.notification = notification
+        self.token = token
 
 
 def dumps(obj: Any) -> bytes:

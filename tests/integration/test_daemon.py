@@ -13,9 +13,9 @@ import threading
 from pathlib import Path
 
 import pytest
+
 from tcmctl.client import Client, DaemonUnreachable
 from tcmd.errors import InvalidParams, MethodNotFound, NotFound
-
 from tests.support import DaemonProcess, wait_until
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from tcmd.config import Settings, socket_path_from_env, state_dir_from_env
 from tcmd.errors import ConfigError
 

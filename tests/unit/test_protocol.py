@@ -3,6 +3,7 @@ from __future__ import annotations
 import orjson
 import pytest
 from pydantic import ValidationError
+
 from tcmd import protocol
 from tcmd.api import Catalogue, Params, Tool, invalid_params
 from tcmd.errors import InvalidRequest, MethodNotFound, NotFound, ParseError, TcmError, from_json
