@@ -16,7 +16,8 @@ and never restarting (orjson escapes control characters: no raw newline inside a
 Durability: ``put``/``delete`` return after one ``os.write`` of the record on an
 ``O_APPEND`` fd, so a returned call survives SIGKILL (the bytes are in the kernel) but not
 a power loss. ``fsync=True`` adds an ``os.fsync`` per record to survive that too, at the
-price of a disk flush per write (~100x slower, hundreds of µs, blocking the event loop).
+price of a disk flush per write: ~150 µs instead of ~5 on an idle ext4 SSD, far more on a
+busy disk, and the event loop is blocked for all of it.
 
 Compaction: after ``snapshot_every`` records, snapshot then truncate the journal. A crash
 in between leaves records the snapshot holds; replay skips ``seq <= snapshot seq``.
@@ -87,7 +88,7 @@ class JsonFileStore:
             self._data, self._snapshot_seq = self._read_snapshot()
             self._seq = self._snapshot_seq
             self._journal_records = self._journal_bytes = 0
-            self._broken = False
+            self._compact_at, self._broken = self.snapshot_every, False
             self._fd = os.open(self._journal_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
             if self._replay_journal():
                 self.snapshot()
@@ -213,7 +214,8 @@ class JsonFileStore:
         try:
             snap = orjson.loads(raw)
             data, seq = snap["data"], snap["seq"]
-            if type(seq) is int and all(isinstance(docs, dict) for docs in data.values()):
+            valid = snap["version"] == FORMAT_VERSION and type(seq) is int
+            if valid and all(isinstance(docs, dict) for docs in data.values()):
                 return data, seq
         except (orjson.JSONDecodeError, TypeError, KeyError, AttributeError):
             pass
