@@ -133,9 +133,11 @@ def call(obj: Ctx, method: str, params: str) -> None:
 
 
 def _register_subcommands() -> None:
-    from tcmctl import cli_daemon
+    from tcmctl import cli_daemon, cli_instances
 
     cli.add_command(cli_daemon.daemon)
+    for command in cli_instances.COMMANDS:
+        cli.add_command(command)
 
 
 _register_subcommands()

@@ -20,12 +20,16 @@ from typing import Any
 import structlog
 
 from tcmd import logs, sdnotify
-from tcmd.api import OPERATOR, Caller, Catalogue
+from tcmd.api import Catalogue
 from tcmd.config import Settings
 from tcmd.core import CoreTools
-from tcmd.errors import ConfigError, Forbidden, TcmError
+from tcmd.delivery import Delivery
+from tcmd.errors import ConfigError, TcmError
+from tcmd.instance_tools import InstanceTools
+from tcmd.instances import Instances
 from tcmd.rpc import RpcServer
 from tcmd.store.jsonfile import JsonFileStore
+from tcmd.tmux import Tmux
 
 log = structlog.get_logger(__name__)
 SHUTDOWN_GRACE_S = 5.0
@@ -44,33 +48,43 @@ class Daemon:
         self.started_monotonic = time.monotonic()
         self.boots = 0
         self.store = JsonFileStore(settings.state_dir / "store", fsync=settings.journal_fsync)
+        self.tmux = Tmux(settings.tmux_socket, settings.state_dir / "tmux.conf")
+        self.instances = Instances(settings, self.store, self.tmux)
+        self.delivery = Delivery(self.instances)
         self.catalogue = Catalogue()
         self.rpc = RpcServer(
             self.catalogue,
-            self.resolve_caller,
+            self.instances.resolve_caller,
             path=settings.socket_path,
             max_frame=settings.max_frame_bytes,
         )
         self.stopping = asyncio.Event()
-        self._lock_fd: int | None = None
+        self._lock_fds: list[int] = []
         self._background: set[asyncio.Task[Any]] = set()
         self._signals = 0
 
-    def resolve_caller(self, token: str | None) -> Caller:
-        if token is None:
-            return OPERATOR
-        raise Forbidden("unknown or revoked instance token")
-
     def counts(self) -> dict[str, int]:
-        return {"connections": len(self.rpc.connections), "requests": self.rpc.requests}
+        counts = {"connections": len(self.rpc.connections), "requests": self.rpc.requests}
+        counts.update({f"instances.{k}": v for k, v in self.instances.counts().items()})
+        return counts
 
     async def start(self) -> None:
-        self._acquire_lock()
+        sock = self.settings.socket_path
+        self._acquire_lock(sock.with_name(sock.name + ".lock"), f"serving {sock}")
         self.settings.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self._acquire_lock(
+            self.settings.state_dir / "tcmd.lock", f"using {self.settings.state_dir}"
+        )
+        if sock.exists() or sock.is_symlink():
+            log.info("removing stale socket", socket=str(sock))
+            sock.unlink()
         self.store.open()
         self.boots = int(self.store.get("meta", "boots") or 0) + 1
         self.store.put("meta", "boots", self.boots)
+        await self.instances.start()
+        self._spawn(self.instances.watch())
         self.catalogue.extend(CoreTools(self, self.counts).tools())
+        self.catalogue.extend(InstanceTools(self.instances, self.delivery).tools())
         await self.rpc.start()
         if (interval := sdnotify.watchdog_interval_s()) is not None:
             self._spawn(self._watchdog(interval))
@@ -92,7 +106,7 @@ class Daemon:
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
         self.store.close()
-        self._release_lock()
+        self._release_locks()
         log.info("tcmd stopped")
 
     def _spawn(self, coro: Any) -> None:
@@ -111,29 +125,23 @@ class Daemon:
             sdnotify.notify("WATCHDOG=1")
             await asyncio.sleep(interval_s)  # a periodic beat, not a wait for a condition
 
-    # -- one daemon per socket ----------------------------------------------------------
-    def _acquire_lock(self) -> None:
-        sock = self.settings.socket_path
-        sock.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        lock_path = sock.with_name(sock.name + ".lock")
+    # -- one daemon per socket and per state directory -------------------------------------
+    def _acquire_lock(self, lock_path: Path, what: str) -> None:
+        lock_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
             os.close(fd)
-            raise AlreadyRunning(f"another tcmd (pid {holder}) is already serving {sock}") from None
+            raise AlreadyRunning(f"another tcmd (pid {holder}) is already {what}") from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        self._lock_fd = fd
-        if sock.exists() or sock.is_symlink():
-            log.info("removing stale socket", socket=str(sock))
-            sock.unlink()
+        self._lock_fds.append(fd)
 
-    def _release_lock(self) -> None:
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)
-            self._lock_fd = None
+    def _release_locks(self) -> None:
+        while self._lock_fds:
+            os.close(self._lock_fds.pop())
 
     # -- signals ------------------------------------------------------------------------
     def install_signal_handlers(self) -> None:

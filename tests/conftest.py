@@ -5,7 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import DaemonProcess
+from tests.fakes import FAKE_CLAUDE
+from tests.support import AgentDaemon, DaemonProcess
 
 
 @pytest.fixture
@@ -27,3 +28,9 @@ def daemon_factory(tmp_path: Path) -> Iterator[type[DaemonProcess]]:
 def daemon(daemon_factory: type[DaemonProcess]) -> DaemonProcess:
     """A running tcmd with its own socket, state dir and tmux server."""
     return daemon_factory().start()
+
+
+@pytest.fixture
+def agents(tmp_path: Path, daemon_factory: type[DaemonProcess]) -> AgentDaemon:
+    """A running tcmd whose `claude` profile launches the fake Claude Code."""
+    return AgentDaemon.start_in(tmp_path, daemon_factory, FAKE_CLAUDE)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -120,3 +122,77 @@ class DaemonProcess:
         tmux_sock = Path(f"/tmp/tmux-{os.getuid()}/{self.tmux_socket}")
         tmux_sock.unlink(missing_ok=True)  # kill-server leaves its socket file behind
         shutil.rmtree(self.sock_dir, ignore_errors=True)
+
+
+class AgentDaemon:
+    """A tcmd driving fake Claude Code agents, with the fake's hook log at hand."""
+
+    def __init__(self, daemon: DaemonProcess, event_log: Path, work_dir: Path) -> None:
+        self.daemon = daemon
+        self.event_log = event_log
+        self.work_dir = work_dir
+
+    @classmethod
+    def start_in(
+        cls, tmp_path: Path, factory: type[DaemonProcess], fake: Path,
+        extra_env: Mapping[str, str] | None = None,
+    ) -> AgentDaemon:
+        home = tmp_path / "home"
+        work = tmp_path / "work"
+        home.mkdir(exist_ok=True)
+        work.mkdir(exist_ok=True)
+        log = tmp_path / "events.jsonl"
+        env = {
+            "HOME": str(home),
+            "TCM_CLAUDE_COMMAND": shlex.join([sys.executable, str(fake)]),
+            "FAKE_CLAUDE_HOME": str(home / ".fake-claude"),
+            "FAKE_CLAUDE_EVENT_LOG": str(log),
+            "FAKE_CLAUDE_START_MS": "50",
+            **(extra_env or {}),
+        }
+        return cls(factory(extra_env=env).start(), log, work)
+
+    def call(self, method: str, params: dict[str, Any] | None = None,
+             token: str | None = None) -> Any:
+        return self.daemon.call(method, params, token)
+
+    def spawn(self, role: str = "executive", parent: str | None = None, agent: str = "claude",
+              context: str = "test", **extra: Any) -> dict[str, Any]:
+        params = {"role": role, "workDir": str(self.work_dir), "context": context,
+                  "agent": agent, **extra}
+        if parent:
+            params["parentId"] = parent
+        result: dict[str, Any] = self.call("spawn", params)
+        return result
+
+    def token(self, instance_id: str) -> str:
+        """The instance's token, read where its agent finds it: its tmux environment."""
+        out = subprocess.run(
+            ["tmux", "-L", self.daemon.tmux_socket, "show-environment", "-t",
+             f"={instance_id}:", "TCM_INSTANCE_TOKEN"],
+            capture_output=True, text=True, check=True,
+        )
+        return out.stdout.strip().split("=", 1)[1]
+
+    def events(self, event: str | None = None, session: str | None = None) -> list[dict[str, Any]]:
+        if not self.event_log.exists():
+            return []
+        out = []
+        for line in self.event_log.read_text().splitlines():
+            if not line.strip():
+                continue
+            rec = json.loads(line)
+            if event and rec.get("hook_event_name") != event:
+                continue
+            if session and rec.get("session_id") != session:
+                continue
+            out.append(rec)
+        return out
+
+    def status(self, instance_id: str) -> str:
+        rows = self.call("list", {"includeTerminated": True})
+        return str(next(r["status"] for r in rows if r["instanceId"] == instance_id))
+
+    def wait_status(self, instance_id: str, *wanted: str, timeout_s: float = 15) -> str:
+        return wait_until(lambda: self.status(instance_id) in wanted and self.status(instance_id),
+                          timeout_s, what=f"{instance_id} to become {wanted}")

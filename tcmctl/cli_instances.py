@@ -1,0 +1,189 @@
+"""Instance commands: spawn, send, read, list, terminate, restart, wait, attach."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from tcmctl import render
+from tcmctl.cli import EXIT_FAILED, Ctx, json_option, pass_ctx
+
+ROLES = click.Choice(["executive", "manager", "specialist"])
+LIST_COLUMNS = ["instanceId", "role", "parentId", "status", "agent", "workDir", "lastResult"]
+
+
+@click.command()
+@click.argument("role", type=ROLES)
+@click.option(
+    "--workdir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=".",
+    show_default=True,
+    help="Directory the agent works in.",
+)
+@click.option("--context", default="", help="What the instance is for (its assignment).")
+@click.option("--parent", "parent_id", help="Parent instance id (managers: an executive).")
+@click.option("--agent", default="claude", show_default=True, help="Agent profile (claude, shell).")
+@click.option("--model", help="Model name passed to the agent.")
+@click.option("--no-wait", is_flag=True, help="Return at once instead of when it is ready.")
+@json_option
+@pass_ctx
+def spawn(
+    obj: Ctx,
+    role: str,
+    workdir: Path,
+    context: str,
+    parent_id: str | None,
+    agent: str,
+    model: str | None,
+    no_wait: bool,
+) -> None:
+    """Start an agent instance in tmux."""
+    result = obj.call(
+        "spawn",
+        {
+            "role": role,
+            "workDir": str(workdir.resolve()),
+            "context": context,
+            "parentId": parent_id,
+            "agent": agent,
+            "model": model,
+            "wait": not no_wait,
+        },
+    )
+    obj.emit(
+        result,
+        lambda r: (
+            f"{r['instanceId']}  {r['role']}  {r['status']}  "
+            f"(tmux -L <socket> attach -t {r['tmuxTarget']})"
+        ),
+    )
+
+
+@click.command()
+@click.argument("instance_id")
+@click.argument("text")
+@json_option
+@pass_ctx
+def send(obj: Ctx, instance_id: str, text: str) -> None:
+    """Send TEXT as a prompt ('-' reads it from stdin)."""
+    if text == "-":
+        text = sys.stdin.read()
+    result = obj.call("send", {"instanceId": instance_id, "text": text})
+    obj.emit(result, _render_send)
+    if not result["delivered"] and not result["queued"]:
+        raise click.exceptions.Exit(EXIT_FAILED)
+
+
+def _render_send(r: dict[str, Any]) -> str:
+    if r["delivered"]:
+        return f"delivered to {r['instanceId']} ({r['status']})"
+    if r["queued"]:
+        return f"queued for {r['instanceId']} at position {r.get('position')} ({r['status']})"
+    return f"NOT delivered to {r['instanceId']} ({r['status']})"
+
+
+@click.command()
+@click.argument("instance_id")
+@click.option("-n", "--lines", default=50, show_default=True, type=click.IntRange(1, 50_000))
+@json_option
+@pass_ctx
+def read(obj: Ctx, instance_id: str, lines: int) -> None:
+    """Show the last lines of an instance's screen and its last result."""
+    obj.emit(obj.call("read", {"instanceId": instance_id, "lines": lines}), _render_read)
+
+
+def _render_read(r: dict[str, Any]) -> str:
+    head = f"── {r['instanceId']} ({r['status']})"
+    if r.get("lastError"):
+        head += f"  last error: {r['lastError']}"
+    return f"{head}\n{r['output'].rstrip()}"
+
+
+@click.command(name="list")
+@click.option("--role", type=ROLES)
+@click.option("--parent", "parent_id")
+@click.option("--all", "include_terminated", is_flag=True, help="Include terminated ones.")
+@json_option
+@pass_ctx
+def list_(obj: Ctx, role: str | None, parent_id: str | None, include_terminated: bool) -> None:
+    """List instances."""
+    rows = obj.call(
+        "list",
+        {"role": role, "parentId": parent_id, "includeTerminated": include_terminated or None},
+    )
+    obj.emit(rows, lambda rs: render.table(rs, LIST_COLUMNS, max_width=40))
+
+
+@click.command()
+@click.argument("instance_id")
+@click.option("--cascade", is_flag=True, help="End the whole subtree, children first.")
+@click.option("--force", is_flag=True, help="End it even though it has live children.")
+@json_option
+@pass_ctx
+def terminate(obj: Ctx, instance_id: str, cascade: bool, force: bool) -> None:
+    """End an instance."""
+    result = obj.call(
+        "terminate", {"instanceId": instance_id, "cascade": cascade or None, "force": force or None}
+    )
+    obj.emit(result, lambda r: "terminated " + ", ".join(r["terminated"]))
+
+
+@click.command()
+@click.argument("instance_id")
+@json_option
+@pass_ctx
+def restart(obj: Ctx, instance_id: str) -> None:
+    """Relaunch an instance's agent (resuming its conversation when it can)."""
+    result = obj.call("restart", {"instanceId": instance_id})
+    obj.emit(
+        result,
+        lambda r: f"{r['instanceId']} {r['status']}" + (" (resumed)" if r["resumed"] else ""),
+    )
+
+
+@click.command()
+@click.argument("instance_ids", nargs=-1, required=True)
+@click.option("--any", "any_idle", is_flag=True, help="Return when the first one is idle.")
+@click.option("--timeout", "timeout_s", type=float, default=600, show_default=True)
+@json_option
+@pass_ctx
+def wait(obj: Ctx, instance_ids: tuple[str, ...], any_idle: bool, timeout_s: float) -> None:
+    """Block until the instances finish their turn (exit 1 on timeout)."""
+    result = obj.call(
+        "wait",
+        {
+            "instanceIds": list(instance_ids),
+            "until": "any-idle" if any_idle else "idle",
+            "timeoutMs": int(timeout_s * 1000),
+        },
+        timeout_s=timeout_s + 30,
+    )
+    obj.emit(
+        result,
+        lambda r: render.table(r["instances"], ["instanceId", "status", "idle", "lastResult"]),
+    )
+    if result["timedOut"]:
+        raise click.exceptions.Exit(EXIT_FAILED)
+
+
+@click.command()
+@click.argument("instance_id")
+@click.option("--ro", is_flag=True, help="Read-only: watch without typing into it.")
+@pass_ctx
+def attach(obj: Ctx, instance_id: str, ro: bool) -> None:
+    """Attach this terminal to an instance's tmux session (detach: C-b d)."""
+    st = obj.call("status")
+    obj.call("read", {"instanceId": instance_id, "lines": 1})  # exists, and we may see it
+    argv = ["tmux", "-L", st["settings"]["tmux_socket"], "attach-session", "-t", f"={instance_id}"]
+    if ro:
+        argv.append("-r")
+    env = {k: v for k, v in os.environ.items() if k != "TMUX"}  # allow attaching from tmux
+    os.execvpe("tmux", argv, env)  # noqa: S606
+
+
+COMMANDS = [spawn, send, read, list_, terminate, restart, wait, attach]

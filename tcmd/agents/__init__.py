@@ -1,0 +1,1 @@
+"""Agent profiles: how each agent CLI is launched, fed and watched."""

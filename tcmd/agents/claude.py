@@ -1,0 +1,129 @@
+"""The ``claude`` profile: Claude Code, driven by its own hooks.
+
+Launch: ``$TCM_CLAUDE_COMMAND --session-id UUID`` (``--resume UUID`` on restart),
+``--settings`` with command hooks that run ``tcmctl hook``, ``--append-system-prompt``
+with the role's instructions and the spawn context (nothing is written into the user's
+repository), and ``--mcp-config`` (strict) naming the tcm MCP shim with the instance's
+token, so the instance can call tcm's tools as itself and as nothing more.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+from pathlib import Path
+
+from tcmd.agents.base import Launch, LaunchEnv, text_in_box
+from tcmd.agents.claude_json import mark_trusted
+from tcmd.model import Instance, Role, State
+
+HOOK_EVENTS = (
+    "SessionStart",
+    "UserPromptSubmit",
+    "PreToolUse",
+    "PostToolUse",
+    "Stop",
+    "StopFailure",
+    "Notification",
+    "PermissionRequest",
+    "SessionEnd",
+)
+
+ROLE_INSTRUCTIONS = {
+    Role.EXECUTIVE: (
+        "You are the executive of a tcm team of Claude Code instances. Break the goal into "
+        "areas and give each to a manager you spawn with the tcm `spawn` tool "
+        "(role=manager). Follow their progress with `wait` and `read`; do not do the "
+        "detailed work yourself."
+    ),
+    Role.MANAGER: (
+        "You are a manager in a tcm team. Split your assignment into independent tasks "
+        "and run them with specialists: `executeParallel` for a batch, or `spawn` "
+        "(role=specialist) + `send` + `wait`. Check their results and report a summary."
+    ),
+    Role.SPECIALIST: (
+        "You are a specialist in a tcm team. Do the one task you are given, completely, "
+        "in the working directory. Your final message is your result: make it a short, "
+        "factual report of what you did and what is left."
+    ),
+}
+
+_BUSY = re.compile(r"esc to interrupt", re.IGNORECASE)
+_DIALOG = re.compile(r"Do you want to proceed\?|trust the files in this folder", re.IGNORECASE)
+
+
+class ClaudeProfile:
+    name = "claude"
+
+    def launch(self, inst: Instance, env: LaunchEnv, *, resume: bool) -> Launch:
+        settings_path = env.instance_dir / "claude-settings.json"
+        mcp_path = env.instance_dir / "mcp.json"
+        hook_cmd = shlex.join([env.python, "-m", "tcmctl", "hook"])
+        hooks = {
+            event: [
+                {"matcher": "", "hooks": [{"type": "command", "command": hook_cmd, "timeout": 10}]}
+            ]
+            for event in HOOK_EVENTS
+        }
+        _write_private(
+            settings_path,
+            {
+                "hooks": hooks,
+                "permissions": {"allow": ["mcp__tcm"]},  # tcm's own tools never stop on a dialog
+            },
+        )
+        _write_private(
+            mcp_path,
+            {
+                "mcpServers": {
+                    "tcm": {
+                        "type": "stdio",
+                        "command": env.python,
+                        "args": ["-m", "tcmctl", "mcp"],
+                        "env": {k: v for k, v in env.base_env.items() if k.startswith("TCM_")},
+                    }
+                }
+            },
+        )
+        if env.settings.trust_workdirs:
+            home = Path(env.base_env.get("HOME") or os.environ.get("HOME") or Path.home())
+            mark_trusted(home / ".claude.json", Path(inst.work_dir))
+        system = ROLE_INSTRUCTIONS[inst.role]
+        if inst.context:
+            system += "\n\n## Your assignment\n" + inst.context
+        argv = [*env.settings.claude_command]
+        argv += ["--resume", inst.session_id] if resume else ["--session-id", inst.session_id]
+        argv += [
+            "--settings",
+            str(settings_path),
+            "--mcp-config",
+            str(mcp_path),
+            "--strict-mcp-config",
+            "--append-system-prompt",
+            system,
+        ]
+        if inst.model:
+            argv += ["--model", inst.model]
+        return Launch(argv=argv, env=dict(env.base_env), resumed=resume)
+
+    def screen_state(self, screen: str) -> State | None:
+        tail = "\n".join(screen.splitlines()[-15:])
+        if _DIALOG.search(tail):
+            return State.WAITING
+        if _BUSY.search(tail):
+            return State.BUSY
+        if "❯" in tail:
+            return State.READY
+        return None
+
+    def input_pending(self, screen: str, text: str) -> bool:
+        return text_in_box(screen, text)
+
+
+def _write_private(path: Path, content: object) -> None:
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        json.dump(content, fh, indent=2)

@@ -1,0 +1,141 @@
+"""Prompt delivery: one ordered outbox per instance, each prompt pasted once and confirmed.
+
+A prompt goes in with bracketed paste and a separate Enter. It counts as delivered when
+the agent acknowledges it (UserPromptSubmit). If no acknowledgement comes, Enter is
+pressed again only while the text visibly still sits in the input box: the text itself
+is never sent twice. Prompts to a busy instance wait in its outbox and go out, in order,
+when it turns ready; prompts to an instance that exits are dropped and reported undelivered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+
+from tcmd.agents.registry import profile
+from tcmd.errors import Conflict, TcmError
+from tcmd.instances import Instances
+from tcmd.model import LIVE, Instance, State
+
+log = structlog.get_logger(__name__)
+DELIVERABLE = frozenset({State.READY, State.ERRORED})
+ACK_WAIT_S = 2.0  # per try; the notes measured 0.3-0.7 s from paste to UserPromptSubmit
+ENTER_TRIES = 3
+
+
+@dataclass(slots=True)
+class Outgoing:
+    text: str
+    done: asyncio.Future[bool]
+    queued_at: float = field(default_factory=time.monotonic)
+
+
+class Delivery:
+    """The outboxes of every instance and the workers that empty them."""
+
+    def __init__(self, instances: Instances) -> None:
+        self.instances = instances
+        self.outbox: dict[str, deque[Outgoing]] = {}
+        self.workers: dict[str, asyncio.Task[None]] = {}
+        instances.listeners.append(self._on_state)
+
+    def pending(self, instance_id: str) -> int:
+        """Prompts not yet acknowledged (queued or being delivered)."""
+        return len(self.outbox.get(instance_id, ()))
+
+    async def send(self, inst: Instance, text: str, timeout_s: float) -> dict[str, Any]:
+        """Queue ``text``; when it can go at once, wait for its acknowledgement."""
+        if inst.status not in LIVE:
+            raise Conflict(
+                f"{inst.id} has {inst.status.value}: it cannot take a prompt"
+                + ("; restart it first" if inst.status == State.EXITED else "")
+            )
+        queue = self.outbox.setdefault(inst.id, deque())
+        ahead = len(queue)
+        out = Outgoing(text, asyncio.get_running_loop().create_future())
+        queue.append(out)
+        self._kick(inst)
+        result: dict[str, Any] = {"instanceId": inst.id, "delivered": False, "queued": True}
+        if ahead == 0 and inst.status in DELIVERABLE:
+            try:
+                async with asyncio.timeout(timeout_s):
+                    result["delivered"] = await asyncio.shield(out.done)
+                result["queued"] = False
+            except TimeoutError:
+                pass  # still in flight: it stays queued and will be confirmed later
+        result["status"] = inst.status.value
+        if result["queued"]:
+            result["position"] = ahead + 1
+        return result
+
+    def _on_state(self, inst: Instance, old: State) -> None:
+        if inst.status in DELIVERABLE:
+            self._kick(inst)
+        elif inst.status not in LIVE:
+            for out in self.outbox.pop(inst.id, deque()):
+                if not out.done.done():
+                    out.done.set_result(False)
+
+    def _kick(self, inst: Instance) -> None:
+        if inst.id in self.workers or not self.outbox.get(inst.id):
+            return
+        if inst.status not in DELIVERABLE:
+            return
+        task = asyncio.get_running_loop().create_task(self._drain(inst))
+        self.workers[inst.id] = task
+        task.add_done_callback(lambda t: self._drained(inst, t))
+
+    def _drained(self, inst: Instance, task: asyncio.Task[None]) -> None:
+        self.workers.pop(inst.id, None)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            log.error("delivery worker failed", instance_id=inst.id, exc_info=exc)
+        self._kick(inst)  # ready again already (a fast turn): carry on
+
+    async def _drain(self, inst: Instance) -> None:
+        queue = self.outbox.get(inst.id)
+        while queue and inst.status in DELIVERABLE:
+            out = queue[0]
+            try:
+                ok = await self._deliver(inst, out.text)
+            except TcmError as exc:
+                log.warning("delivery failed", instance_id=inst.id, error=exc.message)
+                ok = False
+            if queue and queue[0] is out:
+                queue.popleft()
+            if not out.done.done():
+                out.done.set_result(ok)
+            if not ok:
+                inst.last_error = "prompt was not acknowledged by the agent"
+                break
+
+    async def _deliver(self, inst: Instance, text: str) -> bool:
+        acks = self.instances.acks
+        before = acks.get(inst.id, 0)
+
+        def acknowledged() -> bool:
+            return acks.get(inst.id, 0) > before or inst.status not in LIVE
+
+        tmux = self.instances.tmux
+        started = time.monotonic()
+        await tmux.paste(inst.id, text)
+        await tmux.send_keys(inst.id, "Enter")
+        for _ in range(ENTER_TRIES):
+            if await self.instances.changes.wait_for(acknowledged, ACK_WAIT_S):
+                break
+            screen = await tmux.capture(inst.id, 20)
+            if profile(inst.agent).input_pending(screen, text):
+                log.info("prompt still in the input box: Enter again", instance_id=inst.id)
+                await tmux.send_keys(inst.id, "Enter")
+        delivered = acks.get(inst.id, 0) > before
+        log.debug(
+            "delivered" if delivered else "not acknowledged",
+            instance_id=inst.id,
+            chars=len(text),
+            ms=round((time.monotonic() - started) * 1000, 1),
+        )
+        return delivered

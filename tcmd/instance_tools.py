@@ -1,0 +1,322 @@
+"""Catalogue entries for instances: spawn, send, read, list, terminate, restart, wait, hook.
+
+Names and parameters are the original system's; ``wait`` and ``hook`` are new beside
+them. Every handler checks the caller's role first (``authz.py``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, Field
+
+from tcmd.agents.registry import profile
+from tcmd.api import Caller, Params, Tool, result_schema
+from tcmd.authz import check_target, is_descendant, spawn_parent
+from tcmd.delivery import Delivery
+from tcmd.errors import Conflict, InvalidParams
+from tcmd.instances import Instances
+from tcmd.model import IDLE, LIVE, Instance, Role, State
+
+RoleName = Literal["executive", "manager", "specialist"]
+InstanceId = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_]+$")]
+
+
+class SpawnParams(Params):
+    role: RoleName
+    workDir: str = Field(min_length=1, max_length=4096)
+    context: str = Field(max_length=1_000_000)
+    parentId: InstanceId | None = None
+    agent: str = "claude"
+    model: str | None = Field(default=None, max_length=200)
+    wait: bool = True
+    timeoutMs: int = Field(default=30_000, ge=0, le=600_000)
+
+
+class SpawnResult(BaseModel):
+    instanceId: str
+    role: str
+    parentId: str | None
+    status: str
+    tmuxTarget: str
+
+
+class SendParams(Params):
+    instanceId: InstanceId
+    text: str = Field(min_length=1)
+    timeoutMs: int = Field(default=15_000, ge=0, le=600_000)
+
+
+class SendResult(BaseModel):
+    instanceId: str
+    delivered: bool
+    queued: bool
+    status: str
+    position: int | None = None
+
+
+class ReadParams(Params):
+    instanceId: InstanceId
+    lines: int = Field(default=50, ge=1, le=50_000)
+
+
+class ReadResult(BaseModel):
+    instanceId: str
+    status: str
+    output: str
+    lastResult: str | None
+    lastError: str | None
+    lastExitCode: int | None
+
+
+class ListParams(Params):
+    role: RoleName | None = None
+    parentId: str | None = None
+    includeTerminated: bool = False
+
+
+class ListRow(BaseModel):
+    instanceId: str
+    role: str
+    parentId: str | None
+    workDir: str
+    status: str
+    created: float
+    agent: str
+
+
+class TerminateParams(Params):
+    instanceId: InstanceId
+    cascade: bool = False
+    force: bool = False
+
+
+class TerminateResult(BaseModel):
+    instanceId: str
+    terminated: list[str]
+
+
+class RestartParams(Params):
+    instanceId: InstanceId
+    wait: bool = True
+    timeoutMs: int = Field(default=30_000, ge=0, le=600_000)
+
+
+class RestartResult(BaseModel):
+    instanceId: str
+    status: str
+    resumed: bool
+
+
+class WaitParams(Params):
+    instanceIds: list[InstanceId] = Field(min_length=1, max_length=1000)
+    until: Literal["idle", "any-idle"] = "idle"
+    timeoutMs: int = Field(default=600_000, ge=0, le=86_400_000)
+
+
+class WaitResult(BaseModel):
+    done: bool
+    timedOut: bool
+    instances: list[dict[str, Any]]
+
+
+class HookParams(Params):
+    payload: dict[str, Any]
+
+
+class InstanceTools:
+    """The instance tools, bound to the registry and the outboxes."""
+
+    def __init__(self, instances: Instances, delivery: Delivery) -> None:
+        self.instances = instances
+        self.delivery = delivery
+
+    def tools(self) -> list[Tool[Any]]:
+        return [
+            Tool(
+                "spawn",
+                "Start an agent instance (executive, manager or specialist) in tmux; "
+                "waits until it is ready unless wait=false.",
+                SpawnParams,
+                self.spawn,
+                result_schema(SpawnResult),
+            ),
+            Tool(
+                "send",
+                "Send a prompt to an instance. Delivered when the agent acknowledges it; "
+                "queued in order while the instance is busy.",
+                SendParams,
+                self.send,
+                result_schema(SendResult),
+            ),
+            Tool(
+                "read",
+                "The last lines of an instance's screen, its status and last result.",
+                ReadParams,
+                self.read,
+                result_schema(ReadResult),
+                read_only=True,
+            ),
+            Tool(
+                "list",
+                "Instances (yours: your descendants), filtered by role or parent.",
+                ListParams,
+                self.list,
+                result_schema(ListRow, many=True),
+                inline=True,
+                read_only=True,
+            ),
+            Tool(
+                "terminate",
+                "End an instance; cascade=true ends its whole subtree, children first.",
+                TerminateParams,
+                self.terminate,
+                result_schema(TerminateResult),
+                destructive=True,
+            ),
+            Tool(
+                "restart",
+                "Relaunch an instance's agent, resuming its conversation when the agent can.",
+                RestartParams,
+                self.restart,
+                result_schema(RestartResult),
+                destructive=True,
+            ),
+            Tool(
+                "wait",
+                "Block until the instances finish their turn (idle: all; any-idle: "
+                "the first), or the timeout passes.",
+                WaitParams,
+                self.wait,
+                result_schema(WaitResult),
+                read_only=True,
+            ),
+            Tool(
+                "hook",
+                "Report an agent hook event (used by `tcmctl hook`).",
+                HookParams,
+                self.hook,
+                inline=True,
+            ),
+        ]
+
+    def _target(self, caller: Caller, instance_id: str, action: str) -> Instance:
+        inst = self.instances.get(instance_id)
+        check_target(caller, inst, self.instances.find, action)
+        return inst
+
+    async def spawn(self, caller: Caller, p: SpawnParams) -> dict[str, Any]:
+        role = Role(p.role)
+        parent = spawn_parent(caller, role, p.parentId, self.instances.get)
+        if parent is not None and parent.status not in LIVE:
+            raise Conflict(f"parentId: {parent.id} has {parent.status.value}")
+        work_dir = Path(p.workDir)
+        if not work_dir.is_absolute():
+            raise InvalidParams("workDir: must be an absolute path")
+        if not work_dir.is_dir():
+            raise InvalidParams(f"workDir: {p.workDir} is not a directory")
+        profile(p.agent)  # refuse an unknown agent before allocating an id
+        inst = self.instances.create(
+            role, parent, work_dir=str(work_dir), agent=p.agent, context=p.context, model=p.model
+        )
+        await self.instances.launch(inst, resume=False)
+        if p.wait:
+            await self.instances.changes.wait_for(
+                lambda: inst.status != State.STARTING, p.timeoutMs / 1000
+            )
+        return {
+            "instanceId": inst.id,
+            "role": inst.role.value,
+            "parentId": inst.parent_id,
+            "status": inst.status.value,
+            "tmuxTarget": inst.id,
+        }
+
+    async def send(self, caller: Caller, p: SendParams) -> dict[str, Any]:
+        inst = self._target(caller, p.instanceId, "send to")
+        return await self.delivery.send(inst, p.text, p.timeoutMs / 1000)
+
+    async def read(self, caller: Caller, p: ReadParams) -> dict[str, Any]:
+        inst = self._target(caller, p.instanceId, "read")
+        output = ""
+        if inst.status != State.TERMINATED and await self.instances.tmux.has_session(inst.id):
+            output = await self.instances.tmux.capture(inst.id, p.lines)
+        return {
+            "instanceId": inst.id,
+            "status": inst.status.value,
+            "output": output,
+            "lastResult": inst.last_result,
+            "lastError": inst.last_error,
+            "lastExitCode": inst.last_exit_code,
+        }
+
+    def list(self, caller: Caller, p: ListParams) -> list[dict[str, Any]]:
+        rows = []
+        for inst in self.instances.by_id.values():
+            if inst.status == State.TERMINATED and not p.includeTerminated:
+                continue
+            if p.role and inst.role.value != p.role:
+                continue
+            if p.parentId and inst.parent_id != p.parentId:
+                continue
+            if (
+                not caller.is_operator
+                and inst.id != caller.instance_id
+                and not is_descendant(inst, str(caller.instance_id), self.instances.find)
+            ):
+                continue  # an instance sees itself and its descendants only
+            rows.append(inst.public())
+        return rows
+
+    async def terminate(self, caller: Caller, p: TerminateParams) -> dict[str, Any]:
+        inst = self._target(caller, p.instanceId, "terminate")
+        below = [c for c in self.instances.subtree(inst) if c.status != State.TERMINATED]
+        if below and not p.cascade and not p.force:
+            names = ", ".join(c.id for c in below[:10])
+            raise Conflict(f"{inst.id} has live descendants ({names}); use cascade or force")
+        order = [*below, inst] if p.cascade else [inst]
+        for target in order:
+            await self.instances.terminate(target)
+        return {"instanceId": inst.id, "terminated": [t.id for t in order]}
+
+    async def restart(self, caller: Caller, p: RestartParams) -> dict[str, Any]:
+        inst = self._target(caller, p.instanceId, "restart")
+        if inst.status == State.TERMINATED:
+            raise Conflict(f"{inst.id} is terminated; spawn a new instance")
+        inst.restarts += 1
+        resume = inst.prompts > 0 or inst.turns > 0
+        resumed = await self.instances.launch(inst, resume=resume)
+        if p.wait:
+            await self.instances.changes.wait_for(
+                lambda: inst.status != State.STARTING, p.timeoutMs / 1000
+            )
+        return {"instanceId": inst.id, "status": inst.status.value, "resumed": resumed}
+
+    async def wait(self, caller: Caller, p: WaitParams) -> dict[str, Any]:
+        targets = [self._target(caller, i, "wait on") for i in dict.fromkeys(p.instanceIds)]
+
+        def idle(inst: Instance) -> bool:
+            return inst.status in IDLE and not self.delivery.pending(inst.id)
+
+        combine = all if p.until == "idle" else any
+        done = await self.instances.changes.wait_for(
+            lambda: combine(idle(i) for i in targets), p.timeoutMs / 1000
+        )
+        return {
+            "done": done,
+            "timedOut": not done,
+            "instances": [
+                {
+                    "instanceId": i.id,
+                    "status": i.status.value,
+                    "idle": idle(i),
+                    "lastResult": i.last_result,
+                    "lastError": i.last_error,
+                }
+                for i in targets
+            ],
+        }
+
+    def hook(self, caller: Caller, p: HookParams) -> dict[str, Any]:
+        return self.instances.on_hook(caller, p.payload)

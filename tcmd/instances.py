@@ -1,0 +1,340 @@
+"""The instance registry and lifecycle: spawn, launch, state from hooks, exit, adoption.
+
+Each instance is one agent process in its own tmux session (named by its id) on the
+private tmux server. The daemon learns its state from hook events (``on_hook``), from
+tmux (pane death, via a ``pane-died`` tmux hook and a periodic reconcile) and, only for
+what no event reports, from the screen. Prompt delivery lives in ``delivery.py``; the
+catalogue entries and the role checks in ``instance_tools.py`` and ``authz.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import secrets
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from tcmd.agents.base import LaunchEnv
+from tcmd.agents.registry import profile
+from tcmd.api import OPERATOR, Caller
+from tcmd.changes import Changes
+from tcmd.config import Settings
+from tcmd.errors import Conflict, Forbidden, NotFound, TcmError
+from tcmd.model import LIVE, Instance, Role, State, check_move, child_id
+from tcmd.store import StateStore
+from tcmd.tmux import NoServer, PaneInfo, Tmux
+
+log = structlog.get_logger(__name__)
+NS = "instances"
+RECONCILE_INTERVAL_S = 2.0
+SCREEN_FALLBACK_AFTER_S = 3.0  # busy with no hook for this long: look at the screen
+_SAFE_PATH = re.compile(r"^[A-Za-z0-9_./+-]+$")
+Listener = Callable[[Instance, State], None]
+
+
+class Instances:
+    """Every instance the daemon knows, live or not, and the one place their state moves."""
+
+    def __init__(self, settings: Settings, store: StateStore, tmux: Tmux) -> None:
+        self.settings = settings
+        self.store = store
+        self.tmux = tmux
+        self.python = sys.executable
+        self.by_id: dict[str, Instance] = {}
+        self.by_token: dict[str, str] = {}
+        self.last_event: dict[str, float] = {}  # instance id -> monotonic time of last hook
+        self.acks: dict[str, int] = {}  # instance id -> prompts acknowledged since boot
+        self.changes = Changes()
+        self.listeners: list[Listener] = []
+        self._reconcile_soon = asyncio.Event()
+
+    # -- start-up and adoption ------------------------------------------------------------
+    async def start(self) -> None:
+        """Load instances from the store, make sure tmux runs, re-adopt what still lives."""
+        for raw in self.store.items(NS).values():
+            inst = Instance.from_json(raw)
+            self.by_id[inst.id] = inst
+            if inst.status != State.TERMINATED:
+                self.by_token[inst.token] = inst.id
+        await self.ensure_tmux()
+        await self.adopt()
+
+    async def ensure_tmux(self) -> None:
+        await self.tmux.ensure_server()
+        await self.tmux.run("set-environment", "-g", "TCM_SOCKET", str(self.settings.socket_path))
+        if _SAFE_PATH.match(self.python):
+            # tmux tells us at once when an agent's process dies; reconcile is the safety net
+            await self.tmux.run(
+                "set-hook",
+                "-g",
+                "pane-died",
+                f"run-shell -b '{self.python} -m tcmctl hook TmuxPaneDied'",
+            )
+
+    async def adopt(self) -> None:
+        """Re-derive the state of every non-terminated instance from tmux (after a restart)."""
+        panes = {p.session: p for p in await self.tmux.panes()}
+        for inst in self.by_id.values():
+            if inst.status == State.TERMINATED:
+                continue
+            pane = panes.get(inst.id)
+            if pane is None or pane.dead:
+                self._exited(inst, pane)
+                continue
+            screen = await self.tmux.capture(inst.id, 30)
+            seen = profile(inst.agent).screen_state(screen) or State.READY
+            inst.pane_id = pane.pane_id
+            if inst.status != seen:
+                log.info("adopted", instance_id=inst.id, was=inst.status, now=seen)
+                self._set(inst, seen, check=False)
+        self.changes.fire()
+
+    # -- lookups --------------------------------------------------------------------------
+    def get(self, instance_id: str) -> Instance:
+        try:
+            return self.by_id[instance_id]
+        except KeyError:
+            raise NotFound(
+                f"no instance {instance_id!r}", data={"instanceId": instance_id}
+            ) from None
+
+    def find(self, instance_id: str) -> Instance | None:
+        return self.by_id.get(instance_id)
+
+    def resolve_caller(self, token: str | None) -> Caller:
+        """The operator without a token; the instance whose token it is; else refused."""
+        if token is None:
+            return OPERATOR
+        inst_id = self.by_token.get(token)
+        if inst_id is None:
+            raise Forbidden("unknown or revoked instance token")
+        return Caller(inst_id, self.by_id[inst_id].role.value)
+
+    def children(self, inst: Instance) -> list[Instance]:
+        return [i for i in self.by_id.values() if i.parent_id == inst.id]
+
+    def subtree(self, inst: Instance) -> Iterator[Instance]:
+        """Descendants of ``inst``, children before their parents (terminate order)."""
+        for child in self.children(inst):
+            yield from self.subtree(child)
+            yield child
+
+    def counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for inst in self.by_id.values():
+            out[inst.status.value] = out.get(inst.status.value, 0) + 1
+        return out
+
+    # -- lifecycle ------------------------------------------------------------------------
+    def create(self, role: Role, parent: Instance | None, **fields: Any) -> Instance:
+        """Allocate the next id under ``parent`` (persisted counter) and register."""
+        if parent is None:
+            n = int(self.store.get("counters", "exec") or 0) + 1
+            self.store.put("counters", "exec", n)
+        else:
+            n = parent.next_child
+            parent.next_child += 1
+            self._save(parent)
+        inst = Instance(
+            id=child_id(parent, role, n),
+            role=role,
+            parent_id=parent.id if parent else None,
+            token=secrets.token_urlsafe(32),
+            session_id=str(uuid.uuid4()),
+            **fields,
+        )
+        if inst.id in self.by_id:  # only a hand-edited store could get here
+            raise Conflict(f"instance id {inst.id} already exists")
+        self.by_id[inst.id] = inst
+        self.by_token[inst.token] = inst.id
+        self._save(inst)
+        return inst
+
+    async def launch(self, inst: Instance, *, resume: bool) -> bool:
+        """Start (or restart in place) the agent process of ``inst``; whether it resumed."""
+        prof = profile(inst.agent)
+        idir = self.settings.state_dir / "instances" / inst.id
+        idir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        spec = prof.launch(
+            inst, LaunchEnv(self.settings, idir, self.python, self._agent_env(inst)), resume=resume
+        )
+        cwd = Path(inst.work_dir)
+        if inst.status != State.STARTING:
+            self._set(inst, State.STARTING)
+        try:
+            pane = await self._start_pane(inst, spec.argv, cwd, spec.env)
+        except NoServer:
+            await self.ensure_tmux()
+            pane = await self._start_pane(inst, spec.argv, cwd, spec.env)
+        inst.pane_id = pane.pane_id
+        inst.launched += 1
+        inst.exit_status = inst.exit_signal = None
+        self._save(inst)
+        log.info(
+            "launched",
+            instance_id=inst.id,
+            agent=inst.agent,
+            resume=spec.resumed,
+            pane=pane.pane_id,
+        )
+        return spec.resumed
+
+    async def _start_pane(
+        self, inst: Instance, argv: list[str], cwd: Path, env: dict[str, str]
+    ) -> PaneInfo:
+        if await self.tmux.has_session(inst.id):
+            return await self.tmux.respawn(inst.id, argv, cwd=cwd, env=env)
+        return await self.tmux.new_session(inst.id, argv, cwd=cwd, env=env)
+
+    def _agent_env(self, inst: Instance) -> dict[str, str]:
+        bin_dir = str(Path(self.python).parent)
+        path = os.environ.get("PATH", "")
+        return {
+            "TCM_INSTANCE_ID": inst.id,
+            "TCM_INSTANCE_TOKEN": inst.token,
+            "TCM_SOCKET": str(self.settings.socket_path),
+            "PATH": path if bin_dir in path.split(os.pathsep) else f"{bin_dir}{os.pathsep}{path}",
+        }
+
+    async def terminate(self, inst: Instance) -> None:
+        """Kill its tmux session and mark it terminated (final; its token is revoked)."""
+        with contextlib.suppress(TcmError):
+            await self.tmux.kill_session(inst.id)
+        self.by_token.pop(inst.token, None)
+        if inst.status != State.TERMINATED:
+            self._set(inst, State.TERMINATED)
+
+    # -- state ----------------------------------------------------------------------------
+    def _set(self, inst: Instance, new: State, *, check: bool = True) -> None:
+        old = inst.status
+        if check:
+            check_move(old, new)
+        inst.status = new
+        inst.updated = time.time()
+        self._save(inst)
+        if old != new:
+            log.debug("state", instance_id=inst.id, old=old, new=new)
+            for listener in self.listeners:
+                listener(inst, old)
+        self.changes.fire()
+
+    def _save(self, inst: Instance) -> None:
+        self.store.put(NS, inst.id, inst.to_json())
+
+    def _exited(self, inst: Instance, pane: PaneInfo | None) -> None:
+        if pane is not None:
+            inst.exit_status, inst.exit_signal = pane.dead_status, pane.dead_signal
+        if inst.status not in (State.EXITED, State.TERMINATED):
+            log.info(
+                "exited", instance_id=inst.id, status=inst.exit_status, signal=inst.exit_signal
+            )
+            self._set(inst, State.EXITED, check=False)
+
+    def on_hook(self, caller: Caller, payload: dict[str, Any]) -> dict[str, Any]:
+        """Map one hook event of an instance to its state (see docs/architecture.md)."""
+        event = str(payload.get("hook_event_name", ""))
+        if caller.is_operator:
+            if event == "TmuxPaneDied":
+                self._reconcile_soon.set()
+            return {"accepted": event == "TmuxPaneDied"}
+        assert caller.instance_id is not None
+        inst = self.by_id[caller.instance_id]
+        self.last_event[inst.id] = time.monotonic()
+        if inst.status == State.TERMINATED:
+            return {"accepted": False}
+        new = self._apply(inst, event, payload)
+        if new is not None and new != inst.status:
+            try:
+                self._set(inst, new)
+            except Conflict:
+                log.warning("hook ignored", instance_id=inst.id, hook=event, status=inst.status)
+                return {"accepted": False}
+        else:
+            self._save(inst)
+            self.changes.fire()
+        return {"accepted": True, "status": inst.status.value}
+
+    def _apply(self, inst: Instance, event: str, p: dict[str, Any]) -> State | None:
+        """Record what ``event`` says about ``inst``; the state it implies, if any."""
+        if event == "SessionStart":
+            if isinstance(p.get("session_id"), str) and p["session_id"]:
+                inst.session_id = p["session_id"]  # /clear and compaction start new sessions
+            return State.READY
+        if event == "UserPromptSubmit":
+            self.acks[inst.id] = self.acks.get(inst.id, 0) + 1
+            inst.prompts += 1
+            return State.BUSY
+        if event in ("PreToolUse", "PostToolUse"):
+            return State.BUSY
+        if event == "Stop":
+            inst.turns += 1
+            inst.last_result = _text(p.get("last_assistant_message"))
+            code = p.get("exit_status")
+            inst.last_exit_code = code if isinstance(code, int) else None
+            inst.last_error = None
+            return State.READY
+        if event == "StopFailure":
+            inst.turns += 1
+            inst.last_error = _text(p.get("error")) or "error"
+            inst.last_result = _text(p.get("last_assistant_message"))
+            return State.ERRORED
+        if event == "Notification":
+            kind = p.get("notification_type")
+            return None if kind == "idle_prompt" else State.WAITING
+        if event == "PermissionRequest":
+            return State.WAITING
+        if event == "SessionEnd":
+            return State.EXITED
+        return None
+
+    # -- the watch over tmux ----------------------------------------------------------------
+    async def watch(self) -> None:
+        """Reconcile with tmux every few seconds, or at once when tmux reports a dead pane."""
+        while True:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(RECONCILE_INTERVAL_S):
+                    await self._reconcile_soon.wait()
+            self._reconcile_soon.clear()
+            try:
+                await self.reconcile()
+            except TcmError as exc:
+                log.warning("reconcile failed", error=exc.message)
+
+    async def reconcile(self) -> None:
+        """One batched tmux query: dead or vanished panes → exited; busy screens re-read."""
+        live = [i for i in self.by_id.values() if i.status in LIVE]
+        if not live:
+            return
+        try:
+            panes = {p.session: p for p in await self.tmux.panes()}
+        except NoServer:
+            panes = {}
+        now = time.monotonic()
+        for inst in live:
+            pane = panes.get(inst.id)
+            if pane is None or pane.dead:
+                self._exited(inst, pane)
+            elif (
+                inst.status == State.BUSY
+                and now - self.last_event.get(inst.id, 0) > SCREEN_FALLBACK_AFTER_S
+            ):
+                # an Escape interrupt fires no Stop: the screen is the only witness
+                screen = await self.tmux.capture(inst.id, 30)
+                if profile(inst.agent).screen_state(screen) == State.READY:
+                    log.info("screen shows ready", instance_id=inst.id)
+                    self._set(inst, State.READY)
+
+
+def _text(value: Any) -> str | None:
+    if value is None:
+        return None
+    return value if isinstance(value, str) else str(value)
