@@ -56,6 +56,9 @@ class Instances:
         self.changes = Changes()
         self.listeners: list[Listener] = []
         self._reconcile_soon = asyncio.Event()
+        # instance id -> monotonic time its pane was last (re)created, inf while that is
+        # in flight: a tmux listing taken before then cannot speak about its pane
+        self.pane_since: dict[str, float] = {}
 
     # -- start-up and adoption ------------------------------------------------------------
     async def start(self) -> None:
@@ -170,11 +173,14 @@ class Instances:
         cwd = Path(inst.work_dir)
         if inst.status != State.STARTING:
             self._set(inst, State.STARTING)
+        self.pane_since[inst.id] = float("inf")
         try:
             pane = await self._start_pane(inst, spec.argv, cwd, spec.env)
         except NoServer:
             await self.ensure_tmux()
             pane = await self._start_pane(inst, spec.argv, cwd, spec.env)
+        finally:
+            self.pane_since[inst.id] = time.monotonic()
         inst.pane_id = pane.pane_id
         inst.launched += 1
         inst.exit_status = inst.exit_signal = None
@@ -191,7 +197,7 @@ class Instances:
     async def _start_pane(
         self, inst: Instance, argv: list[str], cwd: Path, env: dict[str, str]
     ) -> PaneInfo:
-        if await self.tmux.has_session(inst.id):
+        if inst.launched and await self.tmux.has_session(inst.id):
             return await self.tmux.respawn(inst.id, argv, cwd=cwd, env=env)
         return await self.tmux.new_session(inst.id, argv, cwd=cwd, env=env)
 
@@ -314,12 +320,15 @@ class Instances:
         live = [i for i in self.by_id.values() if i.status in LIVE]
         if not live:
             return
+        listed_at = time.monotonic()
         try:
             panes = {p.session: p for p in await self.tmux.panes()}
         except NoServer:
             panes = {}
         now = time.monotonic()
         for inst in live:
+            if self.pane_since.get(inst.id, 0) >= listed_at or inst.status not in LIVE:
+                continue  # launched (or changed) while we listed: our listing is stale for it
             pane = panes.get(inst.id)
             if pane is None or pane.dead:
                 self._exited(inst, pane)
