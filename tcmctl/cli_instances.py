@@ -59,7 +59,7 @@ def spawn(
         result,
         lambda r: (
             f"{r['instanceId']}  {r['role']}  {r['status']}  "
-            f"(tmux -L <socket> attach -t {r['tmuxTarget']})"
+            f"(watch it: tcmctl attach {r['instanceId']} --ro)"
         ),
     )
 

@@ -123,6 +123,7 @@ class WaitResult(BaseModel):
 
 class HookParams(Params):
     payload: dict[str, Any]
+    launch: int | None = None
 
 
 class InstanceTools:
@@ -319,4 +320,4 @@ class InstanceTools:
         }
 
     def hook(self, caller: Caller, p: HookParams) -> dict[str, Any]:
-        return self.instances.on_hook(caller, p.payload)
+        return self.instances.on_hook(caller, p.payload, p.launch)

@@ -167,13 +167,13 @@ class Instances:
         prof = profile(inst.agent)
         idir = self.settings.state_dir / "instances" / inst.id
         idir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        spec = prof.launch(
-            inst, LaunchEnv(self.settings, idir, self.python, self._agent_env(inst)), resume=resume
-        )
+        env = self._agent_env(inst, launch=inst.launched + 1)
+        spec = prof.launch(inst, LaunchEnv(self.settings, idir, self.python, env), resume=resume)
         cwd = Path(inst.work_dir)
         if inst.status != State.STARTING:
             self._set(inst, State.STARTING)
         self.pane_since[inst.id] = float("inf")
+        inst.launched += 1  # before the process exists: its first hook names this launch
         try:
             pane = await self._start_pane(inst, spec.argv, cwd, spec.env)
         except NoServer:
@@ -182,7 +182,6 @@ class Instances:
         finally:
             self.pane_since[inst.id] = time.monotonic()
         inst.pane_id = pane.pane_id
-        inst.launched += 1
         inst.exit_status = inst.exit_signal = None
         self._save(inst)
         log.info(
@@ -201,12 +200,13 @@ class Instances:
             return await self.tmux.respawn(inst.id, argv, cwd=cwd, env=env)
         return await self.tmux.new_session(inst.id, argv, cwd=cwd, env=env)
 
-    def _agent_env(self, inst: Instance) -> dict[str, str]:
+    def _agent_env(self, inst: Instance, *, launch: int) -> dict[str, str]:
         bin_dir = str(Path(self.python).parent)
         path = os.environ.get("PATH", "")
         return {
             "TCM_INSTANCE_ID": inst.id,
             "TCM_INSTANCE_TOKEN": inst.token,
+            "TCM_INSTANCE_LAUNCH": str(launch),
             "TCM_SOCKET": str(self.settings.socket_path),
             "PATH": path if bin_dir in path.split(os.pathsep) else f"{bin_dir}{os.pathsep}{path}",
         }
@@ -245,8 +245,14 @@ class Instances:
             )
             self._set(inst, State.EXITED, check=False)
 
-    def on_hook(self, caller: Caller, payload: dict[str, Any]) -> dict[str, Any]:
-        """Map one hook event of an instance to its state (see docs/architecture.md)."""
+    def on_hook(
+        self, caller: Caller, payload: dict[str, Any], launch: int | None = None
+    ) -> dict[str, Any]:
+        """Map one hook event of an instance to its state (see docs/architecture.md).
+
+        ``launch`` says which start of the agent's process sent it: events of a process
+        that was since replaced (a restart) are ignored.
+        """
         event = str(payload.get("hook_event_name", ""))
         if caller.is_operator:
             if event == "TmuxPaneDied":
@@ -255,7 +261,7 @@ class Instances:
         assert caller.instance_id is not None
         inst = self.by_id[caller.instance_id]
         self.last_event[inst.id] = time.monotonic()
-        if inst.status == State.TERMINATED:
+        if inst.status == State.TERMINATED or (launch is not None and launch != inst.launched):
             return {"accepted": False}
         new = self._apply(inst, event, payload)
         if new is not None and new != inst.status:

@@ -120,3 +120,48 @@ def test_hook_exits_fast_and_zero_when_daemon_is_down(tmp_path: Path) -> None:
     assert out.returncode == 0
     assert out.stdout == b""
     wait_until(lambda: True)
+
+
+def test_instance_commands_end_to_end(daemon: DaemonProcess, tmp_path: Path) -> None:
+    env = daemon.env
+    spawned = run(
+        [
+            "spawn",
+            "executive",
+            "--agent",
+            "shell",
+            "--workdir",
+            str(tmp_path),
+            "--context",
+            "cli test",
+            "--json",
+        ],
+        env,
+    )
+    assert spawned.returncode == 0, spawned.stderr
+    assert json.loads(spawned.stdout)["instanceId"] == "exec_1"
+    sent = run(["send", "exec_1", "-"], env, stdin="echo 'from stdin' $((6*7))")
+    assert sent.returncode == 0, sent.stderr
+    assert "delivered to exec_1" in sent.stdout
+    waited = run(["wait", "exec_1", "--timeout", "20", "--json"], env)
+    assert waited.returncode == 0, waited.stderr
+    assert json.loads(waited.stdout)["instances"][0]["lastResult"] == "from stdin 42"
+    read = run(["read", "exec_1", "-n", "10"], env)
+    assert "── exec_1 (ready)" in read.stdout
+    assert "from stdin 42" in read.stdout
+    listed = json.loads(run(["list", "--json"], env).stdout)
+    assert [(r["instanceId"], r["status"]) for r in listed] == [("exec_1", "ready")]
+    table = run(["list", "--role", "executive"], env).stdout
+    assert table.splitlines()[0].split()[:3] == ["INSTANCEID", "ROLE", "PARENTID"]
+    refused = run(["spawn", "manager", "--agent", "shell", "--workdir", str(tmp_path)], env)
+    assert refused.returncode == 4
+    assert "parentId: a manager needs a executive parent" in refused.stderr
+    assert run(["attach", "exec_9"], env).returncode == 4
+    restarted = run(["restart", "exec_1", "--json"], env)
+    assert json.loads(restarted.stdout)["status"] == "ready"
+    term = run(["terminate", "exec_1"], env)
+    assert term.returncode == 0
+    assert term.stdout.strip() == "terminated exec_1"
+    gone = run(["send", "exec_1", "echo no"], env)
+    assert gone.returncode == 4
+    assert "terminated" in gone.stderr
