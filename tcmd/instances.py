@@ -78,7 +78,7 @@ class Instances:
             # tmux tells us at once when an agent's process dies; reconcile is the safety net
             await self.tmux.run(
                 "set-hook",
-                "-g",
+                "-gw",  # pane-died is a window hook: -g alone sets a session hook that never fires
                 "pane-died",
                 f"run-shell -b '{self.python} -m tcmctl hook TmuxPaneDied'",
             )
@@ -196,7 +196,7 @@ class Instances:
     async def _start_pane(
         self, inst: Instance, argv: list[str], cwd: Path, env: dict[str, str]
     ) -> PaneInfo:
-        if inst.launched and await self.tmux.has_session(inst.id):
+        if inst.launched > 1 and await self.tmux.has_session(inst.id):
             return await self.tmux.respawn(inst.id, argv, cwd=cwd, env=env)
         return await self.tmux.new_session(inst.id, argv, cwd=cwd, env=env)
 
@@ -254,10 +254,14 @@ class Instances:
         that was since replaced (a restart) are ignored.
         """
         event = str(payload.get("hook_event_name", ""))
+        if event == "TmuxPaneDied":
+            # from tmux's pane-died hook (run with the dead session's environment, so it
+            # usually carries that instance's token): look at tmux now, trust tmux only
+            log.debug("tmux reports a dead pane", instance_id=caller.instance_id)
+            self._reconcile_soon.set()
+            return {"accepted": True}
         if caller.is_operator:
-            if event == "TmuxPaneDied":
-                self._reconcile_soon.set()
-            return {"accepted": event == "TmuxPaneDied"}
+            return {"accepted": False}
         assert caller.instance_id is not None
         inst = self.by_id[caller.instance_id]
         self.last_event[inst.id] = time.monotonic()
