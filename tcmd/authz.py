@@ -60,8 +60,14 @@ def spawn_parent(
             raise InvalidParams("parentId: an executive has no parent")
         return None
     if parent_id is None:
-        raise InvalidParams(f"parentId: a {role} needs a {needed} parent")
+        raise InvalidParams(f"parentId: a {role} needs {_a(needed)} parent")
     parent = lookup(parent_id)
     if parent.role != needed:
-        raise InvalidParams(f"parentId: {parent_id} is a {parent.role}; a {role} needs a {needed}")
+        raise InvalidParams(
+            f"parentId: {parent_id} is {_a(parent.role)}; a {role} needs {_a(needed)} parent"
+        )
     return parent
+
+
+def _a(role: Role) -> str:
+    return f"an {role}" if role.value[0] in "aeiou" else f"a {role}"
