@@ -35,7 +35,10 @@ from tcmd.tmux import NoServer, PaneInfo, Tmux
 
 log = structlog.get_logger(__name__)
 NS = "instances"
-RECONCILE_INTERVAL_S = 2.0
+# tmux 3.3a sometimes notices a pane's death only when a client next talks to it (seen:
+# seconds late, or never while idle), so the reconcile's one list-panes call every half
+# second is both the safety net and the nudge; the pane-died hook covers the prompt cases.
+RECONCILE_INTERVAL_S = 0.5
 SCREEN_FALLBACK_AFTER_S = 3.0  # busy with no hook for this long: look at the screen
 _SAFE_PATH = re.compile(r"^[A-Za-z0-9_./+-]+$")
 Listener = Callable[[Instance, State], None]
@@ -59,6 +62,7 @@ class Instances:
         # instance id -> monotonic time its pane was last (re)created, inf while that is
         # in flight: a tmux listing taken before then cannot speak about its pane
         self.pane_since: dict[str, float] = {}
+        self.screen_checked: dict[str, float] = {}  # last screen fallback look, monotonic
 
     # -- start-up and adoption ------------------------------------------------------------
     async def start(self) -> None:
@@ -345,8 +349,10 @@ class Instances:
             elif (
                 inst.status == State.BUSY
                 and now - self.last_event.get(inst.id, 0) > SCREEN_FALLBACK_AFTER_S
+                and now - self.screen_checked.get(inst.id, 0) > SCREEN_FALLBACK_AFTER_S
             ):
                 # an Escape interrupt fires no Stop: the screen is the only witness
+                self.screen_checked[inst.id] = now
                 screen = await self.tmux.capture(inst.id, 30)
                 if profile(inst.agent).screen_state(screen) == State.READY:
                     log.info("screen shows ready", instance_id=inst.id)

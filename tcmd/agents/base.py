@@ -46,6 +46,9 @@ class AgentProfile(Protocol):
     def input_pending(self, screen: str, text: str) -> bool:
         """Whether ``text`` still sits unsubmitted in the agent's input box."""
 
+    def task_prompt(self, context: str, instruction: str) -> str:
+        """The prompt that gives a parallel task to a fresh specialist."""
+
 
 def prompt_line(screen: str) -> str | None:
     """The text after the last ``❯`` prompt marker on screen, if any."""

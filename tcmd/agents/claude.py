@@ -121,6 +121,9 @@ class ClaudeProfile:
     def input_pending(self, screen: str, text: str) -> bool:
         return text_in_box(screen, text)
 
+    def task_prompt(self, context: str, instruction: str) -> str:
+        return f"{context.strip()}\n\n{instruction.strip()}" if context.strip() else instruction
+
 
 def _write_private(path: Path, content: object) -> None:
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)

@@ -34,3 +34,6 @@ class ShellProfile:
 
     def input_pending(self, screen: str, text: str) -> bool:
         return text_in_box(screen, text)
+
+    def task_prompt(self, context: str, instruction: str) -> str:
+        return instruction  # the instruction is the command line; context is for people
