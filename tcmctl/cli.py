@@ -133,10 +133,10 @@ def call(obj: Ctx, method: str, params: str) -> None:
 
 
 def _register_subcommands() -> None:
-    from tcmctl import cli_daemon, cli_instances
+    from tcmctl import cli_daemon, cli_instances, cli_parallel
 
     cli.add_command(cli_daemon.daemon)
-    for command in cli_instances.COMMANDS:
+    for command in [*cli_instances.COMMANDS, *cli_parallel.COMMANDS]:
         cli.add_command(command)
 
 

@@ -27,6 +27,10 @@ from tcmd.delivery import Delivery
 from tcmd.errors import ConfigError, TcmError
 from tcmd.instance_tools import InstanceTools
 from tcmd.instances import Instances
+from tcmd.model import Instance, Role
+from tcmd.parallel import Parallel
+from tcmd.parallel_tools import ParallelTools
+from tcmd.queue.local import LocalJobQueue
 from tcmd.rpc import RpcServer
 from tcmd.store.jsonfile import JsonFileStore
 from tcmd.tmux import Tmux
@@ -51,6 +55,8 @@ class Daemon:
         self.tmux = Tmux(settings.tmux_socket, settings.state_dir / "tmux.conf")
         self.instances = Instances(settings, self.store, self.tmux)
         self.delivery = Delivery(self.instances)
+        self.queue = LocalJobQueue(self.store)
+        self.parallel = Parallel(settings, self.store, self.queue, self.instances, self.delivery)
         self.catalogue = Catalogue()
         self.rpc = RpcServer(
             self.catalogue,
@@ -62,6 +68,11 @@ class Daemon:
         self._lock_fds: list[int] = []
         self._background: set[asyncio.Task[Any]] = set()
         self._signals = 0
+
+    def _manager_load(self, inst: Instance) -> dict[str, Any]:
+        if inst.role != Role.MANAGER:
+            return {}
+        return {"parallelExecution": self.parallel.load_of(inst.id)}
 
     def counts(self) -> dict[str, int]:
         counts = {"connections": len(self.rpc.connections), "requests": self.rpc.requests}
@@ -83,8 +94,13 @@ class Daemon:
         self.store.put("meta", "boots", self.boots)
         await self.instances.start()
         self._spawn(self.instances.watch())
+        await self.parallel.start()
+        self._spawn(self.parallel.timer())
+        instance_tools = InstanceTools(self.instances, self.delivery)
+        instance_tools.row_extras.append(self._manager_load)
         self.catalogue.extend(CoreTools(self, self.counts).tools())
-        self.catalogue.extend(InstanceTools(self.instances, self.delivery).tools())
+        self.catalogue.extend(instance_tools.tools())
+        self.catalogue.extend(ParallelTools(self.parallel).tools())
         await self.rpc.start()
         if (interval := sdnotify.watchdog_interval_s()) is not None:
             self._spawn(self._watchdog(interval))

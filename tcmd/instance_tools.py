@@ -6,6 +6,7 @@ them. Every handler checks the caller's role first (``authz.py``).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -132,6 +133,8 @@ class InstanceTools:
     def __init__(self, instances: Instances, delivery: Delivery) -> None:
         self.instances = instances
         self.delivery = delivery
+        # more fields for `list` rows from other services (a manager's parallelExecution)
+        self.row_extras: list[Callable[[Instance], dict[str, Any]]] = []
 
     def tools(self) -> list[Tool[Any]]:
         return [
@@ -267,7 +270,10 @@ class InstanceTools:
                 and not is_descendant(inst, str(caller.instance_id), self.instances.find)
             ):
                 continue  # an instance sees itself and its descendants only
-            rows.append(inst.public())
+            row = inst.public()
+            for extra in self.row_extras:
+                row.update(extra(inst))
+            rows.append(row)
         return rows
 
     async def terminate(self, caller: Caller, p: TerminateParams) -> dict[str, Any]:

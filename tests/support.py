@@ -139,7 +139,7 @@ class AgentDaemon:
     ) -> AgentDaemon:
         home = tmp_path / "home"
         work = tmp_path / "work"
-        home.mkdir(exist_ok=True)
+        home.mkdir(parents=True, exist_ok=True)
         work.mkdir(exist_ok=True)
         log = tmp_path / "events.jsonl"
         env = {
@@ -150,7 +150,7 @@ class AgentDaemon:
             "FAKE_CLAUDE_START_MS": "50",
             **(extra_env or {}),
         }
-        return cls(factory(extra_env=env).start(), log, work)
+        return cls(factory(tmp_path / "state", env).start(), log, work)
 
     def call(self, method: str, params: dict[str, Any] | None = None,
              token: str | None = None) -> Any:

@@ -1,0 +1,318 @@
+"""Parallel execution: the dispatcher that turns queued jobs into running specialists.
+
+Limits hold by construction: a job starts only in ``dispatch()``, which counts what runs.
+At most ``limit_for(manager)`` specialists run under a manager (the run's maxConcurrent,
+never above MAX_SPECIALISTS_PER_MANAGER) and at most MAX_MANAGER_CONCURRENCY managers run
+tasks at once; PHASE=2 makes both 1. ``dispatch()`` is called on every change that can
+free or fill a slot (a job added or finished, a retry due, a manager appearing or dying).
+
+One job = one attempt in a fresh specialist: spawn under the manager, deliver the task,
+wait for the turn to end, judge the result, terminate the specialist, ack or fail the job
+(the queue decides retry or dead).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from tcmd import worktrees
+from tcmd.agents.registry import profile
+from tcmd.config import Settings
+from tcmd.delivery import Delivery
+from tcmd.errors import TcmError
+from tcmd.instances import Instances
+from tcmd.model import IDLE, LIVE, Instance, Role, State
+from tcmd.queue.base import FINAL, Job, JobState
+from tcmd.queue.local import LocalJobQueue
+from tcmd.store import StateStore
+
+log = structlog.get_logger(__name__)
+RUNS = "runs"
+SPAWN_TIMEOUT_S = 60.0
+DELIVERY_TIMEOUT_S = 30.0
+
+
+class TaskFailed(Exception):
+    """An attempt ended without a result the task accepts; the message says why."""
+
+
+@dataclass(slots=True)
+class Run:
+    run_id: str
+    work_dir: str
+    agent: str
+    isolation: str  # "worktree" | "shared"
+    max_concurrent: int | None
+    timeout_ms: int
+    keep_specialists: bool
+    manager_ids: list[str]
+    job_ids: dict[str, str] = field(default_factory=dict)  # task id -> job id, in task order
+    strategy: str | None = None
+    created_at: float = field(default_factory=time.time)
+    finished_at: float | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class Parallel:
+    """Owns the runs, the dispatch of jobs to slots, and the running attempts."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: StateStore,
+        queue: LocalJobQueue,
+        instances: Instances,
+        delivery: Delivery,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.queue = queue
+        self.instances = instances
+        self.delivery = delivery
+        self.runs: dict[str, Run] = {}
+        self.active: dict[str, int] = {}  # manager id -> attempts running now
+        self.limits: dict[str, int] = {}  # manager id -> its current maxConcurrent
+        self.attempts: dict[str, asyncio.Task[None]] = {}  # job id -> running attempt
+        self.peak_per_manager: dict[str, int] = {}
+        self.peak_managers = 0
+        self.worktree_root = settings.state_dir / "worktrees"
+        self._wake = asyncio.Event()
+        instances.listeners.append(self._on_instance)
+
+    # -- start-up ---------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Load runs and jobs; re-queue what was running when the daemon died."""
+        for raw in self.store.items(RUNS).values():
+            run = Run(**raw)
+            self.runs[run.run_id] = run
+        self.queue.load()
+        orphans = [j.instance_id for j in self.queue.jobs(state=JobState.ACTIVE) if j.instance_id]
+        for job in self.queue.recover():
+            log.info("job re-queued after a restart", job_id=job.job_id, reruns=job.reruns)
+        for instance_id in orphans:
+            inst = self.instances.find(instance_id)
+            if inst is not None and inst.status != State.TERMINATED:
+                await self.instances.terminate(inst)  # its attempt runs again from the start
+        self.dispatch()
+
+    async def timer(self) -> None:
+        """Dispatch when a retry falls due or something changed (never a busy loop)."""
+        while True:
+            wake_at = self.queue.next_wakeup()
+            delay = None if wake_at is None else max(0.0, wake_at - time.time())
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(delay):
+                    await self._wake.wait()
+            self._wake.clear()
+            self.dispatch()
+
+    # -- limits -----------------------------------------------------------------------------
+    def limit_for(self, manager_id: str) -> int:
+        if self.settings.phase == 2:
+            return 1
+        cap = self.settings.max_specialists_per_manager
+        return min(self.limits.get(manager_id, cap), cap)
+
+    def manager_limit(self) -> int:
+        return 1 if self.settings.phase == 2 else self.settings.max_manager_concurrency
+
+    def live_managers(self) -> list[Instance]:
+        return [
+            i for i in self.instances.by_id.values()
+            if i.role == Role.MANAGER and i.status in LIVE and i.status != State.STARTING
+        ]  # fmt: skip
+
+    # -- dispatch ---------------------------------------------------------------------------
+    def dispatch(self) -> None:
+        """Start every job that may start now, under the limits."""
+        now = time.time()
+        busy = {m for m, n in self.active.items() if n > 0}
+        for manager in sorted(self.live_managers(), key=lambda m: m.id):
+            mid = manager.id
+            while self.active.get(mid, 0) < self.limit_for(mid):
+                if mid not in busy and len(busy) >= self.manager_limit():
+                    break
+                job = self.queue.take(mid, now)
+                if job is None:
+                    break
+                busy.add(mid)
+                self.active[mid] = self.active.get(mid, 0) + 1
+                self.peak_per_manager[mid] = max(
+                    self.peak_per_manager.get(mid, 0), self.active[mid]
+                )
+                self.peak_managers = max(self.peak_managers, len(busy))
+                task = asyncio.get_running_loop().create_task(self._attempt(job, mid))
+                self.attempts[job.job_id] = task
+                task.add_done_callback(self._attempt_done)
+        self.instances.changes.fire()
+
+    def kick(self) -> None:
+        """Have the timer dispatch soon and re-read the next retry time."""
+        self._wake.set()
+
+    def _attempt_done(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            log.error("attempt crashed", exc_info=exc)
+
+    def _on_instance(self, inst: Instance, old: State) -> None:
+        if inst.role != Role.MANAGER:
+            return
+        if inst.status not in LIVE:
+            moved = self.queue.reassign(inst.id, None)
+            if moved:
+                log.info(
+                    "manager gone: its waiting jobs go to the others",
+                    manager_id=inst.id,
+                    jobs=len(moved),
+                )
+        self._wake.set()
+
+    # -- one attempt --------------------------------------------------------------------------
+    async def _attempt(self, job: Job, manager_id: str) -> None:
+        run = self.runs[job.run_id]
+        spec: Instance | None = None
+        wt: worktrees.Worktree | None = None
+        started = time.monotonic()
+        try:
+            work_dir = Path(run.work_dir)
+            if run.isolation == "worktree":
+                wt = await self._worktree(job, run)
+                work_dir = wt.workdir
+            spec = self.instances.create(
+                Role.SPECIALIST, self.instances.get(manager_id), work_dir=str(work_dir),
+                agent=run.agent, context=str(job.task.get("context") or ""), model=None,
+            )  # fmt: skip
+            self.queue.annotate(job.job_id, instance_id=spec.id)  # persisted: found after a crash
+            result, extra = await self._run_task(job, run, spec)
+            extra["instanceId"] = spec.id
+            await self._release(spec, run)
+            if wt is not None:  # the agent is gone: nothing can write into it any more
+                extra.update(await worktrees.finish(wt))
+            self.queue.complete(job.job_id, result, extra)
+            log.info("task completed", job_id=job.job_id, task_id=job.task_id,
+                     ms=round((time.monotonic() - started) * 1000))  # fmt: skip
+        except (TaskFailed, TcmError) as exc:
+            reason = exc.message if isinstance(exc, TcmError) else str(exc)
+            await self._release(spec, run)
+            if wt is not None and job.attempts >= job.retry.attempts:  # the last attempt
+                self.queue.annotate(job.job_id, extra=await worktrees.finish(wt))
+            failed = self.queue.fail(job.job_id, reason, time.time())
+            log.info("task attempt failed", job_id=job.job_id, task_id=job.task_id,
+                     error=reason, state=failed.state)  # fmt: skip
+        except Exception as exc:  # a bug must not leave the job active forever
+            log.exception("attempt failed unexpectedly", job_id=job.job_id)
+            self.queue.fail(job.job_id, f"internal error: {exc!r}", time.time())
+        finally:
+            self.attempts.pop(job.job_id, None)
+            await self._release(spec, run)
+            self.active[manager_id] -= 1
+            self._finish_run_if_done(run)
+            self.dispatch()
+            self.kick()  # a retry may now be due later than the timer knows
+
+    async def _release(self, spec: Instance | None, run: Run) -> None:
+        """Terminate the attempt's specialist (unless the run keeps them for inspection)."""
+        if spec is not None and not run.keep_specialists and spec.status != State.TERMINATED:
+            with contextlib.suppress(TcmError):
+                await self.instances.terminate(spec)
+
+    async def _worktree(self, job: Job, run: Run) -> worktrees.Worktree:
+        existing = job.extra.get("worktreeInfo")
+        if existing:  # a retry works on in the same worktree: nothing is thrown away
+            return worktrees.Worktree.from_json(existing)
+        wt = await worktrees.create(Path(run.work_dir), self.worktree_root, run.run_id, job.task_id)
+        self.queue.annotate(job.job_id, extra={"worktreeInfo": wt.to_json(), "branch": wt.branch})
+        return wt
+
+    async def _run_task(self, job: Job, run: Run, spec: Instance) -> tuple[str, dict[str, Any]]:
+        changes = self.instances.changes
+        await self.instances.launch(spec, resume=False)
+        await changes.wait_for(lambda: spec.status != State.STARTING, SPAWN_TIMEOUT_S)
+        if spec.status != State.READY:
+            raise TaskFailed(f"specialist {spec.id} did not start ({spec.status.value})")
+        task = job.task
+        text = profile(run.agent).task_prompt(
+            str(task.get("context") or ""), str(task["instruction"])
+        )
+        sent = await self.delivery.send(spec, text, DELIVERY_TIMEOUT_S)
+        if not sent["delivered"]:
+            raise TaskFailed(f"the task prompt was not acknowledged by {spec.id}")
+        timeout_ms = int(task.get("timeoutMs") or run.timeout_ms)
+        finished = await changes.wait_for(
+            lambda: spec.status in IDLE and not self.delivery.pending(spec.id), timeout_ms / 1000
+        )
+        if not finished:
+            raise TaskFailed(f"timed out after {timeout_ms} ms (still {spec.status.value})")
+        return self._judge(job, spec)
+
+    @staticmethod
+    def _judge(job: Job, spec: Instance) -> tuple[str, dict[str, Any]]:
+        result = spec.last_result or ""
+        extra: dict[str, Any] = {"exitCode": spec.last_exit_code}
+        if spec.status == State.ERRORED:
+            raise TaskFailed(f"agent error: {spec.last_error}")
+        if spec.status == State.EXITED:
+            how = f"signal {spec.exit_signal}" if spec.exit_signal else f"status {spec.exit_status}"
+            raise TaskFailed(f"specialist {spec.id} exited ({how}) before finishing")
+        if spec.status == State.WAITING:
+            raise TaskFailed(f"specialist {spec.id} stopped to wait for a person")
+        if spec.last_exit_code not in (None, 0):
+            raise TaskFailed(f"exit status {spec.last_exit_code}: {result[-500:]}")
+        pattern = job.task.get("completionPattern")
+        if pattern and not re.search(str(pattern), result):
+            raise TaskFailed(f"completionPattern {pattern!r} did not match the result")
+        return result, extra
+
+    # -- runs ---------------------------------------------------------------------------------
+    def run_jobs(self, run: Run) -> list[Job]:
+        return [self.queue.get(j) for j in run.job_ids.values()]
+
+    def run_done(self, run: Run) -> bool:
+        return all(j.state in FINAL for j in self.run_jobs(run))
+
+    def finish_runs(self) -> None:
+        for run in self.runs.values():
+            self._finish_run_if_done(run)
+
+    def load_of(self, manager_id: str) -> dict[str, int]:
+        """A manager's ``parallelExecution`` figures, as ``list`` shows them."""
+        done = self.queue.jobs(manager_id=manager_id)
+        return {
+            "active": self.active.get(manager_id, 0),
+            "queued": self.queue.waiting(manager_id),
+            "completed": sum(j.state == JobState.COMPLETED for j in done),
+            "failed": sum(j.state == JobState.FAILED for j in done),
+            "maxConcurrent": self.limit_for(manager_id),
+        }
+
+    def _finish_run_if_done(self, run: Run) -> None:
+        if run.finished_at is None and self.run_done(run):
+            run.finished_at = time.time()
+            self.store.put(RUNS, run.run_id, run.to_json())
+            log.info("run finished", run_id=run.run_id)
+
+    def save_run(self, run: Run) -> None:
+        self.runs[run.run_id] = run
+        self.store.put(RUNS, run.run_id, run.to_json())
+
+    def new_run_id(self) -> str:
+        n = int(self.store.get("counters", "run") or 0) + 1
+        self.store.put("counters", "run", n)
+        return f"run_{n}"
+
+    def cancel(self, job: Job) -> Job:
+        cancelled = self.queue.cancel(job.job_id)
+        if (attempt := self.attempts.get(job.job_id)) is not None:
+            attempt.cancel()  # its finally terminates the specialist
+        self.kick()
+        return cancelled

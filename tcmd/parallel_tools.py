@@ -1,0 +1,451 @@
+"""Catalogue entries for parallel work: executeParallel, getParallelStatus, distributeWork,
+jobs, queueStats, cancel, worktrees. Names and parameters of the first three are the
+original system's; the rest are new beside them.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, field_validator
+
+from tcmd import distribution, worktrees
+from tcmd.agents.registry import profile
+from tcmd.api import Caller, NoParams, Params, Tool
+from tcmd.authz import check_target
+from tcmd.errors import Conflict, Forbidden, InvalidParams, NotFound
+from tcmd.model import LIVE, Instance, Role, State
+from tcmd.parallel import Parallel, Run
+from tcmd.queue.base import FINAL, Job, JobState, Priority, RetryPolicy
+
+TaskId = Annotated[
+    str, Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+]
+InstanceId = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_]+$")]
+PriorityName = Literal["critical", "high", "medium", "low"]
+
+
+class TaskSpec(Params):
+    id: TaskId
+    name: str | None = Field(default=None, max_length=500)
+    context: str = Field(default="", max_length=1_000_000)
+    instruction: str = Field(min_length=1, max_length=1_000_000)
+    completionPattern: str | None = Field(default=None, max_length=10_000)
+    priority: PriorityName = "medium"
+    timeoutMs: int | None = Field(default=None, ge=1, le=86_400_000)
+
+    @field_validator("completionPattern")
+    @classmethod
+    def _compiles(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise ValueError(f"not a valid regular expression: {exc}") from None
+        return value
+
+
+class RetrySpec(Params):
+    attempts: int = Field(default=3, ge=1, le=100)
+    baseMs: int = Field(default=1000, ge=0, le=3_600_000)
+    capMs: int = Field(default=60_000, ge=0, le=86_400_000)
+
+
+class RunOptions(Params):
+    workDir: str | None = Field(default=None, max_length=4096)
+    maxConcurrent: int | None = Field(default=None, ge=1, le=1000)
+    timeoutMs: int = Field(default=600_000, ge=1, le=86_400_000)
+    wait: bool = True
+    agent: str = "claude"
+    isolation: Literal["worktree", "shared"] | None = None
+    retry: RetrySpec | None = None
+    keepSpecialists: bool = False
+
+
+class ExecuteParallelParams(RunOptions):
+    managerId: InstanceId
+    tasks: list[TaskSpec] = Field(min_length=1, max_length=10_000)
+
+
+class DistributeParams(RunOptions):
+    tasks: list[TaskSpec] = Field(min_length=1, max_length=10_000)
+    strategy: Literal["round-robin", "least-loaded", "capacity-aware"] = "round-robin"
+    wait: bool = False
+    managers: int | None = Field(default=None, ge=1, le=100)
+
+
+class StatusParams(Params):
+    managerId: InstanceId | None = None
+    runId: str | None = None
+    sinceChange: int | None = None  # long poll: answer once the daemon's change count moves
+    waitMs: int = Field(default=0, ge=0, le=600_000)
+
+
+class JobsParams(Params):
+    state: Literal["queued", "active", "retrying", "completed", "failed", "cancelled"] | None = None
+    runId: str | None = None
+    managerId: str | None = None
+    limit: int = Field(default=100, ge=1, le=100_000)
+
+
+class CancelParams(Params):
+    jobId: str | None = None
+    runId: str | None = None
+
+
+class WorktreesParams(Params):
+    prune: bool = False
+
+
+class ParallelTools:
+    def __init__(self, parallel: Parallel) -> None:
+        self.p = parallel
+
+    def tools(self) -> list[Tool[Any]]:
+        return [
+            Tool(
+                "executeParallel",
+                "Run tasks in parallel, each in a fresh specialist under the "
+                "manager, within its concurrency limit; waits for the results unless wait=false.",
+                ExecuteParallelParams,
+                self.execute_parallel,
+            ),
+            Tool(
+                "getParallelStatus",
+                "Progress of a run (runId) or of a manager's tasks "
+                "(managerId): counts, limit and every task.",
+                StatusParams,
+                self.status,
+                read_only=True,
+            ),
+            Tool(
+                "distributeWork",
+                "Spread tasks over the live managers with a strategy "
+                "(round-robin, least-loaded, capacity-aware); spawns missing managers when "
+                "`managers` asks for more.",
+                DistributeParams,
+                self.distribute,
+            ),
+            Tool(
+                "jobs",
+                "Jobs of the queue, oldest first, filtered by state, run or manager.",
+                JobsParams,
+                self.jobs,
+                inline=True,
+                read_only=True,
+            ),
+            Tool(
+                "queueStats",
+                "Counts by state and priority, average wait and run time, throughput.",
+                NoParams,
+                self.queue_stats,
+                inline=True,
+                read_only=True,
+            ),
+            Tool(
+                "cancel",
+                "Cancel a job or every unfinished job of a run.",
+                CancelParams,
+                self.cancel,
+                destructive=True,
+            ),
+            Tool(
+                "worktrees",
+                "tcm's git worktrees (one per task); prune=true removes the clean "
+                "ones and keeps every one with work in it.",
+                WorktreesParams,
+                self.worktrees,
+                operator_only=True,
+            ),
+        ]
+
+    # -- runs ---------------------------------------------------------------------------------
+    async def _new_run(
+        self,
+        caller: Caller,
+        opts: RunOptions,
+        tasks: list[TaskSpec],
+        manager_ids: list[str],
+        work_dir: str,
+    ) -> Run:
+        ids = [t.id for t in tasks]
+        if len(set(ids)) != len(ids):
+            dupes = sorted({i for i in ids if ids.count(i) > 1})
+            raise InvalidParams(f"tasks: duplicate task ids {', '.join(dupes)}")
+        profile(opts.agent)
+        path = Path(work_dir)
+        if not path.is_absolute() or not path.is_dir():
+            raise InvalidParams(f"workDir: {work_dir} is not an absolute path to a directory")
+        isolation = opts.isolation
+        if isolation is None:
+            isolation = "worktree" if await worktrees.repo_root(path) else "shared"
+        elif isolation == "worktree" and await worktrees.repo_root(path) is None:
+            raise InvalidParams(
+                f"isolation: worktree needs a git repository; {work_dir} is not in one"
+            )
+        return Run(
+            run_id=self.p.new_run_id(),
+            work_dir=str(path),
+            agent=opts.agent,
+            isolation=isolation,
+            max_concurrent=opts.maxConcurrent,
+            timeout_ms=opts.timeoutMs,
+            keep_specialists=opts.keepSpecialists,
+            manager_ids=manager_ids,
+        )
+
+    def _enqueue(
+        self, run: Run, tasks: list[TaskSpec], opts: RunOptions, assignment: dict[str, str | None]
+    ) -> None:
+        retry = RetryPolicy(
+            **(
+                {
+                    "attempts": opts.retry.attempts,
+                    "base_ms": opts.retry.baseMs,
+                    "cap_ms": opts.retry.capMs,
+                }
+                if opts.retry
+                else {}
+            )
+        )
+        for task in tasks:
+            job = Job(
+                job_id=self.p.queue.new_job_id(),
+                run_id=run.run_id,
+                task_id=task.id,
+                task=task.model_dump(),
+                priority=Priority.parse(task.priority),
+                manager_id=assignment[task.id],
+                retry=retry,
+            )
+            run.job_ids[task.id] = job.job_id
+            self.p.queue.put(job)
+        self.p.save_run(run)
+        for manager_id in run.manager_ids:
+            if opts.maxConcurrent is not None:
+                self.p.limits[manager_id] = opts.maxConcurrent
+        self.p.dispatch()
+
+    async def _await_run(self, run: Run) -> dict[str, Any]:
+        await self.p.instances.changes.wait_for(lambda: self.p.run_done(run), None)
+        return self.summary(run)
+
+    def summary(self, run: Run) -> dict[str, Any]:
+        jobs = self.p.run_jobs(run)
+        return {
+            "runId": run.run_id,
+            "total": len(jobs),
+            "completed": sum(j.state == JobState.COMPLETED for j in jobs),
+            "failed": sum(j.state == JobState.FAILED for j in jobs),
+            "cancelled": sum(j.state == JobState.CANCELLED for j in jobs),
+            "done": all(j.state in FINAL for j in jobs),
+            "results": [_task_row(j) for j in jobs],
+        }
+
+    async def execute_parallel(self, caller: Caller, p: ExecuteParallelParams) -> dict[str, Any]:
+        manager = self.p.instances.get(p.managerId)
+        if caller.instance_id != manager.id:
+            check_target(caller, manager, self.p.instances.find, "run tasks under")
+        if manager.role != Role.MANAGER:
+            raise InvalidParams(f"managerId: {manager.id} is {manager.role.value}, not a manager")
+        if manager.status not in LIVE:
+            raise Conflict(f"managerId: {manager.id} has {manager.status.value}")
+        run = await self._new_run(caller, p, p.tasks, [manager.id], p.workDir or manager.work_dir)
+        self._enqueue(run, p.tasks, p, {t.id: manager.id for t in p.tasks})
+        if not p.wait:
+            return {"runId": run.run_id, "total": len(p.tasks)}
+        return await self._await_run(run)
+
+    async def distribute(self, caller: Caller, p: DistributeParams) -> dict[str, Any]:
+        if caller.role in (Role.MANAGER.value, Role.SPECIALIST.value):
+            raise Forbidden(f"a {caller.role} may not distribute work across managers")
+        managers = await self._managers(caller, p)
+        loads = [
+            distribution.ManagerLoad(
+                m.id,
+                self.p.active.get(m.id, 0),
+                self.p.queue.waiting(m.id),
+                p.maxConcurrent or self.p.limit_for(m.id),
+            )
+            for m in managers
+        ]
+        start = int(self.p.store.get("meta", "roundRobinPosition") or 0)
+        assignments, nxt = distribution.distribute(
+            p.strategy, [t.id for t in p.tasks], loads, start
+        )
+        self.p.store.put("meta", "roundRobinPosition", nxt)
+        work_dir = p.workDir or managers[0].work_dir
+        run = await self._new_run(caller, p, p.tasks, [m.id for m in managers], work_dir)
+        run.strategy = p.strategy
+        where = {tid: a.manager_id for a in assignments for tid in a.task_ids}
+        self._enqueue(run, p.tasks, p, where)
+        out: dict[str, Any] = {
+            "runId": run.run_id,
+            "strategy": p.strategy,
+            "managers": [m.id for m in managers],
+            "totalTasks": len(p.tasks),
+            "distribution": [
+                {"managerId": a.manager_id, "taskIds": a.task_ids} for a in assignments
+            ],
+        }
+        if p.wait:
+            out.update(await self._await_run(run))
+        return out
+
+    async def _managers(self, caller: Caller, p: DistributeParams) -> list[Instance]:
+        """The live managers work may go to; spawns the missing ones when asked."""
+        inst = self.p.instances
+
+        def mine(m: Instance) -> bool:
+            return caller.is_operator or m.parent_id == caller.instance_id
+
+        managers = [m for m in self.p.live_managers() if mine(m)]
+        want = p.managers or 0
+        if len(managers) < want:
+            executive = (
+                inst.get(str(caller.instance_id))
+                if not caller.is_operator
+                else await self._executive(p)
+            )
+            while len(managers) < want:
+                mgr = inst.create(
+                    Role.MANAGER,
+                    executive,
+                    work_dir=executive.work_dir,
+                    agent=p.agent,
+                    context="distributeWork manager",
+                    model=None,
+                )
+                await inst.launch(mgr, resume=False)
+                await _until_started(inst, mgr)
+                managers.append(mgr)
+        if not managers:
+            raise Conflict("no live manager to distribute to (say `managers: N` to spawn some)")
+        return sorted(managers, key=lambda m: m.id)
+
+    async def _executive(self, p: DistributeParams) -> Instance:
+        inst = self.p.instances
+        for candidate in sorted(inst.by_id.values(), key=lambda i: i.created):
+            if candidate.role == Role.EXECUTIVE and candidate.status in LIVE:
+                return candidate
+        work_dir = p.workDir or str(Path.cwd())
+        exe = inst.create(
+            Role.EXECUTIVE,
+            None,
+            work_dir=work_dir,
+            agent=p.agent,
+            context="distributeWork executive",
+            model=None,
+        )
+        await inst.launch(exe, resume=False)
+        await _until_started(inst, exe)
+        return exe
+
+    # -- observing ----------------------------------------------------------------------------
+    async def status(self, caller: Caller, p: StatusParams) -> dict[str, Any]:
+        changes = self.p.instances.changes
+        if p.sinceChange is not None and p.waitMs:
+            since = p.sinceChange
+            await changes.wait_for(lambda: changes.count != since, p.waitMs / 1000)
+        if p.runId:
+            run = self.p.runs.get(p.runId)
+            if run is None:
+                raise NotFound(f"no run {p.runId!r}")
+            jobs = self.p.run_jobs(run)
+            limit = sum(self.p.limit_for(m) for m in run.manager_ids)
+        elif p.managerId:
+            manager = self.p.instances.get(p.managerId)
+            if caller.instance_id != manager.id:
+                check_target(caller, manager, self.p.instances.find, "watch")
+            jobs = self.p.queue.jobs(manager_id=manager.id)
+            limit = self.p.limit_for(manager.id)
+        else:
+            raise InvalidParams("params: give managerId or runId")
+        by = {s: sum(j.state == s for j in jobs) for s in JobState}
+        return {
+            "runId": p.runId,
+            "managerId": p.managerId,
+            "activeSpecialists": by[JobState.ACTIVE],
+            "queuedTasks": by[JobState.QUEUED] + by[JobState.RETRYING],
+            "completedTasks": by[JobState.COMPLETED],
+            "failedTasks": by[JobState.FAILED],
+            "cancelledTasks": by[JobState.CANCELLED],
+            "maxConcurrent": limit,
+            "peakActive": max(
+                (
+                    self.p.peak_per_manager.get(m, 0)
+                    for m in ({p.managerId} if p.managerId else set())
+                    | set(self.p.runs[p.runId].manager_ids if p.runId else [])
+                ),
+                default=0,
+            ),
+            "done": all(j.state in FINAL for j in jobs),
+            "change": changes.count,
+            "tasks": [_task_row(j) for j in jobs],
+        }
+
+    def jobs(self, caller: Caller, p: JobsParams) -> list[dict[str, Any]]:
+        state = JobState(p.state) if p.state else None
+        return [
+            j.public()
+            for j in self.p.queue.jobs(
+                state=state, run_id=p.runId, manager_id=p.managerId, limit=p.limit
+            )
+        ]
+
+    def queue_stats(self, caller: Caller, p: NoParams) -> dict[str, Any]:
+        stats = self.p.queue.stats(time.time())
+        stats["peakManagers"] = self.p.peak_managers
+        stats["peakPerManager"] = dict(self.p.peak_per_manager)
+        return stats
+
+    async def cancel(self, caller: Caller, p: CancelParams) -> dict[str, Any]:
+        if bool(p.jobId) == bool(p.runId):
+            raise InvalidParams("params: give exactly one of jobId or runId")
+        if p.jobId:
+            targets = [self.p.queue.get(p.jobId)]
+        else:
+            run = self.p.runs.get(str(p.runId))
+            if run is None:
+                raise NotFound(f"no run {p.runId!r}")
+            targets = self.p.run_jobs(run)
+        done = [self.p.cancel(j).job_id for j in targets if j.state not in FINAL]
+        self.p.finish_runs()
+        return {"cancelled": done}
+
+    async def worktrees(self, caller: Caller, p: WorktreesParams) -> dict[str, Any]:
+        root = self.p.worktree_root
+        if p.prune:
+            return {"pruned": await worktrees.prune(root)}
+        return {"worktrees": await worktrees.list_worktrees(root)}
+
+
+async def _until_started(instances: Any, inst: Instance) -> None:
+    await instances.changes.wait_for(lambda: inst.status != State.STARTING, 60)
+    if inst.status not in LIVE:
+        raise Conflict(f"{inst.id} did not start ({inst.status.value})")
+
+
+def _task_row(job: Job) -> dict[str, Any]:
+    row = {
+        "taskId": job.task_id,
+        "jobId": job.job_id,
+        "name": job.task.get("name"),
+        "status": job.state.value,
+        "priority": job.priority.label,
+        "managerId": job.manager_id,
+        "instanceId": job.instance_id or job.extra.get("instanceId"),
+        "attempts": job.attempts,
+        "reruns": job.reruns,
+        "durationMs": job.duration_ms,
+        "result": job.result,
+        "error": job.last_error if job.state != JobState.COMPLETED else None,
+        "nextRetryAt": job.next_retry_at,
+    }
+    for key in ("branch", "hasCommits", "dirty", "worktree", "exitCode"):
+        if key in job.extra:
+            row[key] = job.extra[key]
+    return row

@@ -1,0 +1,1 @@
+"""The job queue: the JobQueue protocol and its local (heap + store) implementation."""

@@ -1,0 +1,148 @@
+"""Jobs and the JobQueue protocol: every task of a run is a job.
+
+Priorities critical > high > medium > low, FIFO within a priority. Lifecycle:
+
+    queued → active → completed
+                    → retrying (backoff) → active → … → failed (dead, last error kept)
+    queued / retrying / active → cancelled
+
+A job is either assigned to one manager (``manager_id``) or waits in the shared pool
+(``manager_id is None``) for whichever manager frees a slot first.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from enum import IntEnum, StrEnum
+from typing import Any, Protocol
+
+
+class Priority(IntEnum):
+    CRITICAL = 0
+    HIGH = 1
+    MEDIUM = 2
+    LOW = 3
+
+    @classmethod
+    def parse(cls, name: str | None) -> Priority:
+        return cls[(name or "medium").upper()]
+
+    @property
+    def label(self) -> str:
+        return self.name.lower()
+
+
+class JobState(StrEnum):
+    QUEUED = "queued"
+    ACTIVE = "active"
+    RETRYING = "retrying"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+FINAL = frozenset({JobState.COMPLETED, JobState.FAILED, JobState.CANCELLED})
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    attempts: int = 3  # starts in all, the first included
+    base_ms: int = 1000
+    cap_ms: int = 60_000
+
+
+@dataclass(slots=True)
+class Job:
+    job_id: str
+    run_id: str
+    task_id: str
+    task: dict[str, Any]  # the task as given: name, context, instruction, completionPattern, …
+    priority: Priority = Priority.MEDIUM
+    manager_id: str | None = None  # None: the shared pool
+    state: JobState = JobState.QUEUED
+    seq: int = 0  # FIFO order within a priority; set by the queue on put
+    attempts: int = 0  # starts so far (reruns after a daemon crash included)
+    reruns: int = 0  # starts lost to a daemon crash and run again
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    next_retry_at: float | None = None  # unix time
+    last_error: str | None = None
+    result: str | None = None
+    instance_id: str | None = None  # the specialist of the current/last attempt
+    created_at: float = field(default_factory=time.time)
+    queued_at: float = field(default_factory=time.time)  # last time it (re)entered the queue
+    started_at: float | None = None
+    finished_at: float | None = None
+    duration_ms: float | None = None  # of the last attempt
+    extra: dict[str, Any] = field(default_factory=dict)  # branch, worktree, exitCode, …
+
+    def to_json(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["priority"] = int(self.priority)
+        out["state"] = self.state.value
+        return out
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> Job:
+        raw = dict(raw)
+        raw["priority"] = Priority(raw["priority"])
+        raw["state"] = JobState(raw["state"])
+        raw["retry"] = RetryPolicy(**raw["retry"])
+        return cls(**raw)
+
+    def public(self) -> dict[str, Any]:
+        """What the ``jobs`` tool shows."""
+        return {
+            "jobId": self.job_id,
+            "runId": self.run_id,
+            "taskId": self.task_id,
+            "managerId": self.manager_id,
+            "priority": self.priority.label,
+            "state": self.state.value,
+            "attempts": self.attempts,
+            "reruns": self.reruns,
+            "nextRetryAt": self.next_retry_at,
+            "lastError": self.last_error,
+            "instanceId": self.instance_id,
+        }
+
+
+class JobQueue(Protocol):
+    """Where jobs wait, in order, and move through their lifecycle. Persisted on change."""
+
+    def put(self, job: Job) -> Job:
+        """Add a new job (state queued); gives it its ``seq``."""
+
+    def take(self, manager_id: str, now: float) -> Job | None:
+        """The best ready job for ``manager_id`` (its own or the pool's) → active."""
+
+    def complete(self, job_id: str, result: str | None, extra: dict[str, Any]) -> Job:
+        """active → completed."""
+
+    def fail(self, job_id: str, error: str, now: float) -> Job:
+        """active → retrying (after a backoff) or, out of attempts, failed."""
+
+    def cancel(self, job_id: str) -> Job:
+        """queued/retrying/active → cancelled (final jobs are returned unchanged)."""
+
+    def recover(self) -> list[Job]:
+        """After a daemon crash: active jobs → queued again, ``reruns`` + 1."""
+
+    def reassign(self, from_manager: str, to_manager: str | None) -> list[Job]:
+        """Move ``from_manager``'s waiting (queued/retrying) jobs; returns them."""
+
+    def get(self, job_id: str) -> Job:
+        """The job (NotFound when unknown)."""
+
+    def jobs(self, *, state: JobState | None = None, run_id: str | None = None,
+             manager_id: str | None = None, limit: int | None = None) -> list[Job]:
+        """Jobs, oldest first, filtered."""
+
+    def waiting(self, manager_id: str | None) -> int:
+        """Queued + retrying jobs assigned to ``manager_id`` (None: the pool)."""
+
+    def next_wakeup(self) -> float | None:
+        """The earliest ``next_retry_at`` of a retrying job (unix time)."""
+
+    def stats(self, now: float) -> dict[str, Any]:
+        """``{byState, byPriority, avgWaitMs, avgRunMs, throughputPerMin}``."""
