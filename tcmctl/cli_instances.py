@@ -13,7 +13,16 @@ from tcmctl import render
 from tcmctl.cli import EXIT_FAILED, Ctx, json_option, pass_ctx
 
 ROLES = click.Choice(["executive", "manager", "specialist"])
-LIST_COLUMNS = ["instanceId", "role", "parentId", "status", "agent", "workDir", "lastResult"]
+LIST_COLUMNS = [
+    "instanceId",
+    "role",
+    "parentId",
+    "status",
+    "agent",
+    "load",
+    "workDir",
+    "lastResult",
+]
 
 
 @click.command()
@@ -116,7 +125,19 @@ def list_(obj: Ctx, role: str | None, parent_id: str | None, include_terminated:
         "list",
         {"role": role, "parentId": parent_id, "includeTerminated": include_terminated or None},
     )
-    obj.emit(rows, lambda rs: render.table(rs, LIST_COLUMNS, max_width=40))
+    obj.emit(rows, lambda rs: render.table([_with_load(r) for r in rs], LIST_COLUMNS, max_width=40))
+
+
+def _with_load(row: dict[str, Any]) -> dict[str, Any]:
+    """A manager's parallelExecution as one cell: active/limit, queued, done, failed."""
+    pe = row.get("parallelExecution")
+    if not pe:
+        return row
+    load = (
+        f"{pe['active']}/{pe['maxConcurrent']} active, {pe['queued']} queued, "
+        f"{pe['completed']} done, {pe['failed']} failed"
+    )
+    return {**row, "load": load}
 
 
 @click.command()

@@ -30,6 +30,7 @@ from tcmd.queue.base import FINAL, Job, JobState, Priority, RetryPolicy
 from tcmd.store.base import StateStore
 
 JOBS_NS, COUNTERS_NS, JOB_COUNTER = "jobs", "counters", "job"
+ID_BLOCK = 1000  # job ids reserved per counter write
 STATS_WINDOW = 1000  # starts / finished attempts that avgWaitMs / avgRunMs average over
 THROUGHPUT_WINDOW_S = 60
 _COMPACT_MIN_DEAD = 64  # fewer dead heap entries than this are not worth a rebuild
@@ -118,6 +119,8 @@ class LocalJobQueue:
         self._entries: dict[str, tuple[_Heap, list[Any]]] = {}  # waiting job → its live entry
         self._ticks = itertools.count()
         self._seq = 0
+        self._next_id: int | None = None  # the next id of the reserved block
+        self._id_limit = 0  # the block's last id (what the counter in the store says)
         self._by_state = dict.fromkeys(JobState, 0)
         self._waiting: dict[str | None, int] = {}
         self._waiting_by_priority = dict.fromkeys(Priority, 0)
@@ -139,11 +142,20 @@ class LocalJobQueue:
         self._seq = loaded[-1].seq if loaded else 0
 
     def new_job_id(self) -> str:
-        """A fresh ``job_<n>``; the counter is persisted before the id is handed out."""
-        n = int(self._store.get(COUNTERS_NS, JOB_COUNTER) or 0) + 1
+        """A fresh ``job_<n>``, never reused.
+
+        Ids are reserved in blocks: the persisted counter is the end of the block handed
+        out, so one store write covers ``ID_BLOCK`` ids and a crash only skips numbers.
+        """
+        if self._next_id is None or self._next_id > self._id_limit:
+            start = int(self._store.get(COUNTERS_NS, JOB_COUNTER) or 0) + 1
+            self._id_limit = start + ID_BLOCK - 1
+            self._store.put(COUNTERS_NS, JOB_COUNTER, self._id_limit)
+            self._next_id = start
+        n = self._next_id
         while f"job_{n}" in self._jobs:  # the counter was lost or rolled back: never reuse
             n += 1
-        self._store.put(COUNTERS_NS, JOB_COUNTER, n)
+        self._next_id = n + 1
         return f"job_{n}"
 
     def put(self, job: Job) -> Job:

@@ -165,3 +165,80 @@ def test_instance_commands_end_to_end(daemon: DaemonProcess, tmp_path: Path) -> 
     gone = run(["send", "exec_1", "echo no"], env)
     assert gone.returncode == 4
     assert "terminated" in gone.stderr
+
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_distribute_quickstart_waits_and_reports(daemon: DaemonProcess, tmp_path: Path) -> None:
+    out = run(
+        [
+            "distribute",
+            str(REPO / "examples" / "quickstart.toml"),
+            "--workdir",
+            str(tmp_path),
+            "--wait",
+        ],
+        daemon.env,
+    )
+    assert out.returncode == 0, out.stderr + out.stdout
+    assert "12 completed, 0 failed, 0 cancelled" in out.stdout
+    finished = [ln for ln in out.stderr.splitlines() if ln.startswith("completed")]
+    assert len(finished) == 12  # one line per finished task when not on a terminal
+    assert any(ln.split()[1] == "t07" and "attempts=2" in ln for ln in finished)
+    managers = list(json.loads(run(["list", "--json", "--role", "manager"], daemon.env).stdout))
+    assert len(managers) == 2
+    assert sum(m["parallelExecution"]["completed"] for m in managers) == 12
+    jobs = json.loads(run(["jobs", "--json"], daemon.env).stdout)
+    assert {j["state"] for j in jobs} == {"completed"}
+    stats = json.loads(run(["queue", "--json"], daemon.env).stdout)
+    assert stats["byState"]["completed"] == 12
+
+
+def test_parallel_failure_exit_code_cancel_and_bad_files(
+    daemon: DaemonProcess, tmp_path: Path
+) -> None:
+    env = daemon.env
+    run(["spawn", "executive", "--agent", "shell", "--workdir", str(tmp_path)], env)
+    run(
+        ["spawn", "manager", "--agent", "shell", "--workdir", str(tmp_path), "--parent", "exec_1"],
+        env,
+    )
+    tasks = tmp_path / "tasks.jsonl"
+    tasks.write_text(
+        '{"id": "ok", "instruction": "echo fine"}\n{"id": "bad", "instruction": "exit 3"}\n'
+    )
+    failing = tmp_path / "opts.json"
+    failing.write_text(
+        json.dumps(
+            {
+                "agent": "shell",
+                "retry": {"attempts": 1},
+                "tasks": [
+                    {"id": "ok", "instruction": "echo fine"},
+                    {"id": "bad", "instruction": "exit 3"},
+                ],
+            }
+        )
+    )
+    out = run(["parallel", "mgr_1_1", str(failing), "--workdir", str(tmp_path)], env)
+    assert out.returncode == 1
+    assert "1 completed, 1 failed" in out.stdout
+    slow = tmp_path / "slow.json"
+    slow.write_text(
+        json.dumps(
+            {
+                "agent": "shell",
+                "tasks": [{"id": f"s{i}", "instruction": "sleep 30"} for i in range(3)],
+            }
+        )
+    )
+    started = json.loads(run(["parallel", "mgr_1_1", str(slow), "--no-wait", "--json"], env).stdout)
+    cancelled = run(["cancel", started["runId"], "--json"], env)
+    assert len(json.loads(cancelled.stdout)["cancelled"]) == 3
+    broken = tmp_path / "broken.toml"
+    broken.write_text('[[tasks]]\nid = "x"\n')
+    bad = run(["distribute", str(broken)], env)
+    assert bad.returncode == 2
+    assert "instruction" in bad.stderr
+    assert run(["parallel", "mgr_1_1", str(tasks), "--agent", "nope"], env).returncode == 4
