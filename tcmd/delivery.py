@@ -122,8 +122,7 @@ class Delivery:
 
         tmux = self.instances.tmux
         started = time.monotonic()
-        await tmux.paste(inst.id, text)
-        await tmux.send_keys(inst.id, "Enter")
+        await tmux.paste(inst.id, text, enter=True)
         for _ in range(ENTER_TRIES):
             if await self.instances.changes.wait_for(acknowledged, ACK_WAIT_S):
                 break

@@ -103,8 +103,14 @@ def sanitize(text: str) -> str:
     return _CONTROL.sub("", text.replace("\r\n", "\n").replace("\r", "\n"))
 
 
+THEN = "\x00then"
+"""An argument to `Tmux.run` that separates two tmux commands run by one client."""
+
+
 def _escape(arg: str) -> str:
-    """Keep tmux from reading a trailing ``;`` as a command separator."""
+    """Keep tmux from reading a trailing ``;`` as a command separator (THEN is one)."""
+    if arg == THEN:
+        return ";"
     return arg[:-1] + "\\;" if arg.endswith(";") else arg
 
 
@@ -148,8 +154,9 @@ def _read(file: IO[bytes]) -> str:
 
 
 def _summary(args: Sequence[str]) -> str:
-    text = " ".join(args)
-    return text if len(text) <= 120 else text[:117] + "..."
+    """The command for messages; private buffer names (random, long) are shortened."""
+    text = " ".join(";" if a == THEN else a[:12] if a.startswith("tcm-") else a for a in args)
+    return text if len(text) <= 160 else text[:157] + "..."
 
 
 class _Breaker:
@@ -304,15 +311,24 @@ class Tmux:
             rows.pop()
         return "\n".join(rows[-lines:])
 
-    async def paste(self, target: str, text: str) -> None:
-        """Paste `text` (sanitised) as one bracketed paste through a private buffer."""
+    async def paste(self, target: str, text: str, *, enter: bool = False) -> None:
+        """Paste `text` (sanitised) as one bracketed paste through a private buffer.
+
+        With ``enter``, a separate Enter key follows in the same tmux client call (one
+        process instead of three: load-buffer; paste-buffer; send-keys).
+        """
         data = sanitize(text).encode()
         if not data:
             return
         buffer = f"tcm-{uuid.uuid4().hex}"
-        await self.run("load-buffer", "-b", buffer, "-", stdin=data)
+        pane = _target(target)
+        then_enter = [THEN, "send-keys", "-t", pane, "Enter"] if enter else []
         try:
-            await self.run("paste-buffer", "-p", "-d", "-b", buffer, "-t", _target(target))
+            await self.run(
+                "load-buffer", "-b", buffer, "-",
+                THEN, "paste-buffer", "-p", "-d", "-b", buffer, "-t", pane, *then_enter,
+                stdin=data,
+            )  # fmt: skip
         except TmuxError:
             with contextlib.suppress(TmuxError):
                 await self.run("delete-buffer", "-b", buffer)

@@ -1,0 +1,124 @@
+"""Benchmark: 200 no-op tasks through the `shell` agent, 4 managers × 5 specialists.
+
+    .venv/bin/python -m tests.bench.bench_parallel
+
+Target (issue 5): total time within 1.5 × (tasks ÷ slots × one task's time), i.e. the
+orchestration adds little. "One task's time" is measured here: the median of single
+tasks run alone (spawn a specialist, deliver, run `true`, see Stop, terminate).
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from tests.fakes import FAKE_CLAUDE
+from tests.support import AgentDaemon, DaemonProcess
+
+TASKS, MANAGERS, PER_MANAGER = 200, 4, 5
+
+
+def _cpu(agents: AgentDaemon) -> tuple[float, float, float]:
+    """CPU seconds used so far by tcmd, by its tmux server, and by the whole machine."""
+    tick = os.sysconf("SC_CLK_TCK")
+
+    def proc(pid: int) -> float:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / tick
+
+    tmux_pid = int(
+        subprocess.run(
+            ["tmux", "-L", agents.daemon.tmux_socket, "display", "-p", "#{pid}"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    )
+    cpu = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    busy = (sum(int(x) for x in cpu) - int(cpu[3]) - int(cpu[4])) / tick
+    assert agents.daemon.proc is not None
+    return proc(agents.daemon.proc.pid), proc(tmux_pid), busy
+
+
+def main() -> None:
+    with tempfile.TemporaryDirectory(dir="/tmp") as tmp_name:
+        tmp = Path(tmp_name)
+        made: list[DaemonProcess] = []
+
+        class Factory(DaemonProcess):
+            def __init__(
+                self, state_dir: Path | None = None, extra_env: dict[str, str] | None = None
+            ) -> None:
+                super().__init__(state_dir or tmp / "state", extra_env)
+                made.append(self)
+
+        env = {
+            "TCM_LOG_LEVEL": "info",
+            "MAX_SPECIALISTS_PER_MANAGER": str(PER_MANAGER),
+            "MAX_MANAGER_CONCURRENCY": str(MANAGERS),
+        }
+        agents = AgentDaemon.start_in(tmp, Factory, FAKE_CLAUDE, env)
+        try:
+            agents.spawn("executive", agent="shell")
+            managers = [
+                agents.spawn("manager", parent="exec_1", agent="shell")["instanceId"]
+                for _ in range(MANAGERS)
+            ]
+            singles = []
+            for i in range(7):
+                t = time.perf_counter()
+                out = agents.call(
+                    "executeParallel",
+                    {
+                        "managerId": managers[0],
+                        "agent": "shell",
+                        "workDir": str(agents.work_dir),
+                        "tasks": [{"id": f"single{i}", "instruction": "true"}],
+                    },
+                )
+                singles.append(time.perf_counter() - t)
+                assert out["completed"] == 1, out
+            one = statistics.median(singles)
+            cpu0 = _cpu(agents)
+            t = time.perf_counter()
+            out = agents.call(
+                "distributeWork",
+                {
+                    "tasks": [{"id": f"t{i:03}", "instruction": "true"} for i in range(TASKS)],
+                    "strategy": "round-robin",
+                    "agent": "shell",
+                    "workDir": str(agents.work_dir),
+                    "wait": True,
+                },
+            )
+            total = time.perf_counter() - t
+            cpu1 = _cpu(agents)
+            slots = MANAGERS * PER_MANAGER
+            ideal = TASKS / slots * one
+            stats = agents.call("queueStats")
+            print(f"one no-op task alone: median {one * 1e3:.0f} ms (of {len(singles)})")
+            print(
+                f"{TASKS} no-op tasks, {MANAGERS} managers × {PER_MANAGER} specialists: "
+                f"{out['completed']} completed in {total:.2f} s; ideal {ideal:.2f} s; "
+                f"ratio {total / ideal:.2f}   (target <= 1.5)"
+            )
+            print(
+                f"peak managers {stats['peakManagers']}, peak per manager "
+                f"{max(stats['peakPerManager'].values())}, avg wait {stats['avgWaitMs']:.0f} ms,"
+                f" avg run {stats['avgRunMs']:.0f} ms"
+            )
+            print(
+                f"CPU seconds during the run: tcmd {cpu1[0] - cpu0[0]:.2f}, "
+                f"tmux server {cpu1[1] - cpu0[1]:.2f}, whole machine {cpu1[2] - cpu0[2]:.2f}"
+            )
+        finally:
+            for d in made:
+                d.cleanup()
+
+
+if __name__ == "__main__":
+    main()
