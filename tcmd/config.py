@@ -121,6 +121,11 @@ _SPEC: dict[str, tuple[str, Callable[[str, str], Any]]] = {
     "max_frame_bytes": ("TCM_MAX_FRAME_BYTES", _int(1024, 1 << 30)),
     "journal_fsync": ("TCM_JOURNAL_FSYNC", _bool),
     "trust_workdirs": ("TCM_TRUST_WORKDIRS", _bool),
+    "stall_ms": ("TCM_STALL_MS", _int(100, 86_400_000)),
+    "dialog_grace_ms": ("TCM_DIALOG_GRACE_MS", _int(100, 86_400_000)),
+    "recovery_max": ("TCM_RECOVERY_MAX", _int(0, 1000)),
+    "recovery_window_ms": ("TCM_RECOVERY_WINDOW_MS", _int(1000, 86_400_000)),
+    "notify_parent_pane": ("TCM_NOTIFY_PARENT_PANE", _bool),
 }
 
 
@@ -143,6 +148,11 @@ class Settings:
     max_frame_bytes: int = 4 * 1024 * 1024
     journal_fsync: bool = False
     trust_workdirs: bool = True
+    stall_ms: int = 600_000  # busy with no hook and no screen change this long: stuck
+    dialog_grace_ms: int = 300_000  # waiting on a dialog this long: stuck
+    recovery_max: int = 3  # recoveries per instance within recovery_window_ms
+    recovery_window_ms: int = 600_000
+    notify_parent_pane: bool = False  # also type a note into the parent's pane on give-up
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:

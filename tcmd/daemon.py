@@ -25,6 +25,8 @@ from tcmd.config import Settings
 from tcmd.core import CoreTools
 from tcmd.delivery import Delivery
 from tcmd.errors import ConfigError, TcmError
+from tcmd.health import Health
+from tcmd.health_tools import HealthTools
 from tcmd.instance_tools import InstanceTools
 from tcmd.instances import Instances
 from tcmd.model import Instance, Role
@@ -57,6 +59,12 @@ class Daemon:
         self.delivery = Delivery(self.instances)
         self.queue = LocalJobQueue(self.store)
         self.parallel = Parallel(settings, self.store, self.queue, self.instances, self.delivery)
+        self.health = Health(
+            settings,
+            self.instances,
+            self.delivery,
+            busy_with_job=self.parallel.specialists.__contains__,
+        )
         self.catalogue = Catalogue()
         self.rpc = RpcServer(
             self.catalogue,
@@ -96,14 +104,14 @@ class Daemon:
         self._spawn(self.instances.watch())
         await self.parallel.start()
         self._spawn(self.parallel.timer())
+        self._spawn(self.health.run())  # also pings the systemd watchdog
         instance_tools = InstanceTools(self.instances, self.delivery)
         instance_tools.row_extras.append(self._manager_load)
         self.catalogue.extend(CoreTools(self, self.counts).tools())
         self.catalogue.extend(instance_tools.tools())
         self.catalogue.extend(ParallelTools(self.parallel).tools())
+        self.catalogue.extend(HealthTools(self.health).tools())
         await self.rpc.start()
-        if (interval := sdnotify.watchdog_interval_s()) is not None:
-            self._spawn(self._watchdog(interval))
         sdnotify.notify("READY=1")
         log.info(
             "tcmd ready",
@@ -135,11 +143,6 @@ class Daemon:
         if not task.cancelled() and task.exception() is not None:
             log.error("background task failed", exc_info=task.exception())
             self.stopping.set()  # a dead service is a dead daemon: let systemd restart us
-
-    async def _watchdog(self, interval_s: float) -> None:
-        while True:
-            sdnotify.notify("WATCHDOG=1")
-            await asyncio.sleep(interval_s)  # a periodic beat, not a wait for a condition
 
     # -- one daemon per socket and per state directory -------------------------------------
     def _acquire_lock(self, lock_path: Path, what: str) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,6 +43,9 @@ class Delivery:
         self.instances = instances
         self.outbox: dict[str, deque[Outgoing]] = {}
         self.workers: dict[str, asyncio.Task[None]] = {}
+        self.last_sent: dict[str, str] = {}  # instance id -> the prompt it last accepted
+        # until when an instance takes no new prompt (a rate-limit hold); set by health
+        self.hold: Callable[[Instance], float | None] = lambda inst: None
         instances.listeners.append(self._on_state)
 
     def pending(self, instance_id: str) -> int:
@@ -61,7 +65,7 @@ class Delivery:
         queue.append(out)
         self._kick(inst)
         result: dict[str, Any] = {"instanceId": inst.id, "delivered": False, "queued": True}
-        if ahead == 0 and inst.status in DELIVERABLE:
+        if ahead == 0 and inst.status in DELIVERABLE and self.hold(inst) is None:
             try:
                 async with asyncio.timeout(timeout_s):
                     result["delivered"] = await asyncio.shield(out.done)
@@ -81,10 +85,16 @@ class Delivery:
                 if not out.done.done():
                     out.done.set_result(False)
 
+    def kick_all(self) -> None:
+        """Try every outbox again (a hold has ended)."""
+        for instance_id in list(self.outbox):
+            if (inst := self.instances.find(instance_id)) is not None:
+                self._kick(inst)
+
     def _kick(self, inst: Instance) -> None:
         if inst.id in self.workers or not self.outbox.get(inst.id):
             return
-        if inst.status not in DELIVERABLE:
+        if inst.status not in DELIVERABLE or self.hold(inst) is not None:
             return
         task = asyncio.get_running_loop().create_task(self._drain(inst))
         self.workers[inst.id] = task
@@ -131,6 +141,8 @@ class Delivery:
                 log.info("prompt still in the input box: Enter again", instance_id=inst.id)
                 await tmux.send_keys(inst.id, "Enter")
         delivered = acks.get(inst.id, 0) > before
+        if delivered:
+            self.last_sent[inst.id] = text
         log.debug(
             "delivered" if delivered else "not acknowledged",
             instance_id=inst.id,

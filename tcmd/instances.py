@@ -224,6 +224,10 @@ class Instances:
             self._set(inst, State.TERMINATED)
 
     # -- state ----------------------------------------------------------------------------
+    def set_state(self, inst: Instance, new: State) -> None:
+        """Move ``inst`` to ``new`` (checked), persist, tell the listeners."""
+        self._set(inst, new)
+
     def _set(self, inst: Instance, new: State, *, check: bool = True) -> None:
         old = inst.status
         if check:

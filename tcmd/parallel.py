@@ -83,6 +83,7 @@ class Parallel:
         self.active: dict[str, int] = {}  # manager id -> attempts running now
         self.limits: dict[str, int] = {}  # manager id -> its current maxConcurrent
         self.attempts: dict[str, asyncio.Task[None]] = {}  # job id -> running attempt
+        self.specialists: set[str] = set()  # instances running an attempt (health leaves them)
         self.peak_per_manager: dict[str, int] = {}
         self.peak_managers = 0
         self.worktree_root = settings.state_dir / "worktrees"
@@ -192,6 +193,7 @@ class Parallel:
                 Role.SPECIALIST, self.instances.get(manager_id), work_dir=str(work_dir),
                 agent=run.agent, context=str(job.task.get("context") or ""), model=None,
             )  # fmt: skip
+            self.specialists.add(spec.id)
             self.queue.annotate(job.job_id, instance_id=spec.id)  # persisted: found after a crash
             result, extra = await self._run_task(job, run, spec)
             extra["instanceId"] = spec.id
@@ -215,6 +217,8 @@ class Parallel:
         finally:
             self.attempts.pop(job.job_id, None)
             await self._release(spec, run)
+            if spec is not None:
+                self.specialists.discard(spec.id)
             self.active[manager_id] -= 1
             self._finish_run_if_done(run)
             self.dispatch()

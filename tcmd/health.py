@@ -1,0 +1,350 @@
+"""Health: a sweep over every instance each HEALTH_CHECK_INTERVAL, and recovery.
+
+One sweep = one batched tmux query (``list-panes -a``) plus a screen capture only where
+one is needed (a busy instance silent for the stall time, an instance whose window
+changed, for error patterns). Each instance gets a score, a verdict and reasons:
+
+    healthy · dead · stuck · errored · rate-limited · unresponsive · failed
+
+After UNHEALTHY_THRESHOLD bad sweeps in a row an instance is recovered: dead → restart
+(resuming its conversation); stuck → Escape and re-deliver the prompt in flight once,
+then restart; rate-limited → no new prompts (for Claude: to any Claude instance, it is
+the account's limit) until the reset time. An instance that runs a job's attempt is left
+to the job (its timeout and retries recover the work). Recoveries are bounded per
+instance (TCM_RECOVERY_MAX per TCM_RECOVERY_WINDOW_MS); past that it is given up on, and
+its parent is told through an event (and its pane, if configured).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+
+from tcmd import sdnotify
+from tcmd.agents.registry import profile
+from tcmd.config import Settings
+from tcmd.delivery import Delivery
+from tcmd.errors import TcmError, Unavailable
+from tcmd.health_patterns import match_error, rate_limit_reset
+from tcmd.instances import Instances
+from tcmd.model import Instance, State
+from tcmd.tmux import PaneInfo
+
+log = structlog.get_logger(__name__)
+Emit = Callable[..., Any]
+SCORES = {"healthy": 100, "errored": 60, "rate-limited": 50, "stuck": 30, "unresponsive": 20,
+          "dead": 0, "failed": 0}  # fmt: skip
+_SPINNER = re.compile(r"[\d⠀-⣿✻✶✳✢✽·*●]+")  # spinners and timers animate while stuck
+
+
+@dataclass(slots=True)
+class Verdict:
+    verdict: str
+    reasons: list[str]
+    at: float = field(default_factory=time.time)
+
+    @property
+    def score(self) -> int:
+        return SCORES[self.verdict]
+
+
+class Health:
+    """The health loop, its verdicts, the holds and the recoveries."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        instances: Instances,
+        delivery: Delivery,
+        busy_with_job: Callable[[str], bool],
+        emit: Emit | None = None,
+    ) -> None:
+        self.settings = settings
+        self.instances = instances
+        self.delivery = delivery
+        self.busy_with_job = busy_with_job
+        self.emit: Emit = emit or (lambda kind, **fields: None)
+        self.checks: dict[str, Verdict] = {}
+        self.streak: dict[str, int] = {}
+        self.recoveries: dict[str, deque[float]] = {}
+        self.recovering: set[str] = set()
+        self.given_up: set[str] = set()
+        self.redelivered: set[str] = set()
+        self.held_until: dict[str, float] = {}  # instance id (or "agent:claude") -> unix time
+        self._fingerprint: dict[str, tuple[str, float]] = {}  # screen, when it last changed
+        self._activity: dict[str, float] = {}
+        self._problem: dict[str, str | None] = {}  # error pattern seen on a ready screen
+        self._reset: dict[str, str | None] = {}  # reset time an errored screen announced
+        self.sweeps = 0
+        self.last_sweep_ms = 0.0
+        self._tasks: set[asyncio.Task[None]] = set()
+        delivery.hold = self.hold_of
+
+    # -- holds (rate limits) ----------------------------------------------------------------
+    def hold_of(self, inst: Instance) -> float | None:
+        """Until when ``inst`` takes no new prompt (None: it may)."""
+        now = time.time()
+        until = max(self.held_until.get(inst.id, 0), self.held_until.get(f"agent:{inst.agent}", 0))
+        return until if until > now else None
+
+    # -- the loop ---------------------------------------------------------------------------
+    async def run(self) -> None:
+        interval = self.settings.health_check_interval_ms / 1000
+        watchdog = sdnotify.watchdog_interval_s()
+        while True:
+            await self.sweep()
+            sdnotify.notify("WATCHDOG=1")  # a stalled sweep stops the pings: systemd restarts us
+            wait = interval if watchdog is None else min(interval, watchdog)
+            await asyncio.sleep(wait)  # the period of the loop itself, not a wait for an event
+
+    async def sweep(self) -> dict[str, Verdict]:
+        started = time.perf_counter()
+        watched = [
+            i
+            for i in self.instances.by_id.values()
+            if i.status != State.TERMINATED and i.id not in self.given_up
+        ]
+        try:
+            panes: dict[str, PaneInfo] | None = {
+                p.session: p for p in await self.instances.tmux.panes()
+            }
+        except Unavailable as exc:
+            panes = None
+            log.warning("tmux does not answer", error=exc.message)
+        for inst in watched:
+            verdict = (
+                Verdict("unresponsive", ["tmux does not answer"])
+                if panes is None
+                else await self._check(inst, panes.get(inst.id))
+            )
+            self._record(inst, verdict)
+        self.sweeps += 1
+        self.last_sweep_ms = (time.perf_counter() - started) * 1000
+        return self.checks
+
+    def _record(self, inst: Instance, verdict: Verdict) -> None:
+        old = self.checks.get(inst.id)
+        self.checks[inst.id] = verdict
+        bad = verdict.verdict != "healthy"
+        self.streak[inst.id] = self.streak.get(inst.id, 0) + 1 if bad else 0
+        if old is None or old.verdict != verdict.verdict:
+            self.emit(
+                "health.verdict",
+                instanceId=inst.id,
+                verdict=verdict.verdict,
+                score=verdict.score,
+                reasons=verdict.reasons,
+            )
+        if verdict.verdict == "rate-limited":
+            self._hold(inst, verdict)
+        if (
+            bad
+            and self.streak[inst.id] >= self.settings.unhealthy_threshold
+            and inst.id not in self.recovering
+            and not self.busy_with_job(inst.id)
+            and verdict.verdict in ("dead", "stuck", "unresponsive")
+        ):
+            self._start_recovery(inst, verdict)
+
+    async def _check(self, inst: Instance, pane: PaneInfo | None) -> Verdict:
+        if inst.status == State.EXITED or pane is None or pane.dead:
+            how = (
+                f"signal {inst.exit_signal}"
+                if inst.exit_signal
+                else f"exit status {inst.exit_status}"
+                if inst.exit_status is not None
+                else "its pane is gone"
+                if pane is None
+                else "its process ended"
+            )
+            return Verdict("dead", [how])
+        now = time.monotonic()
+        changed = self._activity.get(inst.id) != pane.activity
+        self._activity[inst.id] = pane.activity
+        silent_s = now - self.instances.last_event.get(inst.id, 0)
+        if inst.status == State.ERRORED:
+            reasons = [f"turn failed: {inst.last_error}"]
+            if changed or inst.id not in self._reset:
+                screen = await self.instances.tmux.capture(inst.id, 40)
+                self._reset[inst.id] = rate_limit_reset(screen)
+            reset = self._reset[inst.id]
+            if inst.last_error == "rate_limit" or reset is not None:
+                return Verdict("rate-limited", [*reasons, f"until {reset or 'later'}"])
+            return Verdict("errored", reasons)
+        stalled = inst.status == State.BUSY and silent_s > self.settings.stall_ms / 1000
+        if stalled and self._screen_still(
+            inst.id, await self.instances.tmux.capture(inst.id, 40), now
+        ):
+            return Verdict("stuck", [f"busy, no hook event and no screen change for "
+                                     f"{int(silent_s)} s"])  # fmt: skip
+        if inst.status == State.WAITING and silent_s > self.settings.dialog_grace_ms / 1000:
+            return Verdict("stuck", [f"waiting on a dialog for {int(silent_s)} s"])
+        if inst.status == State.READY:
+            if changed:  # a turn ended with new output: read it once, remember what it says
+                self._problem[inst.id] = match_error(await self.instances.tmux.capture(inst.id, 40))
+            problem = self._problem.get(inst.id)
+            if problem is not None:
+                reset = rate_limit_reset(problem)
+                if reset is not None:
+                    return Verdict("rate-limited", [problem, f"until {reset}"])
+                return Verdict("errored", [problem])
+        return Verdict("healthy", [])
+
+    def _screen_still(self, instance_id: str, screen: str, now: float) -> bool:
+        """True when the screen, spinner and timers aside, has not changed for the stall time."""
+        fingerprint = _SPINNER.sub("#", screen)
+        old = self._fingerprint.get(instance_id)
+        if old is None or old[0] != fingerprint:
+            self._fingerprint[instance_id] = (fingerprint, now)
+            return False
+        return now - old[1] > self.settings.stall_ms / 1000
+
+    def _hold(self, inst: Instance, verdict: Verdict) -> None:
+        reset = next((r for r in verdict.reasons if r.startswith("until ")), "until later")
+        when = rate_limit_reset_time(reset.removeprefix("until "))
+        key = f"agent:{inst.agent}" if inst.agent == "claude" else inst.id
+        if self.held_until.get(key, 0) < time.time():  # not held yet (or the hold is over)
+            self.held_until[key] = when
+            log.info("holding new work", hold=key, until=when)
+            self.emit("health.hold", instanceId=inst.id, hold=key, until=when)
+            asyncio.get_running_loop().call_later(
+                max(0.0, when - time.time()) + 0.05, self.delivery.kick_all
+            )
+
+    # -- recovery ---------------------------------------------------------------------------
+    def _start_recovery(self, inst: Instance, verdict: Verdict) -> None:
+        window = self.settings.recovery_window_ms / 1000
+        times = self.recoveries.setdefault(inst.id, deque())
+        now = time.time()
+        while times and now - times[0] > window:
+            times.popleft()
+        if len(times) >= self.settings.recovery_max:
+            self._give_up(inst, verdict)
+            return
+        if times and now - times[-1] < (self.settings.health_check_interval_ms / 1000) * 2 ** len(
+            times
+        ):
+            return  # back off: 1, 2, 4 … intervals between attempts
+        times.append(now)
+        self.recovering.add(inst.id)
+        task = asyncio.get_running_loop().create_task(self._recover(inst, verdict))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _recover(self, inst: Instance, verdict: Verdict) -> None:
+        action = "restart"
+        try:
+            if (
+                verdict.verdict == "stuck"
+                and inst.id not in self.redelivered
+                and inst.status in (State.BUSY, State.WAITING)
+            ):
+                action = "interrupt"
+                await self._interrupt_and_redeliver(inst)
+            else:
+                await self._restart(inst)
+            ok, error = True, None
+        except TcmError as exc:
+            ok, error = False, exc.message
+        finally:
+            self.recovering.discard(inst.id)
+        self.streak[inst.id] = 0
+        log.info("recovery", instance_id=inst.id, action=action, ok=ok, error=error)
+        self.emit("recovery.result", instanceId=inst.id, action=action, ok=ok, error=error)
+
+    async def _interrupt_and_redeliver(self, inst: Instance) -> None:
+        self.redelivered.add(inst.id)
+        prompt = self.delivery.last_sent.get(inst.id)
+        await self.instances.tmux.send_keys(inst.id, "Escape")
+        await self.instances.changes.wait_for(lambda: inst.status != State.BUSY, 5)
+        if inst.status == State.BUSY:  # no hook for an Escape: believe the screen
+            screen = await self.instances.tmux.capture(inst.id, 30)
+            if profile(inst.agent).screen_state(screen) == State.READY:
+                self.instances.set_state(inst, State.READY)
+        if prompt and inst.status == State.READY:
+            await self.delivery.send(inst, prompt, 30)
+
+    async def _restart(self, inst: Instance) -> None:
+        self.redelivered.discard(inst.id)
+        inst.restarts += 1
+        await self.instances.launch(inst, resume=inst.prompts > 0 or inst.turns > 0)
+        await self.instances.changes.wait_for(lambda: inst.status != State.STARTING, 60)
+        if inst.status not in (State.READY, State.BUSY):
+            raise Unavailable(f"{inst.id} did not come back ({inst.status.value})")
+
+    def _give_up(self, inst: Instance, verdict: Verdict) -> None:
+        self.given_up.add(inst.id)
+        reason = (
+            f"gave up after {self.settings.recovery_max} recoveries in "
+            f"{self.settings.recovery_window_ms // 1000} s: {', '.join(verdict.reasons)}"
+        )
+        inst.last_error = reason
+        self.checks[inst.id] = Verdict("failed", [reason])
+        log.warning("instance failed", instance_id=inst.id, reason=reason)
+        self.emit("instance.failed", instanceId=inst.id, parentId=inst.parent_id, reason=reason)
+        parent = self.instances.find(inst.parent_id) if inst.parent_id else None
+        if parent is not None and self.settings.notify_parent_pane and parent.status == State.READY:
+            note = f"[tcm] {inst.id} failed and will not be restarted again: {reason}"
+            task = asyncio.get_running_loop().create_task(self._notify(parent, note))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _notify(self, parent: Instance, note: str) -> None:
+        with contextlib.suppress(TcmError):
+            await self.delivery.send(parent, note, 30)
+
+    # -- the summary ------------------------------------------------------------------------
+    def summary(self, visible: Callable[[str], bool] = lambda iid: True) -> dict[str, Any]:
+        """The ``health`` tool's answer over the instances ``visible`` accepts."""
+        rows = [
+            {
+                "instanceId": iid,
+                "score": v.score,
+                "verdict": v.verdict,
+                "reasons": v.reasons,
+                "lastCheck": v.at,
+                "recoveries": len(self.recoveries.get(iid, ())),
+                "recovering": iid in self.recovering,
+            }
+            for iid, v in sorted(self.checks.items())
+            if visible(iid)
+            and iid in self.instances.by_id
+            and self.instances.by_id[iid].status != State.TERMINATED
+        ]
+        return {
+            "total": len(rows),
+            "healthy": sum(r["verdict"] == "healthy" for r in rows),
+            "unhealthy": sum(r["verdict"] != "healthy" for r in rows),
+            "recovering": sum(bool(r["recovering"]) for r in rows),
+            "dead": sum(r["verdict"] == "dead" for r in rows),
+            "sweeps": self.sweeps,
+            "lastSweepMs": round(self.last_sweep_ms, 2),
+            "instances": rows,
+        }
+
+
+def rate_limit_reset_time(text: str) -> float:
+    """Unix time of a reset written like ``3pm``, ``3:30pm``, ``15:30`` (``:SS`` allowed),
+    in local time, the next such moment; else five minutes from now."""
+    now = time.time()
+    m = re.search(r"(\d{1,2})(?::(\d{2}))?(?::(\d{2}))?\s*([ap]m)?", text, re.IGNORECASE)
+    if not m:
+        return now + 300
+    hour, minute, second = int(m.group(1)), int(m.group(2) or 0), int(m.group(3) or 0)
+    if m.group(4):
+        hour = hour % 12 + (12 if m.group(4).lower() == "pm" else 0)
+    if hour > 23 or minute > 59 or second > 59:
+        return now + 300
+    local = time.localtime(now)
+    target = time.mktime(
+        (local.tm_year, local.tm_mon, local.tm_mday, hour, minute, second, 0, 0, -1)
+    )
+    return target if target > now else target + 86_400
