@@ -143,8 +143,8 @@ class Health:
                 score=verdict.score,
                 reasons=verdict.reasons,
             )
-        if verdict.verdict == "rate-limited":
-            self._hold(inst, verdict)
+        if verdict.verdict == "rate-limited" and (old is None or old.verdict != "rate-limited"):
+            self._hold(inst, verdict)  # once per episode: an expired hold is not renewed
         if (
             bad
             and self.streak[inst.id] >= self.settings.unhealthy_threshold

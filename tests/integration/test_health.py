@@ -1,0 +1,196 @@
+"""Health and recovery end to end: real tcmd, real tmux, the fake Claude Code.
+
+The daemon runs with a short health interval (200 ms), a threshold of 2 and a stall
+time of 1 s, so that every detection here happens within seconds.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.fakes import FAKE_CLAUDE
+from tests.support import AgentDaemon, DaemonProcess, wait_until
+
+FAST = {
+    "HEALTH_CHECK_INTERVAL": "200",
+    "UNHEALTHY_THRESHOLD": "2",
+    "TCM_STALL_MS": "1000",
+    "TCM_RECOVERY_WINDOW_MS": "60000",
+}
+
+
+@pytest.fixture
+def healthy(tmp_path: Path, daemon_factory: type[DaemonProcess]) -> AgentDaemon:
+    return AgentDaemon.start_in(tmp_path, daemon_factory, FAKE_CLAUDE, FAST)
+
+
+def health_of(agents: AgentDaemon, instance_id: str) -> dict[str, Any]:
+    rows = agents.call("health", {"instanceId": instance_id})["instances"]
+    return rows[0] if rows else {}
+
+
+def settle(agents: AgentDaemon, instance_id: str) -> None:
+    agents.call("wait", {"instanceIds": [instance_id], "timeoutMs": 15_000})
+
+
+def test_crash_is_restarted_and_resumed(healthy: AgentDaemon) -> None:
+    healthy.spawn()
+    healthy.call("send", {"instanceId": "exec_1", "text": "@reply before the crash"})
+    settle(healthy, "exec_1")
+    healthy.call("send", {"instanceId": "exec_1", "text": "@crash 1"})
+    wait_until(
+        lambda: [e["source"] for e in healthy.events("SessionStart")] == ["startup", "resume"],
+        20,
+        what="a resumed restart",
+    )
+    healthy.wait_status("exec_1", "ready")
+    assert health_of(healthy, "exec_1")["recoveries"] == 1
+    healthy.call("send", {"instanceId": "exec_1", "text": "@recall"})
+    settle(healthy, "exec_1")
+    assert healthy.call("read", {"instanceId": "exec_1"})["lastResult"] == "turns=1"
+
+
+def test_sigkill_of_the_agent_process_is_recovered(healthy: AgentDaemon) -> None:
+    healthy.spawn()
+    pid = subprocess.run(
+        [
+            "tmux",
+            "-L",
+            healthy.daemon.tmux_socket,
+            "display",
+            "-p",
+            "-t",
+            "=exec_1:",
+            "#{pane_pid}",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    os.kill(int(pid), 9)
+    wait_until(lambda: len(healthy.events("SessionStart")) == 2, 20, what="a restart")
+    healthy.wait_status("exec_1", "ready")
+    healthy.call("send", {"instanceId": "exec_1", "text": "@reply alive"})
+    settle(healthy, "exec_1")
+    assert healthy.call("read", {"instanceId": "exec_1"})["lastResult"] == "alive"
+
+
+def test_hang_is_interrupted_redelivered_then_restarted(healthy: AgentDaemon) -> None:
+    healthy.spawn()
+    healthy.call("send", {"instanceId": "exec_1", "text": "@hang"})
+    # first recovery: Escape, then the same prompt once more
+    wait_until(
+        lambda: [e["prompt"] for e in healthy.events("UserPromptSubmit")] == ["@hang", "@hang"],
+        20,
+        what="the prompt re-delivered once",
+    )
+    # it hangs again: the second recovery restarts the agent
+    wait_until(lambda: len(healthy.events("SessionStart")) == 2, 20, what="a restart")
+    assert health_of(healthy, "exec_1")["recoveries"] >= 2
+    assert '"action":"interrupt","ok":true' in healthy.daemon.log()
+    wait_until(lambda: '"action":"restart","ok":true' in healthy.daemon.log(), 10)
+
+
+def test_long_busy_work_with_heartbeats_is_never_flagged(
+    tmp_path: Path, daemon_factory: type[DaemonProcess]
+) -> None:
+    # work for 3 stall periods; the agent's tool hooks (about one a second) keep it alive
+    healthy = AgentDaemon.start_in(
+        tmp_path, daemon_factory, FAKE_CLAUDE, {**FAST, "TCM_STALL_MS": "2500"}
+    )
+    healthy.spawn()
+    healthy.call("send", {"instanceId": "exec_1", "text": "@work 8\n@reply done"})
+    verdicts = set()
+    deadline = time.monotonic() + 20
+    while healthy.status("exec_1") == "busy" and time.monotonic() < deadline:
+        verdicts.add(health_of(healthy, "exec_1").get("verdict"))
+    assert healthy.call("read", {"instanceId": "exec_1"})["lastResult"] == "done"
+    assert verdicts <= {"healthy", None}
+    assert health_of(healthy, "exec_1")["recoveries"] == 0
+
+
+def test_rate_limit_holds_new_work_until_the_reset(healthy: AgentDaemon) -> None:
+    healthy.spawn()
+    reset = time.strftime("%H:%M:%S", time.localtime(time.time() + 4))
+    healthy.call("send", {"instanceId": "exec_1", "text": f"@ratelimit {reset}"})
+    wait_until(lambda: health_of(healthy, "exec_1").get("verdict") == "rate-limited", 10)
+    sent = healthy.call("send", {"instanceId": "exec_1", "text": "@reply after the reset"})
+    assert (sent["delivered"], sent["queued"]) == (False, True)
+    reset_at = time.mktime(time.strptime(time.strftime("%Y-%m-%d ") + reset, "%Y-%m-%d %H:%M:%S"))
+    while time.time() < reset_at - 0.3:  # held: nothing reaches the agent before the reset
+        assert not [e for e in healthy.events("UserPromptSubmit") if "after" in e["prompt"]]
+    wait_until(
+        lambda: healthy.call("read", {"instanceId": "exec_1"})["lastResult"] == "after the reset",
+        20,
+        what="the held prompt after the reset",
+    )
+
+
+def test_tmux_server_killed_then_everything_comes_back(healthy: AgentDaemon) -> None:
+    healthy.spawn()
+    healthy.spawn()
+    subprocess.run(["tmux", "-L", healthy.daemon.tmux_socket, "kill-server"], check=True)
+    for instance_id in ("exec_1", "exec_2"):
+        wait_until(lambda i=instance_id: health_of(healthy, i).get("recoveries", 0) >= 1, 20)  # type: ignore[misc]
+        healthy.wait_status(instance_id, "ready", timeout_s=20)
+    healthy.call("send", {"instanceId": "exec_2", "text": "@reply back"})
+    settle(healthy, "exec_2")
+    assert healthy.call("read", {"instanceId": "exec_2"})["lastResult"] == "back"
+
+
+def test_a_crash_loop_stops_after_the_bound(
+    tmp_path: Path, daemon_factory: type[DaemonProcess]
+) -> None:
+    marker = tmp_path / "broken"
+    wrapper = tmp_path / "claude-wrapper"
+    wrapper.write_text(
+        f'#!/bin/sh\n[ -e "{marker}" ] && exit 9\nexec "{sys.executable}" "{FAKE_CLAUDE}" "$@"\n'
+    )
+    wrapper.chmod(0o755)
+    agents = AgentDaemon.start_in(
+        tmp_path,
+        daemon_factory,
+        FAKE_CLAUDE,
+        {**FAST, "TCM_RECOVERY_MAX": "2", "TCM_CLAUDE_COMMAND": str(wrapper)},
+    )
+    agents.spawn("executive", agent="shell")
+    agents.spawn("manager", parent="exec_1")
+    marker.touch()
+    agents.call("send", {"instanceId": "mgr_1_1", "text": "@crash 3"})
+    wait_until(
+        lambda: health_of(agents, "mgr_1_1").get("verdict") == "failed",
+        30,
+        what="the instance given up on",
+    )
+    row = health_of(agents, "mgr_1_1")
+    assert row["recoveries"] == 2
+    assert "gave up after 2 recoveries" in row["reasons"][0]
+    log = agents.daemon.log()
+    assert '"event":"instance failed"' in log
+    starts = len(agents.events("SessionStart"))
+    sweeps = agents.call("health")["sweeps"]
+    wait_until(lambda: agents.call("health")["sweeps"] > sweeps + 10, 10)
+    assert len(agents.events("SessionStart")) == starts  # no further restarts were tried
+
+
+def test_health_sweep_over_a_hundred_instances(
+    tmp_path: Path, daemon_factory: type[DaemonProcess]
+) -> None:
+    agents = AgentDaemon.start_in(
+        tmp_path, daemon_factory, FAKE_CLAUDE, {"HEALTH_CHECK_INTERVAL": "300"}
+    )
+    agents.spawn("executive", agent="shell")
+    agents.spawn("manager", parent="exec_1", agent="shell")
+    for _ in range(98):
+        agents.spawn("specialist", parent="mgr_1_1", agent="shell", wait=False)
+    wait_until(lambda: agents.call("health")["healthy"] == 100, 60, what="100 healthy")
+    summary = agents.call("health")
+    assert (summary["total"], summary["unhealthy"], summary["dead"]) == (100, 0, 0)
+    assert all(r["score"] == 100 for r in summary["instances"])
