@@ -1,8 +1,11 @@
 """Health: a sweep over every instance each HEALTH_CHECK_INTERVAL, and recovery.
 
-One sweep = one batched tmux query (``list-panes -a``) plus a screen capture only where
-one is needed (a busy instance silent for the stall time, an instance whose window
-changed, for error patterns). Each instance gets a score, a verdict and reasons:
+A death or a failed turn wakes the loop at once, and while a verdict awaits confirmation
+the sweeps come every interval ÷ threshold, so a crash is recovered within about one
+interval plus the agent's start. One sweep = one batched tmux query (``list-panes -a``)
+plus a screen capture only where one is needed (a busy instance silent for the stall
+time; a ready instance whose window changed, for error patterns). Each instance gets a
+score, a verdict and reasons:
 
     healthy · dead · stuck · errored · rate-limited · unresponsive · failed
 
@@ -86,7 +89,9 @@ class Health:
         self.sweeps = 0
         self.last_sweep_ms = 0.0
         self._tasks: set[asyncio.Task[None]] = set()
+        self._wake = asyncio.Event()
         delivery.hold = self.hold_of
+        instances.listeners.append(self._on_state)
 
     # -- holds (rate limits) ----------------------------------------------------------------
     def hold_of(self, inst: Instance) -> float | None:
@@ -97,13 +102,25 @@ class Health:
 
     # -- the loop ---------------------------------------------------------------------------
     async def run(self) -> None:
+        """Sweep every interval; sooner while a verdict awaits confirmation or on a death."""
         interval = self.settings.health_check_interval_ms / 1000
+        threshold = self.settings.unhealthy_threshold
         watchdog = sdnotify.watchdog_interval_s()
         while True:
+            self._wake.clear()
             await self.sweep()
             sdnotify.notify("WATCHDOG=1")  # a stalled sweep stops the pings: systemd restarts us
-            wait = interval if watchdog is None else min(interval, watchdog)
-            await asyncio.sleep(wait)  # the period of the loop itself, not a wait for an event
+            confirming = any(0 < n < threshold for n in self.streak.values())
+            wait = interval / threshold if confirming else interval
+            if watchdog is not None:
+                wait = min(wait, watchdog)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(wait):
+                    await self._wake.wait()
+
+    def _on_state(self, inst: Instance, old: State) -> None:
+        if inst.status in (State.EXITED, State.ERRORED):
+            self._wake.set()  # look now, not at the next tick
 
     async def sweep(self) -> dict[str, Verdict]:
         started = time.perf_counter()
