@@ -184,7 +184,8 @@ class Health:
             )
             return Verdict("dead", [how])
         now = time.monotonic()
-        changed = self._activity.get(inst.id) != pane.activity
+        seen = self._activity.get(inst.id)
+        changed = seen is not None and seen != pane.activity  # first sight is no change
         self._activity[inst.id] = pane.activity
         silent_s = now - self.instances.last_event.get(inst.id, 0)
         if inst.status == State.ERRORED:
