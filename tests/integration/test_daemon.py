@@ -9,6 +9,7 @@ import socket
 import stat
 import subprocess
 import sys
+import tempfile
 import threading
 from pathlib import Path
 
@@ -300,3 +301,27 @@ def test_state_survives_restart_cycles(daemon_factory: type[DaemonProcess]) -> N
         d.start()
         assert d.call("status")["boots"] == expected
     wait_until(d.answers, 5)
+
+
+def test_systemd_notify_ready_watchdog_stopping(daemon_factory: type[DaemonProcess]) -> None:
+    sock_path = Path(tempfile.mkdtemp(prefix="tcm-notify-", dir="/tmp")) / "notify"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as listener:
+        listener.bind(str(sock_path))
+        listener.settimeout(10)
+        d = daemon_factory(
+            extra_env={
+                "NOTIFY_SOCKET": str(sock_path),
+                "WATCHDOG_USEC": "400000",
+                "HEALTH_CHECK_INTERVAL": "60000",
+            }
+        )
+        d.start()
+        got = [listener.recv(256).decode() for _ in range(4)]
+        assert got.count("READY=1") == 1
+        # pings every 0.2 s (half of WatchdogSec), although health sweeps are 60 s apart
+        assert got.count("WATCHDOG=1") == 3
+        assert d.terminate() == 0
+        rest = []
+        while (msg := listener.recv(256).decode()) != "STOPPING=1":
+            rest.append(msg)
+        assert set(rest) <= {"WATCHDOG=1"}
