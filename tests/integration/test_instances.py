@@ -317,3 +317,12 @@ def test_terminated_and_restarted_state_survives_sigterm(
     agents.daemon.start()
     rows = {r["instanceId"]: r["status"] for r in agents.call("list", {"includeTerminated": True})}
     assert rows == {"exec_1": "ready", "exec_2": "terminated"}
+
+
+def test_terminate_force_ends_only_the_parent(agents: AgentDaemon) -> None:
+    agents.spawn("executive", agent="shell")
+    agents.spawn("manager", parent="exec_1", agent="shell")
+    out = agents.call("terminate", {"instanceId": "exec_1", "force": True})
+    assert out["terminated"] == ["exec_1"]
+    rows = {r["instanceId"]: r["status"] for r in agents.call("list", {"includeTerminated": True})}
+    assert rows == {"exec_1": "terminated", "mgr_1_1": "ready"}  # the child lives on
