@@ -7,15 +7,14 @@ file that is not valid JSON is left alone (we never destroy a person's settings)
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import orjson
 import structlog
+
+from tcmd.atomic import replace_atomically
 
 log = structlog.get_logger(__name__)
 
@@ -47,20 +46,5 @@ def mark_trusted(claude_json: Path, work_dir: Path) -> bool:
         if not isinstance(entry, dict) or entry.get("hasTrustDialogAccepted") is True:
             return False
         entry["hasTrustDialogAccepted"] = True
-        _atomic_write(claude_json, orjson.dumps(data, option=orjson.OPT_INDENT_2), mode)
+        replace_atomically(claude_json, orjson.dumps(data, option=orjson.OPT_INDENT_2), mode)
         return True
-
-
-def _atomic_write(path: Path, content: bytes, mode: int) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(content)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise

@@ -33,7 +33,6 @@ unreadable snapshot is not guessed around: ``open`` raises ``Unavailable``.
 from __future__ import annotations
 
 import os
-import tempfile
 import zlib
 from datetime import UTC, datetime
 from pathlib import Path
@@ -42,6 +41,7 @@ from typing import Any
 import orjson
 import structlog
 
+from tcmd.atomic import replace_atomically
 from tcmd.errors import Conflict, Unavailable
 from tcmd.store.base import JSON
 
@@ -144,7 +144,7 @@ class JsonFileStore:
         fd = self._require_open()
         body = orjson.dumps({"version": FORMAT_VERSION, "seq": self._seq, "data": self._data})
         try:
-            _replace_atomically(self._snapshot_path, body)
+            replace_atomically(self._snapshot_path, body)
             self._snapshot_seq = self._seq
             # A crash here leaves records <= snapshot seq in the journal: replay skips them.
             os.ftruncate(fd, 0)
@@ -281,22 +281,3 @@ def _decode(line: bytes) -> dict[str, Any] | None:
         and (record.get("op") == "del" or (record.get("op") == "put" and "value" in record))
     )
     return record if valid else None
-
-
-def _replace_atomically(path: Path, body: bytes) -> None:
-    """Give ``path`` the content ``body``, all or nothing, even across a power loss."""
-    fd, tmp_name = tempfile.mkstemp(prefix=f"{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as tmp:
-            tmp.write(body)
-            tmp.flush()
-            os.fsync(tmp.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)  # makes the rename itself durable
-    finally:
-        os.close(dir_fd)

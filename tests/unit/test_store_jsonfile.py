@@ -379,7 +379,7 @@ def test_failed_compaction_keeps_the_write_and_retries_later(
     def refuse(path: Path, body: bytes) -> None:
         raise OSError(errno.EROFS, "Read-only file system")
 
-    monkeypatch.setattr(jsonfile, "_replace_atomically", refuse)
+    monkeypatch.setattr(jsonfile, "replace_atomically", refuse)
     for i in range(4):
         s.put("ns", f"k{i}", i)  # the third one's compaction fails, quietly
     assert s.health()["journalRecords"] == 4
