@@ -108,7 +108,10 @@ class Health:
         watchdog = sdnotify.watchdog_interval_s()
         while True:
             self._wake.clear()
-            await self.sweep()
+            try:
+                await self.sweep()
+            except Exception:  # a bug in one sweep must not end health checking for good
+                log.exception("health sweep failed")
             sdnotify.notify("WATCHDOG=1")  # a stalled sweep stops the pings: systemd restarts us
             confirming = any(0 < n < threshold for n in self.streak.values())
             wait = interval / threshold if confirming else interval
@@ -137,11 +140,16 @@ class Health:
             panes = None
             log.warning("tmux does not answer", error=exc.message)
         for inst in watched:
-            verdict = (
-                Verdict("unresponsive", ["tmux does not answer"])
-                if panes is None
-                else await self._check(inst, panes.get(inst.id))
-            )
+            if panes is None:
+                verdict = Verdict("unresponsive", ["tmux does not answer"])
+            else:
+                try:
+                    verdict = await self._check(inst, panes.get(inst.id))
+                except TcmError as exc:  # e.g. its session vanished since the listing
+                    log.debug("check skipped", instance_id=inst.id, error=exc.message)
+                    continue
+            if inst.status == State.TERMINATED:
+                continue  # terminated while we looked
             self._record(inst, verdict)
         self.sweeps += 1
         self.last_sweep_ms = (time.perf_counter() - started) * 1000

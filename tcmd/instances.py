@@ -97,7 +97,7 @@ class Instances:
             if pane is None or pane.dead:
                 self._exited(inst, pane)
                 continue
-            screen = await self.tmux.capture(inst.id, 30)
+            screen = await self._screen(inst)
             seen = profile(inst.agent).screen_state(screen) or State.READY
             inst.pane_id = pane.pane_id
             if inst.status != seen:
@@ -332,6 +332,15 @@ class Instances:
                 await self.reconcile()
             except TcmError as exc:
                 log.warning("reconcile failed", error=exc.message)
+            except Exception:  # a bug here must not stop the watch over tmux
+                log.exception("reconcile crashed")
+
+    async def _screen(self, inst: Instance) -> str:
+        """The bottom of its screen; "" when its session vanished meanwhile."""
+        try:
+            return await self.tmux.capture(inst.id, 30)
+        except TcmError:
+            return ""
 
     async def reconcile(self) -> None:
         """One batched tmux query: dead or vanished panes → exited; busy screens re-read."""
@@ -357,7 +366,7 @@ class Instances:
             ):
                 # an Escape interrupt fires no Stop: the screen is the only witness
                 self.screen_checked[inst.id] = now
-                screen = await self.tmux.capture(inst.id, 30)
+                screen = await self._screen(inst)
                 if profile(inst.agent).screen_state(screen) == State.READY:
                     log.info("screen shows ready", instance_id=inst.id)
                     self._set(inst, State.READY)

@@ -115,7 +115,10 @@ class Parallel:
                 async with asyncio.timeout(delay):
                     await self._wake.wait()
             self._wake.clear()
-            self.dispatch()
+            try:
+                self.dispatch()
+            except Exception:  # e.g. the store refused a write: try again at the next wake
+                log.exception("dispatch failed")
 
     # -- limits -----------------------------------------------------------------------------
     def limit_for(self, manager_id: str) -> int:

@@ -12,12 +12,11 @@ from __future__ import annotations
 import os
 import statistics
 import subprocess
-import tempfile
 import time
 from pathlib import Path
 
-from tests.fakes import FAKE_CLAUDE
-from tests.support import AgentDaemon, DaemonProcess, wait_until
+from tests.bench.common import agent_daemon
+from tests.support import wait_until
 
 N = 200
 
@@ -29,65 +28,68 @@ def cpu_s(pid: int) -> float:
 
 
 def main() -> None:
-    with tempfile.TemporaryDirectory(dir="/tmp") as tmp_name:
-        tmp = Path(tmp_name)
-        made: list[DaemonProcess] = []
+    with agent_daemon({"HEALTH_CHECK_INTERVAL": "1000"}) as (agents, _):
+        agents.spawn("executive", agent="shell")
+        agents.spawn("manager", parent="exec_1", agent="shell")
+        t = time.perf_counter()
+        for _ in range(N - 3):
+            agents.spawn("specialist", parent="mgr_1_1", agent="shell", wait=False)
+        agents.spawn("specialist", parent="mgr_1_1")  # one fake Claude, to crash later
+        wait_until(lambda: agents.call("health")["healthy"] == N, 120, what=f"{N} healthy")
+        print(f"{N} instances live and healthy after {time.perf_counter() - t:.1f} s")
+        sweeps: dict[int, float] = {}
+        deadline = time.monotonic() + 12
+        while time.monotonic() < deadline and len(sweeps) < 10:
+            h = agents.call("health")
+            sweeps[h["sweeps"]] = h["lastSweepMs"]
+        ms = sorted(sweeps.values())
+        print(
+            f"one sweep over {N} live instances: median {statistics.median(ms):.1f} ms, "
+            f"max {ms[-1]:.1f} ms over {len(ms)} sweeps   (target <= 50 ms)"
+        )
 
-        class Factory(DaemonProcess):
-            def __init__(self, state_dir: Path | None = None,
-                         extra_env: dict[str, str] | None = None) -> None:
-                super().__init__(state_dir or tmp / "state", extra_env)
-                made.append(self)
+        # restart on the default interval (10 s): the instances are re-adopted
+        agents.daemon.terminate()
+        agents.daemon.env.pop("HEALTH_CHECK_INTERVAL")
+        agents.daemon.start()
+        assert agents.daemon.proc is not None
+        pid = agents.daemon.proc.pid
+        wait_until(lambda: agents.call("health")["sweeps"] >= 1, 30)
+        c0, t0 = cpu_s(pid), time.monotonic()
+        time.sleep(30)  # measuring an idle daemon's CPU over a fixed window
+        used = cpu_s(pid) - c0
+        window = time.monotonic() - t0
+        print(
+            f"CPU of tcmd (health loop + 0.5 s reconcile, tmux clients included) with "
+            f"{N} idle instances at the default 10 s interval: "
+            f"{100 * used / window:.2f} % of one core   (target <= 2 %)"
+        )
 
-        agents = AgentDaemon.start_in(tmp, Factory, FAKE_CLAUDE,
-                                      {"TCM_LOG_LEVEL": "info", "HEALTH_CHECK_INTERVAL": "1000"})
-        try:
-            agents.spawn("executive", agent="shell")
-            agents.spawn("manager", parent="exec_1", agent="shell")
-            t = time.perf_counter()
-            for _ in range(N - 3):
-                agents.spawn("specialist", parent="mgr_1_1", agent="shell", wait=False)
-            agents.spawn("specialist", parent="mgr_1_1")  # one fake Claude, to crash later
-            wait_until(lambda: agents.call("health")["healthy"] == N, 120, what=f"{N} healthy")
-            print(f"{N} instances live and healthy after {time.perf_counter() - t:.1f} s")
-            sweeps: dict[int, float] = {}
-            deadline = time.monotonic() + 12
-            while time.monotonic() < deadline and len(sweeps) < 10:
-                h = agents.call("health")
-                sweeps[h["sweeps"]] = h["lastSweepMs"]
-            ms = sorted(sweeps.values())
-            print(f"one sweep over {N} live instances: median {statistics.median(ms):.1f} ms, "
-                  f"max {ms[-1]:.1f} ms over {len(ms)} sweeps   (target <= 50 ms)")
-
-            # restart on the default interval (10 s): the instances are re-adopted
-            agents.daemon.terminate()
-            agents.daemon.env.pop("HEALTH_CHECK_INTERVAL")
-            agents.daemon.start()
-            assert agents.daemon.proc is not None
-            pid = agents.daemon.proc.pid
-            wait_until(lambda: agents.call("health")["sweeps"] >= 1, 30)
-            c0, t0 = cpu_s(pid), time.monotonic()
-            time.sleep(30)  # measuring an idle daemon's CPU over a fixed window
-            used = cpu_s(pid) - c0
-            window = time.monotonic() - t0
-            print(f"CPU of tcmd (health loop + 0.5 s reconcile, tmux clients included) with "
-                  f"{N} idle instances at the default 10 s interval: "
-                  f"{100 * used / window:.2f} % of one core   (target <= 2 %)")
-
-            victim = f"spec_1_1_{N - 2}"
-            pane_pid = subprocess.run(["tmux", "-L", agents.daemon.tmux_socket, "display", "-p",
-                                       "-t", f"={victim}:", "#{pane_pid}"], capture_output=True,
-                                      text=True, check=True).stdout.strip()
-            t = time.monotonic()
-            os.kill(int(pane_pid), 9)
-            wait_until(lambda: agents.status(victim) != "ready", 10)
-            wait_until(lambda: agents.status(victim) == "ready", 60, what="the restart")
-            took = time.monotonic() - t
-            print(f"crash (SIGKILL) → ready again at the default interval 10 s, threshold 3: "
-                  f"{took:.1f} s   (target <= 2 × 10 s + the agent's start)")
-        finally:
-            for d in made:
-                d.cleanup()
+        victim = f"spec_1_1_{N - 2}"
+        pane_pid = subprocess.run(
+            [
+                "tmux",
+                "-L",
+                agents.daemon.tmux_socket,
+                "display",
+                "-p",
+                "-t",
+                f"={victim}:",
+                "#{pane_pid}",
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        t = time.monotonic()
+        os.kill(int(pane_pid), 9)
+        wait_until(lambda: agents.status(victim) != "ready", 10)
+        wait_until(lambda: agents.status(victim) == "ready", 60, what="the restart")
+        took = time.monotonic() - t
+        print(
+            f"crash (SIGKILL) → ready again at the default interval 10 s, threshold 3: "
+            f"{took:.1f} s   (target <= 2 × 10 s + the agent's start)"
+        )
 
 
 if __name__ == "__main__":

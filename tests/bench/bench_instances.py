@@ -17,14 +17,13 @@ import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import uuid
 from pathlib import Path
 
+from tests.bench.common import agent_daemon
 from tests.fakes import FAKE_CLAUDE
-from tests.support import AgentDaemon, DaemonProcess
 
 RUNS = 15
 
@@ -108,110 +107,94 @@ def agent_own_start(tmp: Path) -> float:
 
 
 def main() -> None:
-    with tempfile.TemporaryDirectory(dir="/tmp") as tmp_name:
-        tmp = Path(tmp_name)
+    with agent_daemon() as (agents, tmp):
         own = agent_own_start(tmp)
-        made: list[DaemonProcess] = []
-
-        class Factory(DaemonProcess):
-            def __init__(
-                self, state_dir: Path | None = None, extra_env: dict[str, str] | None = None
-            ) -> None:
-                super().__init__(state_dir or tmp / "state", extra_env)
-                made.append(self)
-
-        agents = AgentDaemon.start_in(tmp, Factory, FAKE_CLAUDE, {"TCM_LOG_LEVEL": "info"})
-        try:
-            agents.spawn("executive")
-            agents.spawn("manager", parent="exec_1")
-            lat = []
-            for _ in range(RUNS):
-                t = time.perf_counter()
-                r = agents.spawn("specialist", parent="mgr_1_1")
-                lat.append(time.perf_counter() - t)
-                assert r["status"] == "ready", r
-                agents.call("terminate", {"instanceId": r["instanceId"]})
-            p50 = statistics.median(lat)
-            print(
-                f"spawn → ready: p50 {p50 * 1e3:.1f} ms; the agent alone {own * 1e3:.1f} ms; "
-                f"daemon overhead p50 {(p50 - own) * 1e3:.1f} ms   (target <= 30 ms)"
-            )
-
-            results: list[dict[str, str]] = []
+        agents.spawn("executive")
+        agents.spawn("manager", parent="exec_1")
+        lat = []
+        for _ in range(RUNS):
             t = time.perf_counter()
-            threads = [
-                threading.Thread(
-                    target=lambda: results.append(
-                        agents.spawn("specialist", parent="mgr_1_1", timeoutMs=60_000)
-                    )
-                )
-                for _ in range(50)
-            ]
-            for th in threads:
-                th.start()
-            for th in threads:
-                th.join()
-            wall = time.perf_counter() - t
-            ready = sum(r["status"] == "ready" for r in results)
-            print(f"50 concurrent spawns: {ready}/50 ready in {wall:.2f} s   (target <= 3 s)")
-            if ready < 50:
-                print(
-                    "  not ready:",
-                    [(r["instanceId"], r["status"]) for r in results if r["status"] != "ready"],
-                )
-            agents.call("terminate", {"instanceId": "mgr_1_1", "cascade": True})
+            r = agents.spawn("specialist", parent="mgr_1_1")
+            lat.append(time.perf_counter() - t)
+            assert r["status"] == "ready", r
+            agents.call("terminate", {"instanceId": r["instanceId"]})
+        p50 = statistics.median(lat)
+        print(
+            f"spawn → ready: p50 {p50 * 1e3:.1f} ms; the agent alone {own * 1e3:.1f} ms; "
+            f"daemon overhead p50 {(p50 - own) * 1e3:.1f} ms   (target <= 30 ms)"
+        )
 
-            exe = agents.spawn("executive")["instanceId"]
-            token = agents.token(exe)
-            hook_lat = []
-            with agents.daemon.client(token) as hooker, agents.daemon.client() as lister:
-                for i in range(200):
-                    event, want = ("UserPromptSubmit", "busy") if i % 2 == 0 else ("Stop", "ready")
-                    t = time.perf_counter()
-                    hooker.notify("hook", {"payload": {"hook_event_name": event}})
-                    while (
-                        next(r for r in lister.call("list") if r["instanceId"] == exe)["status"]
-                        != want
-                    ):
-                        pass
-                    hook_lat.append(time.perf_counter() - t)
-            print(
-                f"hook event → visible in list: p50 {statistics.median(hook_lat) * 1e3:.2f} ms"
-                f"   (target <= 5 ms)"
+        results: list[dict[str, str]] = []
+        t = time.perf_counter()
+        threads = [
+            threading.Thread(
+                target=lambda: results.append(
+                    agents.spawn("specialist", parent="mgr_1_1", timeoutMs=60_000)
+                )
             )
+            for _ in range(50)
+        ]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+        wall = time.perf_counter() - t
+        ready = sum(r["status"] == "ready" for r in results)
+        print(f"50 concurrent spawns: {ready}/50 ready in {wall:.2f} s   (target <= 3 s)")
+        if ready < 50:
+            print(
+                "  not ready:",
+                [(r["instanceId"], r["status"]) for r in results if r["status"] != "ready"],
+            )
+        agents.call("terminate", {"instanceId": "mgr_1_1", "cascade": True})
 
-            text = ("0123456789 abcdefghij ✓ 'q' \"d\" $(x)\n" * 2800)[:100_000]
-            send_lat = []
-            for _ in range(5):
+        exe = agents.spawn("executive")["instanceId"]
+        token = agents.token(exe)
+        hook_lat = []
+        with agents.daemon.client(token) as hooker, agents.daemon.client() as lister:
+            for i in range(200):
+                event, want = ("UserPromptSubmit", "busy") if i % 2 == 0 else ("Stop", "ready")
                 t = time.perf_counter()
-                out = agents.call("send", {"instanceId": exe, "text": text})
-                send_lat.append(time.perf_counter() - t)
-                assert out["delivered"], out
-                agents.call("wait", {"instanceIds": [exe], "timeoutMs": 10_000})
-            print(
-                f"send 100 KB delivered+acknowledged: median "
-                f"{statistics.median(send_lat) * 1e3:.0f} ms, max {max(send_lat) * 1e3:.0f} ms"
-                f"   (target <= 300 ms)"
-            )
+                hooker.notify("hook", {"payload": {"hook_event_name": event}})
+                while (
+                    next(r for r in lister.call("list") if r["instanceId"] == exe)["status"] != want
+                ):
+                    pass
+                hook_lat.append(time.perf_counter() - t)
+        print(
+            f"hook event → visible in list: p50 {statistics.median(hook_lat) * 1e3:.2f} ms"
+            f"   (target <= 5 ms)"
+        )
 
-            env = dict(os.environ, TCM_SOCKET=str(tmp / "absent.sock"))
-            hook_proc = []
-            for _ in range(RUNS):
-                t = time.perf_counter()
-                subprocess.run(
-                    [sys.executable, "-m", "tcmctl", "hook"],
-                    env=env,
-                    input=b'{"hook_event_name":"Stop"}',
-                    check=True,
-                )
-                hook_proc.append(time.perf_counter() - t)
-            print(
-                f"tcmctl hook, daemon down: median {statistics.median(hook_proc) * 1e3:.1f} ms"
-                f"   (target: exit 0 within 50 ms)"
+        text = ("0123456789 abcdefghij ✓ 'q' \"d\" $(x)\n" * 2800)[:100_000]
+        send_lat = []
+        for _ in range(5):
+            t = time.perf_counter()
+            out = agents.call("send", {"instanceId": exe, "text": text})
+            send_lat.append(time.perf_counter() - t)
+            assert out["delivered"], out
+            agents.call("wait", {"instanceIds": [exe], "timeoutMs": 10_000})
+        print(
+            f"send 100 KB delivered+acknowledged: median "
+            f"{statistics.median(send_lat) * 1e3:.0f} ms, max {max(send_lat) * 1e3:.0f} ms"
+            f"   (target <= 300 ms)"
+        )
+
+        env = dict(os.environ, TCM_SOCKET=str(tmp / "absent.sock"))
+        hook_proc = []
+        for _ in range(RUNS):
+            t = time.perf_counter()
+            subprocess.run(
+                [sys.executable, "-m", "tcmctl", "hook"],
+                env=env,
+                input=b'{"hook_event_name":"Stop"}',
+                check=True,
             )
-        finally:
-            for d in made:
-                d.cleanup()
+            hook_proc.append(time.perf_counter() - t)
+        print(
+            f"tcmctl hook, daemon down: median {statistics.median(hook_proc) * 1e3:.1f} ms"
+            f"   (target: exit 0 within 50 ms)"
+        )
 
 
 if __name__ == "__main__":

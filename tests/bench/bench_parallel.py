@@ -12,12 +12,11 @@ from __future__ import annotations
 import os
 import statistics
 import subprocess
-import tempfile
 import time
 from pathlib import Path
 
-from tests.fakes import FAKE_CLAUDE
-from tests.support import AgentDaemon, DaemonProcess
+from tests.bench.common import agent_daemon
+from tests.support import AgentDaemon
 
 TASKS, MANAGERS, PER_MANAGER = 200, 4, 5
 
@@ -45,79 +44,63 @@ def _cpu(agents: AgentDaemon) -> tuple[float, float, float]:
 
 
 def main() -> None:
-    with tempfile.TemporaryDirectory(dir="/tmp") as tmp_name:
-        tmp = Path(tmp_name)
-        made: list[DaemonProcess] = []
-
-        class Factory(DaemonProcess):
-            def __init__(
-                self, state_dir: Path | None = None, extra_env: dict[str, str] | None = None
-            ) -> None:
-                super().__init__(state_dir or tmp / "state", extra_env)
-                made.append(self)
-
-        env = {
-            "TCM_LOG_LEVEL": "info",
-            "MAX_SPECIALISTS_PER_MANAGER": str(PER_MANAGER),
-            "MAX_MANAGER_CONCURRENCY": str(MANAGERS),
-        }
-        agents = AgentDaemon.start_in(tmp, Factory, FAKE_CLAUDE, env)
-        try:
-            agents.spawn("executive", agent="shell")
-            managers = [
-                agents.spawn("manager", parent="exec_1", agent="shell")["instanceId"]
-                for _ in range(MANAGERS)
-            ]
-            singles = []
-            for i in range(7):
-                t = time.perf_counter()
-                out = agents.call(
-                    "executeParallel",
-                    {
-                        "managerId": managers[0],
-                        "agent": "shell",
-                        "workDir": str(agents.work_dir),
-                        "tasks": [{"id": f"single{i}", "instruction": "true"}],
-                    },
-                )
-                singles.append(time.perf_counter() - t)
-                assert out["completed"] == 1, out
-            one = statistics.median(singles)
-            cpu0 = _cpu(agents)
+    env = {
+        "MAX_SPECIALISTS_PER_MANAGER": str(PER_MANAGER),
+        "MAX_MANAGER_CONCURRENCY": str(MANAGERS),
+    }
+    with agent_daemon(env) as (agents, _):
+        agents.spawn("executive", agent="shell")
+        managers = [
+            agents.spawn("manager", parent="exec_1", agent="shell")["instanceId"]
+            for _ in range(MANAGERS)
+        ]
+        singles = []
+        for i in range(7):
             t = time.perf_counter()
             out = agents.call(
-                "distributeWork",
+                "executeParallel",
                 {
-                    "tasks": [{"id": f"t{i:03}", "instruction": "true"} for i in range(TASKS)],
-                    "strategy": "round-robin",
+                    "managerId": managers[0],
                     "agent": "shell",
                     "workDir": str(agents.work_dir),
-                    "wait": True,
+                    "tasks": [{"id": f"single{i}", "instruction": "true"}],
                 },
             )
-            total = time.perf_counter() - t
-            cpu1 = _cpu(agents)
-            slots = MANAGERS * PER_MANAGER
-            ideal = TASKS / slots * one
-            stats = agents.call("queueStats")
-            print(f"one no-op task alone: median {one * 1e3:.0f} ms (of {len(singles)})")
-            print(
-                f"{TASKS} no-op tasks, {MANAGERS} managers × {PER_MANAGER} specialists: "
-                f"{out['completed']} completed in {total:.2f} s; ideal {ideal:.2f} s; "
-                f"ratio {total / ideal:.2f}   (target <= 1.5)"
-            )
-            print(
-                f"peak managers {stats['peakManagers']}, peak per manager "
-                f"{max(stats['peakPerManager'].values())}, avg wait {stats['avgWaitMs']:.0f} ms,"
-                f" avg run {stats['avgRunMs']:.0f} ms"
-            )
-            print(
-                f"CPU seconds during the run: tcmd {cpu1[0] - cpu0[0]:.2f}, "
-                f"tmux server {cpu1[1] - cpu0[1]:.2f}, whole machine {cpu1[2] - cpu0[2]:.2f}"
-            )
-        finally:
-            for d in made:
-                d.cleanup()
+            singles.append(time.perf_counter() - t)
+            assert out["completed"] == 1, out
+        one = statistics.median(singles)
+        cpu0 = _cpu(agents)
+        t = time.perf_counter()
+        out = agents.call(
+            "distributeWork",
+            {
+                "tasks": [{"id": f"t{i:03}", "instruction": "true"} for i in range(TASKS)],
+                "strategy": "round-robin",
+                "agent": "shell",
+                "workDir": str(agents.work_dir),
+                "wait": True,
+            },
+        )
+        total = time.perf_counter() - t
+        cpu1 = _cpu(agents)
+        slots = MANAGERS * PER_MANAGER
+        ideal = TASKS / slots * one
+        stats = agents.call("queueStats")
+        print(f"one no-op task alone: median {one * 1e3:.0f} ms (of {len(singles)})")
+        print(
+            f"{TASKS} no-op tasks, {MANAGERS} managers × {PER_MANAGER} specialists: "
+            f"{out['completed']} completed in {total:.2f} s; ideal {ideal:.2f} s; "
+            f"ratio {total / ideal:.2f}   (target <= 1.5)"
+        )
+        print(
+            f"peak managers {stats['peakManagers']}, peak per manager "
+            f"{max(stats['peakPerManager'].values())}, avg wait {stats['avgWaitMs']:.0f} ms,"
+            f" avg run {stats['avgRunMs']:.0f} ms"
+        )
+        print(
+            f"CPU seconds during the run: tcmd {cpu1[0] - cpu0[0]:.2f}, "
+            f"tmux server {cpu1[1] - cpu0[1]:.2f}, whole machine {cpu1[2] - cpu0[2]:.2f}"
+        )
 
 
 if __name__ == "__main__":

@@ -53,8 +53,10 @@ def pipelining_client(path: str, total: int, depth: int, q: mp.Queue[int]) -> No
 
 def pipelined(path: Path, clients: int, per_client: int, depth: int) -> float:
     q: mp.Queue[int] = mp.Queue()
-    procs = [mp.Process(target=pipelining_client, args=(str(path), per_client, depth, q))
-             for _ in range(clients)]
+    procs = [
+        mp.Process(target=pipelining_client, args=(str(path), per_client, depth, q))
+        for _ in range(clients)
+    ]
     t = time.perf_counter()
     for p in procs:
         p.start()
@@ -82,16 +84,22 @@ def main() -> None:
             lat = sorted(one_client(d.socket, 20_000))
             p50, p99 = lat[len(lat) // 2] * 1e3, lat[int(len(lat) * 0.99)] * 1e3
             rps1 = len(lat) / sum(lat)
-            print(f"ping, 1 client sequential:   p50 {p50:.3f} ms  p99 {p99:.3f} ms  "
-                  f"{rps1:,.0f} req/s   (target p50 <= 0.15 ms, >= 8,000 req/s)")
+            print(
+                f"ping, 1 client sequential:   p50 {p50:.3f} ms  p99 {p99:.3f} ms  "
+                f"{rps1:,.0f} req/s   (target p50 <= 0.15 ms, >= 8,000 req/s)"
+            )
             rps8 = pipelined(d.socket, clients=8, per_client=25_000, depth=100)
-            print(f"ping, 8 pipelining clients:  {rps8:,.0f} req/s on {os.cpu_count()} cores"
-                  f"   (target >= 25,000 req/s)")
+            print(
+                f"ping, 8 pipelining clients:  {rps8:,.0f} req/s on {os.cpu_count()} cores"
+                f"   (target >= 25,000 req/s)"
+            )
             env = d.env
             py = process_median([sys.executable, "-c", "pass"], env, 20)
             ctl = process_median([sys.executable, "-m", "tcmctl", "status", "--json"], env, 20)
-            print(f"tcmctl status --json:        median {ctl * 1e3:.1f} ms; python -c pass "
-                  f"{py * 1e3:.1f} ms; ratio {ctl / py:.1f}x   (target <= 120 ms)")
+            print(
+                f"tcmctl status --json:        median {ctl * 1e3:.1f} ms; python -c pass "
+                f"{py * 1e3:.1f} ms; ratio {ctl / py:.1f}x   (target <= 120 ms)"
+            )
         finally:
             d.cleanup()
 

@@ -1,0 +1,37 @@
+"""What the benchmarks share: a throwaway daemon driving fake agents, cleaned up after."""
+
+from __future__ import annotations
+
+import contextlib
+import tempfile
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+
+from tests.fakes import FAKE_CLAUDE
+from tests.support import AgentDaemon, DaemonProcess
+
+
+@contextlib.contextmanager
+def agent_daemon(env: Mapping[str, str] | None = None) -> Iterator[tuple[AgentDaemon, Path]]:
+    """A running tcmd (fake Claude as `claude`) in a temporary directory, and that directory."""
+    with tempfile.TemporaryDirectory(dir="/tmp") as tmp_name:
+        tmp = Path(tmp_name)
+        made: list[DaemonProcess] = []
+
+        class Factory(DaemonProcess):
+            def __init__(
+                self, state_dir: Path | None = None, extra_env: dict[str, str] | None = None
+            ) -> None:
+                super().__init__(state_dir or tmp / "state", extra_env)
+                made.append(self)
+
+        try:
+            yield (
+                AgentDaemon.start_in(
+                    tmp, Factory, FAKE_CLAUDE, {"TCM_LOG_LEVEL": "info", **(env or {})}
+                ),
+                tmp,
+            )
+        finally:
+            for d in made:
+                d.cleanup()
