@@ -207,4 +207,25 @@ def attach(obj: Ctx, instance_id: str, ro: bool) -> None:
     os.execvpe("tmux", argv, env)  # noqa: S606
 
 
-COMMANDS = [spawn, send, read, list_, terminate, restart, wait, attach]
+@click.command()
+@click.argument("instance_id", required=False)
+@json_option
+@pass_ctx
+def health(obj: Ctx, instance_id: str | None) -> None:
+    """Health of the instances: score, verdict, reasons, recoveries."""
+    out = obj.call("health", {"instanceId": instance_id})
+    obj.emit(
+        out,
+        lambda r: (
+            render.table(
+                [{**row, "reasons": "; ".join(row["reasons"])} for row in r["instances"]],
+                ["instanceId", "score", "verdict", "recoveries", "reasons"],
+                max_width=70,
+            )
+            + f"\n{r['healthy']}/{r['total']} healthy, {r['recovering']} recovering, "
+            f"{r['dead']} dead; last sweep {r['lastSweepMs']} ms"
+        ),
+    )
+
+
+COMMANDS = [spawn, send, read, list_, terminate, restart, wait, attach, health]

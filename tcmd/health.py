@@ -122,8 +122,10 @@ class Health:
                     await self._wake.wait()
 
     def _on_state(self, inst: Instance, old: State) -> None:
-        if inst.status in (State.EXITED, State.ERRORED):
-            self._wake.set()  # look now, not at the next tick
+        if inst.status in (State.EXITED, State.ERRORED) or (
+            inst.status == State.READY and inst.id not in self.checks
+        ):
+            self._wake.set()  # a death, a failed turn, a newcomer: look now, not at the tick
 
     async def sweep(self) -> dict[str, Verdict]:
         started = time.perf_counter()

@@ -242,3 +242,20 @@ def test_parallel_failure_exit_code_cancel_and_bad_files(
     assert bad.returncode == 2
     assert "instruction" in bad.stderr
     assert run(["parallel", "mgr_1_1", str(tasks), "--agent", "nope"], env).returncode == 4
+
+
+def test_health_command(daemon: DaemonProcess, tmp_path: Path) -> None:
+    run(["spawn", "executive", "--agent", "shell", "--workdir", str(tmp_path)], daemon.env)
+    out = wait_until(
+        lambda: (
+            (r := run(["health", "--json"], daemon.env)).returncode == 0
+            and json.loads(r.stdout)["total"] == 1
+            and r
+        ),
+        15,
+        what="a health sweep",
+    )
+    row = json.loads(out.stdout)["instances"][0]
+    assert (row["instanceId"], row["verdict"], row["score"]) == ("exec_1", "healthy", 100)
+    table = run(["health"], daemon.env).stdout
+    assert "1/1 healthy" in table
