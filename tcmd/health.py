@@ -4,7 +4,7 @@ A death or a failed turn wakes the loop at once, and while a verdict awaits conf
 the sweeps come every interval ÷ threshold, so a crash is recovered within about one
 interval plus the agent's start. One sweep = one batched tmux query (``list-panes -a``)
 plus a screen capture only where one is needed (a busy instance silent for the stall
-time; a ready instance whose window changed, for error patterns). Each instance gets a
+time). A finished turn's output is read for error patterns. Each instance gets a
 score, a verdict and reasons:
 
     healthy · dead · stuck · errored · rate-limited · unresponsive · failed
@@ -86,6 +86,7 @@ class Health:
         self._activity: dict[str, float] = {}
         self._problem: dict[str, str | None] = {}  # error pattern seen on a ready screen
         self._reset: dict[str, str | None] = {}  # reset time an errored screen announced
+        self._scanned_turn: dict[str, int] = {}  # the turn whose screen was last scanned
         self.sweeps = 0
         self.last_sweep_ms = 0.0
         self._tasks: set[asyncio.Task[None]] = set()
@@ -216,8 +217,9 @@ class Health:
         if inst.status == State.WAITING and silent_s > self.settings.dialog_grace_ms / 1000:
             return Verdict("stuck", [f"waiting on a dialog for {int(silent_s)} s"])
         if inst.status == State.READY:
-            if changed:  # a turn ended with new output: read it once, remember what it says
-                self._problem[inst.id] = match_error(await self.instances.tmux.capture(inst.id, 40))
+            if self._scanned_turn.get(inst.id, 0) != inst.turns:  # a turn ended: read it once
+                self._scanned_turn[inst.id] = inst.turns  # (its output, not old scrollback)
+                self._problem[inst.id] = match_error(inst.last_result or "", last_lines=200)
             problem = self._problem.get(inst.id)
             if problem is not None:
                 reset = rate_limit_reset(problem)

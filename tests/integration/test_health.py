@@ -194,3 +194,19 @@ def test_health_sweep_over_a_hundred_instances(
     summary = agents.call("health")
     assert (summary["total"], summary["unhealthy"], summary["dead"]) == (100, 0, 0)
     assert all(r["score"] == 100 for r in summary["instances"])
+
+
+def test_error_pattern_on_screen_is_reported(healthy: AgentDaemon) -> None:
+    healthy.spawn("executive", agent="shell")
+    healthy.call("send", {"instanceId": "exec_1", "text": "python3 -c '1/0'"})
+    settle(healthy, "exec_1")
+    row = wait_until(
+        lambda: (r := health_of(healthy, "exec_1")).get("verdict") == "errored" and r,
+        10,
+        what="the traceback to be seen",
+    )
+    assert row["reasons"][0].startswith("traceback: Traceback (most recent call last):")
+    assert row["score"] < 100
+    healthy.call("send", {"instanceId": "exec_1", "text": "clear; echo fine"})
+    settle(healthy, "exec_1")
+    wait_until(lambda: health_of(healthy, "exec_1").get("verdict") == "healthy", 10)
