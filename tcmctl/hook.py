@@ -2,21 +2,21 @@
 
 Reads the hook JSON on stdin and forwards it to tcmd as a ``hook`` notification carrying
 the instance token from the environment. It always exits 0, fast, even when the daemon is
-down: Claude must never hang or fail because of us. Stdlib + orjson only, no click.
+down: Claude must never hang or fail because of us. Stdlib only (not even orjson or
+pathlib: importing them costs more than the rest of this process), no click.
 ``forward`` is also what the shell agent's runner calls for each event it reports.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import sys
 from collections.abc import Mapping
 from typing import Any
 
-import orjson
-
-from tcmd.paths import socket_path_from_env
+from tcmd.paths import socket_path
 
 CONNECT_TIMEOUT_S = 0.05
 SEND_TIMEOUT_S = 1.0
@@ -36,18 +36,22 @@ def forward(payload: dict[str, Any], env: Mapping[str, str] | None = None) -> bo
     if launch.isdigit():
         params["launch"] = int(launch)  # which start of the agent speaks: stale ones are ignored
     try:
-        frame = orjson.dumps(msg, option=orjson.OPT_APPEND_NEWLINE)
+        frame = _frame(msg)
         if len(frame) > MAX_PAYLOAD_BYTES:
             params["payload"] = _shrink(payload)
-            frame = orjson.dumps(msg, option=orjson.OPT_APPEND_NEWLINE)
+            frame = _frame(msg)
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
             sock.settimeout(CONNECT_TIMEOUT_S)
-            sock.connect(str(socket_path_from_env(env)))
+            sock.connect(socket_path(env))
             sock.settimeout(SEND_TIMEOUT_S)
             sock.sendall(frame)
-    except (OSError, TypeError):  # daemon down or busy; TypeError: a value orjson cannot encode
+    except (OSError, TypeError, ValueError):  # daemon down or busy; or a value JSON cannot hold
         return False  # the health loop will notice what we could not say
     return True
+
+
+def _frame(msg: dict[str, Any]) -> bytes:
+    return (json.dumps(msg, ensure_ascii=False, separators=(",", ":")) + "\n").encode()
 
 
 def _shrink(payload: dict[str, Any]) -> dict[str, Any]:
@@ -65,10 +69,10 @@ def main(argv: list[str]) -> int:
     """Forward one hook event; exit status is always 0."""
     try:
         raw = sys.stdin.buffer.read(MAX_PAYLOAD_BYTES + 1)
-        payload = orjson.loads(raw) if raw.strip() else {}
+        payload = json.loads(raw) if raw.strip() else {}
         if not isinstance(payload, dict):
             payload = {"raw": payload}
-    except (orjson.JSONDecodeError, OSError, ValueError):
+    except (OSError, ValueError):  # JSONDecodeError and bad UTF-8 are ValueErrors
         payload = {"unparsed": True}
     if argv:
         payload.setdefault("hook_event_name", argv[0])  # `tcmctl hook EVENT` for shells
