@@ -58,6 +58,7 @@ class Instances:
         self.acks: dict[str, int] = {}  # instance id -> prompts acknowledged since boot
         self.changes = Changes()
         self.listeners: list[Listener] = []
+        self.hook_listeners: list[Callable[[str], None]] = []  # called with each event name
         self._reconcile_soon = asyncio.Event()
         # instance id -> monotonic time its pane was last (re)created, inf while that is
         # in flight: a tmux listing taken before then cannot speak about its pane
@@ -262,6 +263,8 @@ class Instances:
         that was since replaced (a restart) are ignored.
         """
         event = str(payload.get("hook_event_name", ""))
+        for listener in self.hook_listeners:
+            listener(event)
         if event == "TmuxPaneDied":
             # from tmux's pane-died hook (run with the dead session's environment, so it
             # usually carries that instance's token): look at tmux now, trust tmux only

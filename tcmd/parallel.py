@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import re
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -88,6 +89,7 @@ class Parallel:
         self.peak_managers = 0
         self.worktree_root = settings.state_dir / "worktrees"
         self._wake = asyncio.Event()
+        self.emit: Callable[..., Any] = lambda kind, **fields: None  # the event log, when wired
         instances.listeners.append(self._on_instance)
 
     # -- start-up ---------------------------------------------------------------------------
@@ -160,6 +162,16 @@ class Parallel:
                 task.add_done_callback(self._attempt_done)
         self.instances.changes.fire()
 
+    def _emit_job(self, job: Job) -> None:
+        """A ``job.state`` event: what finished (or will retry), how long it took and waited."""
+        wait_ms = None
+        if job.started_at is not None:
+            wait_ms = round((job.started_at - job.queued_at) * 1000, 1)
+        self.emit("job.state", jobId=job.job_id, taskId=job.task_id, runId=job.run_id,
+                  state=job.state.value, attempts=job.attempts, durationMs=job.duration_ms,
+                  waitMs=wait_ms, error=job.last_error if job.state != JobState.COMPLETED
+                  else None)  # fmt: skip
+
     def kick(self) -> None:
         """Have the timer dispatch soon and re-read the next retry time."""
         self._wake.set()
@@ -203,7 +215,7 @@ class Parallel:
             await self._release(spec, run)
             if wt is not None:  # the agent is gone: nothing can write into it any more
                 extra.update(await worktrees.finish(wt))
-            self.queue.complete(job.job_id, result, extra)
+            self._emit_job(self.queue.complete(job.job_id, result, extra))
             log.info("task completed", job_id=job.job_id, task_id=job.task_id,
                      ms=round((time.monotonic() - started) * 1000))  # fmt: skip
         except (TaskFailed, TcmError) as exc:
@@ -212,11 +224,12 @@ class Parallel:
             if wt is not None and job.attempts >= job.retry.attempts:  # the last attempt
                 self.queue.annotate(job.job_id, extra=await worktrees.finish(wt))
             failed = self.queue.fail(job.job_id, reason, time.time())
+            self._emit_job(failed)
             log.info("task attempt failed", job_id=job.job_id, task_id=job.task_id,
                      error=reason, state=failed.state)  # fmt: skip
         except Exception as exc:  # a bug must not leave the job active forever
             log.exception("attempt failed unexpectedly", job_id=job.job_id)
-            self.queue.fail(job.job_id, f"internal error: {exc!r}", time.time())
+            self._emit_job(self.queue.fail(job.job_id, f"internal error: {exc!r}", time.time()))
         finally:
             self.attempts.pop(job.job_id, None)
             await self._release(spec, run)
@@ -319,6 +332,7 @@ class Parallel:
 
     def cancel(self, job: Job) -> Job:
         cancelled = self.queue.cancel(job.job_id)
+        self._emit_job(cancelled)
         if (attempt := self.attempts.get(job.job_id)) is not None:
             attempt.cancel()  # its finally terminates the specialist
         self.kick()
