@@ -167,7 +167,9 @@ def start_daemon(env: Mapping[str, str], path: Path) -> int:
         try:
             Client(path, timeout_s=1.0).connect().close()
         except DaemonUnreachable:
-            if exit_code is not None:
+            # exit 1: another daemon holds the lock, it will answer soon; anything else
+            # (2: invalid configuration) means nobody is coming
+            if exit_code not in (None, 1):
                 raise DaemonUnreachable(
                     f"tcmd exited with code {exit_code} at start; see {log_path}"
                 ) from None
