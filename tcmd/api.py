@@ -84,10 +84,19 @@ def result_schema(model: type[BaseModel], *, many: bool = False) -> dict[str, An
 
 
 def _clean_schema(schema: dict[str, Any]) -> dict[str, Any]:
-    schema = dict(schema)
-    schema.pop("title", None)
-    schema.setdefault("properties", {})
-    return schema
+    """Drop pydantic's generated titles ("Instanceid"): they cost tokens and say nothing."""
+    clean: dict[str, Any] = _untitled(schema)
+    clean.setdefault("properties", {})
+    return clean
+
+
+def _untitled(node: Any) -> Any:
+    if isinstance(node, dict):
+        return {k: _untitled(v) for k, v in node.items()
+                if not (k == "title" and isinstance(v, str))}  # fmt: skip
+    if isinstance(node, list):
+        return [_untitled(v) for v in node]
+    return node
 
 
 class Catalogue:

@@ -134,6 +134,7 @@ class ParallelTools:
                 "Jobs of the queue, oldest first, filtered by state, run or manager.",
                 JobsParams,
                 self.jobs,
+                {"type": "array", "items": {"type": "object"}},
                 inline=True,
                 read_only=True,
             ),
@@ -158,6 +159,7 @@ class ParallelTools:
                 "ones and keeps every one with work in it.",
                 WorktreesParams,
                 self.worktrees,
+                destructive=True,
                 operator_only=True,
             ),
         ]
