@@ -133,11 +133,11 @@ def call(obj: Ctx, method: str, params: str) -> None:
 
 
 def _register_subcommands() -> None:
-    from tcmctl import cli_daemon, cli_instances, cli_parallel, mcp_install
+    from tcmctl import cli_daemon, cli_instances, cli_observe, cli_parallel, mcp_install
 
     cli.add_command(cli_daemon.daemon)
     cli.add_command(mcp_install.mcp)  # its server half (tcmctl.mcp, the SDK) loads on use only
-    for command in [*cli_instances.COMMANDS, *cli_parallel.COMMANDS]:
+    for command in [*cli_instances.COMMANDS, *cli_parallel.COMMANDS, *cli_observe.COMMANDS]:
         cli.add_command(command)
 
 

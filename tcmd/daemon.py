@@ -25,11 +25,14 @@ from tcmd.config import Settings
 from tcmd.core import CoreTools
 from tcmd.delivery import Delivery
 from tcmd.errors import ConfigError, TcmError
+from tcmd.events import EventLog
 from tcmd.health import Health
 from tcmd.health_tools import HealthTools
 from tcmd.instance_tools import InstanceTools
 from tcmd.instances import Instances
+from tcmd.metrics import Registry, standard
 from tcmd.model import Instance, Role
+from tcmd.observe_tools import ObserveTools, subtree_visibility
 from tcmd.parallel import Parallel
 from tcmd.parallel_tools import ParallelTools
 from tcmd.queue.local import LocalJobQueue
@@ -59,11 +62,15 @@ class Daemon:
         self.delivery = Delivery(self.instances)
         self.queue = LocalJobQueue(self.store)
         self.parallel = Parallel(settings, self.store, self.queue, self.instances, self.delivery)
+        self.events = EventLog(self.store, self.instances.changes)
+        self.registry = Registry()
+        self.metrics = standard(self.registry)
         self.health = Health(
             settings,
             self.instances,
             self.delivery,
             busy_with_job=self.parallel.specialists.__contains__,
+            emit=self.emit,
         )
         self.catalogue = Catalogue()
         self.rpc = RpcServer(
@@ -76,6 +83,42 @@ class Daemon:
         self._lock_fds: list[int] = []
         self._background: set[asyncio.Task[Any]] = set()
         self._signals = 0
+
+    # -- events and metrics -------------------------------------------------------------------
+    def emit(self, kind: str, **fields: Any) -> None:
+        """One event into the log, and the metrics it moves."""
+        self.events.emit(kind, **fields)
+        m = self.metrics
+        if kind == "recovery.result":
+            m.recoveries.inc(action=fields["action"], outcome="ok" if fields["ok"] else "failed")
+        elif kind == "job.state" and fields["state"] in ("completed", "failed", "cancelled"):
+            m.tasks.inc(outcome=fields["state"])
+            if fields.get("durationMs") is not None:
+                m.task_duration.observe(fields["durationMs"] / 1000)
+            if fields.get("waitMs") is not None:
+                m.queue_wait.observe(fields["waitMs"] / 1000)
+
+    def _observe(self) -> None:
+        """Connect the services' signals to the event log and the metrics."""
+        self.parallel.emit = self.emit
+        self.instances.listeners.append(
+            lambda inst, old: self.emit(
+                "instance.state", instanceId=inst.id, old=old.value, new=inst.status.value
+            )
+        )
+        self.instances.hook_listeners.append(
+            lambda event: self.metrics.hook_events.inc(event=event or "unknown")
+        )
+
+        def collect() -> None:  # gauges are read when asked for
+            self.metrics.instances.clear()
+            for state, n in self.instances.counts().items():
+                self.metrics.instances.set(n, state=state)
+            self.metrics.health_score.clear()
+            for instance_id, verdict in self.health.checks.items():
+                self.metrics.health_score.set(verdict.score, instance=instance_id)
+
+        self.registry.before_collect(collect)
 
     def _manager_load(self, inst: Instance) -> dict[str, Any]:
         if inst.role != Role.MANAGER:
@@ -100,6 +143,8 @@ class Daemon:
         self.store.open()
         self.boots = int(self.store.get("meta", "boots") or 0) + 1
         self.store.put("meta", "boots", self.boots)
+        self.events.load()
+        self._observe()
         await self.instances.start()
         self._spawn(self.instances.watch())
         await self.parallel.start()
@@ -111,6 +156,11 @@ class Daemon:
         self.catalogue.extend(instance_tools.tools())
         self.catalogue.extend(ParallelTools(self.parallel).tools())
         self.catalogue.extend(HealthTools(self.health).tools())
+        self.catalogue.extend(
+            ObserveTools(
+                self.events, self.registry, visible=subtree_visibility(self.instances.find)
+            ).tools()
+        )
         await self.rpc.start()
         sdnotify.notify("READY=1")
         log.info(

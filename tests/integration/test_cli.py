@@ -193,6 +193,13 @@ def test_distribute_quickstart_waits_and_reports(daemon: DaemonProcess, tmp_path
     assert {j["state"] for j in jobs} == {"completed"}
     stats = json.loads(run(["queue", "--json"], daemon.env).stdout)
     assert stats["byState"]["completed"] == 12
+    prom = run(["metrics", "--prometheus"], daemon.env).stdout
+    assert 'tcm_tasks_total{outcome="completed"} 12' in prom
+    assert "tcm_task_duration_seconds_count 12" in prom
+    events = [
+        json.loads(line) for line in run(["events", "--json"], daemon.env).stdout.splitlines()
+    ]
+    assert sum(e["kind"] == "job.state" and e["state"] == "completed" for e in events) == 12
 
 
 def test_parallel_failure_exit_code_cancel_and_bad_files(

@@ -172,8 +172,12 @@ def test_a_crash_loop_stops_after_the_bound(
     row = health_of(agents, "mgr_1_1")
     assert row["recoveries"] == 2
     assert "gave up after 2 recoveries" in row["reasons"][0]
-    log = agents.daemon.log()
-    assert '"event":"instance failed"' in log
+    failed = agents.call("events", {"since": 0, "limit": 10000})["events"]
+    [event] = [e for e in failed if e["kind"] == "instance.failed"]
+    assert (event["instanceId"], event["parentId"]) == ("mgr_1_1", "exec_1")
+    # the parent, with its own token, sees it in its event stream
+    mine = agents.call("events", {"since": 0, "limit": 10000}, token=agents.token("exec_1"))
+    assert any(e["kind"] == "instance.failed" for e in mine["events"])
     starts = len(agents.events("SessionStart"))
     sweeps = agents.call("health")["sweeps"]
     wait_until(lambda: agents.call("health")["sweeps"] > sweeps + 10, 10)
@@ -210,3 +214,24 @@ def test_error_pattern_on_screen_is_reported(healthy: AgentDaemon) -> None:
     healthy.call("send", {"instanceId": "exec_1", "text": "clear; echo fine"})
     settle(healthy, "exec_1")
     wait_until(lambda: health_of(healthy, "exec_1").get("verdict") == "healthy", 10)
+
+
+def test_events_stream_in_order_and_resume_from_since(healthy: AgentDaemon) -> None:
+    healthy.spawn()
+    healthy.call("send", {"instanceId": "exec_1", "text": "@reply one"})
+    settle(healthy, "exec_1")
+    first = healthy.call("events", {"since": 0})
+    seqs = [e["seq"] for e in first["events"]]
+    assert seqs == sorted(seqs)
+    assert len(set(seqs)) == len(seqs)
+    states = [(e["old"], e["new"]) for e in first["events"] if e["kind"] == "instance.state"]
+    assert states[:3] == [("starting", "ready"), ("ready", "busy"), ("busy", "ready")]
+    last = first["lastSeq"]
+    # nothing new: a follow waits; the next change wakes it, and only newer events come
+    healthy.call("send", {"instanceId": "exec_1", "text": "@reply two"})
+    more = healthy.call("events", {"since": last, "follow": True, "waitMs": 10_000})
+    assert more["events"]
+    assert all(e["seq"] > last for e in more["events"])
+    prom = healthy.call("metrics", {"format": "prometheus"})["text"]
+    assert 'tcm_hook_events_total{event="Stop"}' in prom
+    assert 'tcm_instance_health_score{instance="exec_1"}' in prom

@@ -1,0 +1,105 @@
+"""Watching commands: events (one line per event, --follow to stream) and metrics."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import click
+import orjson
+
+from tcmctl import render
+from tcmctl.cli import Ctx, json_option, pass_ctx
+
+FOLLOW_WAIT_MS = 30_000  # one long poll; the daemon answers at once when there is news
+_FIXED = ("seq", "time", "kind")
+
+
+@click.command()
+@click.option(
+    "--since",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Show events after this seq.",
+)
+@click.option("-f", "--follow", is_flag=True, help="Keep printing new events (Ctrl-C ends).")
+@click.option(
+    "--limit",
+    type=click.IntRange(1, 10_000),
+    default=1000,
+    show_default=True,
+    help="At most this many events (per poll with --follow).",
+)
+@json_option
+@pass_ctx
+def events(obj: Ctx, since: int, follow: bool, limit: int) -> None:
+    """Print the daemon's events: state changes, health verdicts, recoveries, jobs."""
+    params: dict[str, Any] = {"since": since, "limit": limit}
+    if follow:
+        params.update(follow=True, waitMs=FOLLOW_WAIT_MS)
+    line = _json_line if obj.json else _human_line
+    try:
+        while True:
+            result = obj.call("events", params, timeout_s=FOLLOW_WAIT_MS / 1000 + 30)
+            for event in result["events"]:
+                click.echo(line(event))
+            if not follow:
+                return
+            params["since"] = result["lastSeq"]
+    except KeyboardInterrupt:
+        return  # Ctrl-C is how --follow ends: a normal exit
+
+
+def _json_line(event: dict[str, Any]) -> str:
+    return orjson.dumps(event).decode()
+
+
+def _human_line(event: dict[str, Any]) -> str:
+    """``seq time kind key=value…``; a value with spaces or quotes is JSON-quoted."""
+    when = datetime.fromtimestamp(event.get("time", 0)).isoformat(timespec="milliseconds")
+    parts = [str(event.get("seq")), when, str(event.get("kind"))]
+    for key, value in event.items():
+        if key in _FIXED:
+            continue
+        if isinstance(value, dict):
+            text = orjson.dumps(value).decode()
+        else:
+            text = render.cell(value)
+            if not text or any(c.isspace() or c in "\"'=" for c in text):
+                text = orjson.dumps(text).decode()
+        parts.append(f"{key}={text}")
+    return " ".join(parts)
+
+
+@click.command()
+@click.option("--prometheus", is_flag=True, help="The Prometheus text format (for scrapers).")
+@json_option
+@pass_ctx
+def metrics(obj: Ctx, prometheus: bool) -> None:
+    """Task, queue, health and recovery metrics."""
+    if prometheus and not obj.json:
+        click.echo(obj.call("metrics", {"format": "prometheus"})["text"], nl=False)
+        return
+    result = obj.call("metrics", {"format": "prometheus" if prometheus else "json"})
+    obj.emit(result, lambda r: _render_metrics(r["metrics"]))
+
+
+def _render_metrics(snapshot: dict[str, Any]) -> str:
+    """One line per sample: ``name{labels}  value``; histograms as count, sum and mean."""
+    rows = []
+    for name, metric in snapshot.items():
+        for sample in metric["samples"]:
+            labels = ",".join(f"{k}={v}" for k, v in sample["labels"].items())
+            series = f"{name}{{{labels}}}" if labels else name
+            if metric["type"] == "histogram":
+                mean = sample["sum"] / sample["count"] if sample["count"] else 0.0
+                total = render.cell(float(sample["sum"]))
+                value = f"count={sample['count']} sum={total} mean={render.cell(mean)}"
+            else:
+                value = render.cell(sample["value"])
+            rows.append({"series": series, "value": value})
+    return render.table(rows, ["series", "value"], max_width=100)
+
+
+COMMANDS = [events, metrics]
