@@ -133,6 +133,9 @@ def call(obj: Ctx, method: str, params: str) -> None:
 
 
 def _register_subcommands() -> None:
+    """Add the commands of the other cli_* modules (they import this one: not at import)."""
+    if "spawn" in cli.commands:
+        return
     from tcmctl import cli_daemon, cli_instances, cli_observe, cli_parallel, mcp_install
 
     cli.add_command(cli_daemon.daemon)
@@ -141,11 +144,10 @@ def _register_subcommands() -> None:
         cli.add_command(command)
 
 
-_register_subcommands()
-
 
 def run(argv: list[str], env: Mapping[str, str] | None = None) -> int:
     """Run the CLI; map errors to exit codes in this one place."""
+    _register_subcommands()
     try:
         rv = cli.main(args=argv, prog_name="tcmctl", standalone_mode=False)
     except click.exceptions.NoArgsIsHelpError as exc:

@@ -45,6 +45,7 @@ log = structlog.get_logger(__name__)
 Emit = Callable[..., Any]
 SCORES = {"healthy": 100, "errored": 60, "rate-limited": 50, "stuck": 30, "unresponsive": 20,
           "dead": 0, "failed": 0}  # fmt: skip
+REPEATS_STUCK = 3  # the same prompt submitted this often with no finished turn: stuck
 _SPINNER = re.compile(r"[\d⠀-⣿✻✶✳✢✽·*●]+")  # spinners and timers animate while stuck
 
 
@@ -208,9 +209,14 @@ class Health:
             if inst.last_error == "rate_limit" or reset is not None:
                 return Verdict("rate-limited", [*reasons, f"until {reset or 'later'}"])
             return Verdict("errored", reasons)
-        stalled = inst.status == State.BUSY and silent_s > self.settings.stall_ms / 1000
+        prompt, repeated = self.instances.repeats.get(inst.id, ("", 0))
+        if repeated >= REPEATS_STUCK and inst.status in (State.BUSY, State.READY):
+            return Verdict("stuck", [f"the same prompt was submitted {repeated} times without "
+                                     f"a finished turn: {prompt[:60]!r}"])  # fmt: skip
+        stall_s = (profile(inst.agent).stall_ms or self.settings.stall_ms) / 1000
+        stalled = inst.status == State.BUSY and silent_s > stall_s
         if stalled and self._screen_still(
-            inst.id, await self.instances.tmux.capture(inst.id, 40), now
+            inst.id, await self.instances.tmux.capture(inst.id, 40), now, stall_s
         ):
             return Verdict("stuck", [f"busy, no hook event and no screen change for "
                                      f"{int(silent_s)} s"])  # fmt: skip
@@ -228,14 +234,14 @@ class Health:
                 return Verdict("errored", [problem])
         return Verdict("healthy", [])
 
-    def _screen_still(self, instance_id: str, screen: str, now: float) -> bool:
+    def _screen_still(self, instance_id: str, screen: str, now: float, stall_s: float) -> bool:
         """True when the screen, spinner and timers aside, has not changed for the stall time."""
         fingerprint = _SPINNER.sub("#", screen)
         old = self._fingerprint.get(instance_id)
         if old is None or old[0] != fingerprint:
             self._fingerprint[instance_id] = (fingerprint, now)
             return False
-        return now - old[1] > self.settings.stall_ms / 1000
+        return now - old[1] > stall_s
 
     def _hold(self, inst: Instance, verdict: Verdict) -> None:
         reset = next((r for r in verdict.reasons if r.startswith("until ")), "until later")

@@ -56,6 +56,8 @@ class Instances:
         self.by_token: dict[str, str] = {}
         self.last_event: dict[str, float] = {}  # instance id -> monotonic time of last hook
         self.acks: dict[str, int] = {}  # instance id -> prompts acknowledged since boot
+        # instance id -> (prompt, times submitted in a row with no finished turn between)
+        self.repeats: dict[str, tuple[str, int]] = {}
         self.changes = Changes()
         self.listeners: list[Listener] = []
         self.hook_listeners: list[Callable[[str], None]] = []  # called with each event name
@@ -299,9 +301,14 @@ class Instances:
         if event == "UserPromptSubmit":
             self.acks[inst.id] = self.acks.get(inst.id, 0) + 1
             inst.prompts += 1
+            prompt = str(p.get("prompt", ""))
+            last, count = self.repeats.get(inst.id, ("", 0))
+            self.repeats[inst.id] = (prompt, count + 1 if prompt == last else 1)
             return State.BUSY
         if event in ("PreToolUse", "PostToolUse"):
             return State.BUSY
+        if event in ("Stop", "StopFailure"):
+            self.repeats.pop(inst.id, None)  # a turn finished: that was progress
         if event == "Stop":
             inst.turns += 1
             inst.last_result = _text(p.get("last_assistant_message"))

@@ -36,6 +36,7 @@ class Launch:
 
 class AgentProfile(Protocol):
     name: str
+    stall_ms: int | None  # busy this long with no sign of life: stuck (None: TCM_STALL_MS)
 
     def launch(self, inst: Instance, env: LaunchEnv, *, resume: bool) -> Launch:
         """argv and environment to start (or resume) ``inst``; may write its files."""

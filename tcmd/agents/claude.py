@@ -56,6 +56,7 @@ _DIALOG = re.compile(r"Do you want to proceed\?|trust the files in this folder",
 
 class ClaudeProfile:
     name = "claude"
+    stall_ms: int | None = None  # TCM_STALL_MS: tool hooks are its heartbeat
 
     def launch(self, inst: Instance, env: LaunchEnv, *, resume: bool) -> Launch:
         settings_path = env.instance_dir / "claude-settings.json"

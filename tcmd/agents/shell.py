@@ -17,6 +17,8 @@ _BUSY = re.compile(r"running… \(esc to interrupt\)")
 
 class ShellProfile:
     name = "shell"
+    # a quiet command (a build, a sleep) is no sign of trouble: a shell agent gets an hour
+    stall_ms: int | None = 3_600_000
 
     def launch(self, inst: Instance, env: LaunchEnv, *, resume: bool) -> Launch:
         argv = [env.python, "-m", "tcmd.agents.shell_runner", "--session-id", inst.session_id]

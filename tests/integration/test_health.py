@@ -235,3 +235,21 @@ def test_events_stream_in_order_and_resume_from_since(healthy: AgentDaemon) -> N
     prom = healthy.call("metrics", {"format": "prometheus"})["text"]
     assert 'tcm_hook_events_total{event="Stop"}' in prom
     assert 'tcm_instance_health_score{instance="exec_1"}' in prom
+
+
+def test_the_same_prompt_submitted_again_and_again_is_stuck(healthy: AgentDaemon) -> None:
+    healthy.spawn()
+    with healthy.daemon.client(healthy.token("exec_1")) as agent:  # speak as its hooks do
+        for _ in range(3):
+            agent.call(
+                "hook",
+                {"payload": {"hook_event_name": "UserPromptSubmit", "prompt": "do the thing"}},
+            )
+    row = wait_until(
+        lambda: (r := health_of(healthy, "exec_1")).get("verdict") == "stuck" and r,
+        10,
+        what="a stuck verdict",
+    )
+    assert row["reasons"] == [
+        "the same prompt was submitted 3 times without a finished turn: 'do the thing'"
+    ]
