@@ -21,6 +21,7 @@ import structlog
 
 from tcmd import logs, sdnotify
 from tcmd.api import Catalogue
+from tcmd.changes import Changes
 from tcmd.config import Settings
 from tcmd.core import CoreTools
 from tcmd.delivery import Delivery
@@ -62,7 +63,7 @@ class Daemon:
         self.delivery = Delivery(self.instances)
         self.queue = LocalJobQueue(self.store)
         self.parallel = Parallel(settings, self.store, self.queue, self.instances, self.delivery)
-        self.events = EventLog(self.store, self.instances.changes)
+        self.events = EventLog(self.store, Changes())  # its own signal: wakes only followers
         self.registry = Registry()
         self.metrics = standard(self.registry)
         self.health = Health(
