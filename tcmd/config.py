@@ -99,6 +99,14 @@ def _command(var: str, raw: str) -> tuple[str, ...]:
     return argv
 
 
+def _pattern_file(var: str, raw: str) -> Path:
+    from tcmd.health_patterns import with_overrides
+
+    path = _dir(var, raw)
+    with_overrides(path)  # a bad file stops the daemon at start, naming the variable
+    return path
+
+
 def _log_format(var: str, raw: str) -> str | None:
     value = _choice("console", "json", "auto")(var, raw)
     return None if value == "auto" else value
@@ -126,6 +134,7 @@ _SPEC: dict[str, tuple[str, Callable[[str, str], Any]]] = {
     "recovery_max": ("TCM_RECOVERY_MAX", _int(0, 1000)),
     "recovery_window_ms": ("TCM_RECOVERY_WINDOW_MS", _int(1000, 86_400_000)),
     "notify_parent_pane": ("TCM_NOTIFY_PARENT_PANE", _bool),
+    "error_patterns": ("TCM_ERROR_PATTERNS", _pattern_file),
 }
 
 
@@ -153,6 +162,7 @@ class Settings:
     recovery_max: int = 3  # recoveries per instance within recovery_window_ms
     recovery_window_ms: int = 600_000
     notify_parent_pane: bool = False  # also type a note into the parent's pane on give-up
+    error_patterns: Path | None = None  # TOML file of extra health error patterns
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:

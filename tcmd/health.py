@@ -36,7 +36,7 @@ from tcmd.agents.registry import profile
 from tcmd.config import Settings
 from tcmd.delivery import Delivery
 from tcmd.errors import TcmError, Unavailable
-from tcmd.health_patterns import match_error, rate_limit_reset
+from tcmd.health_patterns import match_error, rate_limit_reset, with_overrides
 from tcmd.instances import Instances
 from tcmd.model import Instance, State
 from tcmd.tmux import PaneInfo
@@ -76,6 +76,7 @@ class Health:
         self.delivery = delivery
         self.busy_with_job = busy_with_job
         self.emit: Emit = emit or (lambda kind, **fields: None)
+        self.patterns = with_overrides(settings.error_patterns)
         self.checks: dict[str, Verdict] = {}
         self.streak: dict[str, int] = {}
         self.recoveries: dict[str, deque[float]] = {}
@@ -225,7 +226,9 @@ class Health:
         if inst.status == State.READY:
             if self._scanned_turn.get(inst.id, 0) != inst.turns:  # a turn ended: read it once
                 self._scanned_turn[inst.id] = inst.turns  # (its output, not old scrollback)
-                self._problem[inst.id] = match_error(inst.last_result or "", last_lines=200)
+                self._problem[inst.id] = match_error(
+                    inst.last_result or "", last_lines=200, patterns=self.patterns
+                )
             problem = self._problem.get(inst.id)
             if problem is not None:
                 reset = rate_limit_reset(problem)

@@ -1,12 +1,18 @@
 """What an agent's screen says when something is wrong: the one table of error patterns.
 
 Each entry is (name, regex). The first that matches the last lines of a screen names the
-problem. Add a pattern here and every health check uses it.
+problem. Add a pattern here and every health check uses it; a deployment adds or
+replaces entries with a TOML file named by TCM_ERROR_PATTERNS (``name = "regex"`` lines),
+read once at start (``with_overrides``).
 """
 
 from __future__ import annotations
 
 import re
+import tomllib
+from pathlib import Path
+
+from tcmd.errors import ConfigError
 
 PATTERNS: list[tuple[str, re.Pattern[str]]] = [
     ("usage limit", re.compile(r"usage limit reached|limit will reset|rate limit", re.I)),
@@ -20,10 +26,32 @@ PATTERNS: list[tuple[str, re.Pattern[str]]] = [
 _RESET = re.compile(r"reset(?:s)?(?: at)?\s+(\d{1,2}(?::\d{2}){0,2}\s*(?:[ap]m)?)", re.I)
 
 
-def match_error(screen: str, last_lines: int = 15) -> str | None:
+Patterns = list[tuple[str, re.Pattern[str]]]
+
+
+def with_overrides(path: Path | None) -> Patterns:
+    """The table, with the entries of ``path`` replacing or added to it (checked)."""
+    table = dict(PATTERNS)
+    if path is None:
+        return PATTERNS
+    try:
+        extra = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError("TCM_ERROR_PATTERNS", f"cannot read {path}: {exc}") from None
+    for name, regex in extra.items():
+        if not isinstance(regex, str):
+            raise ConfigError("TCM_ERROR_PATTERNS", f"{name}: must be a regex string")
+        try:
+            table[name] = re.compile(regex, re.I | re.M)
+        except re.error as exc:
+            raise ConfigError("TCM_ERROR_PATTERNS", f"{name}: bad regex ({exc})") from None
+    return list(table.items())
+
+
+def match_error(screen: str, last_lines: int = 15, patterns: Patterns = PATTERNS) -> str | None:
     """``"<name>: <the matching line>"`` for the first pattern found near the bottom."""
     tail = "\n".join(screen.splitlines()[-last_lines:])
-    for name, pattern in PATTERNS:
+    for name, pattern in patterns:
         m = pattern.search(tail)
         if m:
             line = tail[tail.rfind("\n", 0, m.start()) + 1 :].split("\n", 1)[0].strip()

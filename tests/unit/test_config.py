@@ -98,3 +98,22 @@ def test_toml_errors_are_named(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         Settings.from_env({**BASE, "TCM_CONFIG": str(cfg)})
     assert info.value.variable == "PHASE"
+
+
+def test_error_patterns_file(tmp_path: Path) -> None:
+    from tcmd.health_patterns import match_error, with_overrides
+
+    good = tmp_path / "patterns.toml"
+    good.write_text('quota = "quota exceeded"\ntraceback = "^Fatal:"\n')
+    s = Settings.from_env({**BASE, "TCM_ERROR_PATTERNS": str(good)})
+    table = with_overrides(s.error_patterns)
+    assert match_error("x\nQuota exceeded for today", patterns=table) == (
+        "quota: Quota exceeded for today"
+    )
+    assert match_error("Fatal: boom", patterns=table) == "traceback: Fatal: boom"
+    bad = tmp_path / "bad.toml"
+    bad.write_text('broken = "(unclosed"\n')
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env({**BASE, "TCM_ERROR_PATTERNS": str(bad)})
+    assert info.value.variable == "TCM_ERROR_PATTERNS"
+    assert "broken: bad regex" in info.value.message
