@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping
@@ -37,6 +38,28 @@ def wait_until(
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
         time.sleep(interval_s)
+
+
+def run_concurrently(fn: Callable[[], T], n: int, timeout_s: float = 60) -> list[T]:
+    """Call ``fn`` from ``n`` threads at once; every result, or the first error raised."""
+    results: list[T] = []
+    errors: list[BaseException] = []
+
+    def one() -> None:
+        try:
+            results.append(fn())
+        except BaseException as exc:  # re-raised in the caller's thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=one) for _ in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout_s)
+    if errors:
+        raise errors[0]
+    assert len(results) == n, f"{n - len(results)} of {n} calls did not finish in time"
+    return results
 
 
 class DaemonProcess:
@@ -151,7 +174,10 @@ class AgentDaemon:
 
     @classmethod
     def start_in(
-        cls, tmp_path: Path, factory: type[DaemonProcess], fake: Path,
+        cls,
+        tmp_path: Path,
+        factory: type[DaemonProcess],
+        fake: Path,
         extra_env: Mapping[str, str] | None = None,
     ) -> AgentDaemon:
         home = tmp_path / "home"
@@ -169,14 +195,26 @@ class AgentDaemon:
         }
         return cls(factory(tmp_path / "state", env).start(), log, work)
 
-    def call(self, method: str, params: dict[str, Any] | None = None,
-             token: str | None = None) -> Any:
+    def call(
+        self, method: str, params: dict[str, Any] | None = None, token: str | None = None
+    ) -> Any:
         return self.daemon.call(method, params, token)
 
-    def spawn(self, role: str = "executive", parent: str | None = None, agent: str = "claude",
-              context: str = "test", **extra: Any) -> dict[str, Any]:
-        params = {"role": role, "workDir": str(self.work_dir), "context": context,
-                  "agent": agent, **extra}
+    def spawn(
+        self,
+        role: str = "executive",
+        parent: str | None = None,
+        agent: str = "claude",
+        context: str = "test",
+        **extra: Any,
+    ) -> dict[str, Any]:
+        params = {
+            "role": role,
+            "workDir": str(self.work_dir),
+            "context": context,
+            "agent": agent,
+            **extra,
+        }
         if parent:
             params["parentId"] = parent
         result: dict[str, Any] = self.call("spawn", params)
@@ -185,9 +223,18 @@ class AgentDaemon:
     def token(self, instance_id: str) -> str:
         """The instance's token, read where its agent finds it: its tmux environment."""
         out = subprocess.run(
-            ["tmux", "-L", self.daemon.tmux_socket, "show-environment", "-t",
-             f"={instance_id}:", "TCM_INSTANCE_TOKEN"],
-            capture_output=True, text=True, check=True,
+            [
+                "tmux",
+                "-L",
+                self.daemon.tmux_socket,
+                "show-environment",
+                "-t",
+                f"={instance_id}:",
+                "TCM_INSTANCE_TOKEN",
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
         )
         return out.stdout.strip().split("=", 1)[1]
 
@@ -211,5 +258,8 @@ class AgentDaemon:
         return str(next(r["status"] for r in rows if r["instanceId"] == instance_id))
 
     def wait_status(self, instance_id: str, *wanted: str, timeout_s: float = 15) -> str:
-        return wait_until(lambda: self.status(instance_id) in wanted and self.status(instance_id),
-                          timeout_s, what=f"{instance_id} to become {wanted}")
+        return wait_until(
+            lambda: self.status(instance_id) in wanted and self.status(instance_id),
+            timeout_s,
+            what=f"{instance_id} to become {wanted}",
+        )

@@ -10,14 +10,13 @@ import stat
 import subprocess
 import sys
 import tempfile
-import threading
 from pathlib import Path
 
 import pytest
 
 from tcmctl.client import Client, DaemonUnreachable
 from tcmd.errors import InvalidParams, MethodNotFound, NotFound
-from tests.support import DaemonProcess, wait_until
+from tests.support import DaemonProcess, run_concurrently, wait_until
 
 
 def raw_exchange(path: Path, payload: bytes, answers: int, timeout_s: float = 10) -> list[dict]:
@@ -89,25 +88,11 @@ def test_notifications_get_no_answer(daemon: DaemonProcess) -> None:
 
 
 def test_fifty_concurrent_clients(daemon: DaemonProcess) -> None:
-    errors: list[BaseException] = []
-    counts: list[int] = []
+    def fifty_pings() -> int:
+        with daemon.client() as c:
+            return sum(c.call("ping")["pong"] is True for _ in range(50))
 
-    def worker() -> None:
-        try:
-            with daemon.client() as c:
-                for _ in range(50):
-                    assert c.call("ping")["pong"] is True
-            counts.append(50)
-        except BaseException as exc:  # surfaced below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=worker) for _ in range(50)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(30)
-    assert errors == []
-    assert sum(counts) == 2500
+    assert sum(run_concurrently(fifty_pings, 50, timeout_s=30)) == 2500
 
 
 @pytest.mark.parametrize(

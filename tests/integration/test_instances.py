@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import json
 import subprocess
-import threading
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from tcmd.errors import Conflict, Forbidden, InvalidParams, NotFound
-from tests.support import AgentDaemon, DaemonProcess, wait_until
+from tests.support import AgentDaemon, DaemonProcess, run_concurrently, wait_until
 
 HOSTILE = (
     "first line with 'single' and \"double\" quotes\n"
@@ -240,21 +238,9 @@ def test_escape_interrupt_without_stop_is_seen_on_screen(agents: AgentDaemon) ->
 def test_fifty_concurrent_spawns_get_unique_ids_and_all_ready(agents: AgentDaemon) -> None:
     agents.spawn("executive", agent="shell")
     agents.spawn("manager", parent="exec_1", agent="shell")
-    results: list[dict[str, Any]] = []
-    errors: list[BaseException] = []
-
-    def spawn_one() -> None:
-        try:
-            results.append(agents.spawn("specialist", parent="mgr_1_1", timeoutMs=60_000))
-        except BaseException as exc:  # surfaced below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=spawn_one) for _ in range(50)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(90)
-    assert errors == []
+    results = run_concurrently(
+        lambda: agents.spawn("specialist", parent="mgr_1_1", timeoutMs=60_000), 50, timeout_s=90
+    )
     ids = [r["instanceId"] for r in results]
     assert sorted(ids) == sorted(f"spec_1_1_{n}" for n in range(1, 51))
     assert {r["status"] for r in results} == {"ready"}

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -13,19 +12,6 @@ import pytest
 from tcmd.changes import Changes
 from tcmd.events import COUNTER_KEY, COUNTER_NS, NS, EventLog, event_key
 from tcmd.store.jsonfile import JsonFileStore
-
-
-@pytest.fixture
-def directory(tmp_path: Path) -> Path:
-    return tmp_path / "store"
-
-
-@pytest.fixture
-def store(directory: Path) -> Iterator[JsonFileStore]:
-    s = JsonFileStore(directory)
-    s.open()
-    yield s
-    s.close()
 
 
 def opened(directory: Path) -> JsonFileStore:

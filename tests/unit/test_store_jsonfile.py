@@ -6,7 +6,6 @@ import errno
 import os
 import stat
 import zlib
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,19 +16,6 @@ from structlog.testing import CapturingLogger
 from tcmd.errors import Conflict, Unavailable
 from tcmd.store import StateStore, jsonfile
 from tcmd.store.jsonfile import JsonFileStore
-
-
-@pytest.fixture
-def directory(tmp_path: Path) -> Path:
-    return tmp_path / "state"
-
-
-@pytest.fixture
-def store(directory: Path) -> Iterator[JsonFileStore]:
-    s = JsonFileStore(directory)
-    s.open()
-    yield s
-    s.close()
 
 
 def reopen(directory: Path, **kwargs: Any) -> JsonFileStore:
