@@ -180,7 +180,7 @@ class Health:
             and self.streak[inst.id] >= self.settings.unhealthy_threshold
             and inst.id not in self.recovering
             and not self.busy_with_job(inst.id)
-            and verdict.verdict in ("dead", "stuck", "unresponsive")
+            and verdict.verdict in ("dead", "stuck")  # unresponsive: tmux itself must come back
         ):
             self._start_recovery(inst, verdict)
 

@@ -7,6 +7,7 @@ time of 1 s, so that every detection here happens within seconds.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -253,3 +254,33 @@ def test_the_same_prompt_submitted_again_and_again_is_stuck(healthy: AgentDaemon
     assert row["reasons"] == [
         "the same prompt was submitted 3 times without a finished turn: 'do the thing'"
     ]
+
+
+def test_a_hung_tmux_is_unresponsive_and_never_hangs_the_daemon(healthy: AgentDaemon) -> None:
+    healthy.spawn()
+    server = int(
+        subprocess.run(
+            ["tmux", "-L", healthy.daemon.tmux_socket, "display", "-p", "#{pid}"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    )
+    os.kill(server, signal.SIGSTOP)
+    try:
+        row = wait_until(
+            lambda: (r := health_of(healthy, "exec_1")).get("verdict") == "unresponsive" and r,
+            20,
+            what="the unresponsive verdict",
+        )
+        assert row["reasons"] == ["tmux does not answer"]
+        started = time.monotonic()
+        assert healthy.call("ping")["pong"] is True  # the daemon itself answers at once
+        assert time.monotonic() - started < 1
+    finally:
+        os.kill(server, signal.SIGCONT)
+    wait_until(
+        lambda: health_of(healthy, "exec_1").get("verdict") == "healthy",
+        30,
+        what="healthy again once tmux answers",
+    )
