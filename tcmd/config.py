@@ -107,6 +107,18 @@ def _pattern_file(var: str, raw: str) -> Path:
     return path
 
 
+_MODES = ("default", "manual", "acceptEdits", "auto", "plan", "dontAsk", "bypassPermissions")
+
+
+def _permission_mode(var: str, raw: str) -> str | None:
+    value = raw.strip()
+    if not value:
+        return None
+    if value not in _MODES:
+        raise ConfigError(var, f"must be one of {', '.join(_MODES)}, got {raw!r}")
+    return value
+
+
 def _log_format(var: str, raw: str) -> str | None:
     value = _choice("console", "json", "auto")(var, raw)
     return None if value == "auto" else value
@@ -135,6 +147,7 @@ _SPEC: dict[str, tuple[str, Callable[[str, str], Any]]] = {
     "recovery_window_ms": ("TCM_RECOVERY_WINDOW_MS", _int(1000, 86_400_000)),
     "notify_parent_pane": ("TCM_NOTIFY_PARENT_PANE", _bool),
     "error_patterns": ("TCM_ERROR_PATTERNS", _pattern_file),
+    "claude_permission_mode": ("TCM_CLAUDE_PERMISSION_MODE", _permission_mode),
 }
 
 
@@ -163,6 +176,7 @@ class Settings:
     recovery_window_ms: int = 600_000
     notify_parent_pane: bool = False  # also type a note into the parent's pane on give-up
     error_patterns: Path | None = None  # TOML file of extra health error patterns
+    claude_permission_mode: str | None = None  # None: Claude's own default
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:

@@ -107,6 +107,8 @@ class ClaudeProfile:
         ]
         if inst.model:
             argv += ["--model", inst.model]
+        if env.settings.claude_permission_mode:
+            argv += ["--permission-mode", env.settings.claude_permission_mode]
         return Launch(argv=argv, env=dict(env.base_env), resumed=resume)
 
     def screen_state(self, screen: str) -> State | None:

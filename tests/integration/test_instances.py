@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from tcmd.errors import Conflict, Forbidden, InvalidParams, NotFound
+from tests.fakes import FAKE_CLAUDE
 from tests.support import AgentDaemon, DaemonProcess, run_concurrently, wait_until
 
 HOSTILE = (
@@ -312,3 +313,15 @@ def test_terminate_force_ends_only_the_parent(agents: AgentDaemon) -> None:
     assert out["terminated"] == ["exec_1"]
     rows = {r["instanceId"]: r["status"] for r in agents.call("list", {"includeTerminated": True})}
     assert rows == {"exec_1": "terminated", "mgr_1_1": "ready"}  # the child lives on
+
+
+def test_claude_permission_mode_is_configurable(
+    tmp_path: Path, daemon_factory: type[DaemonProcess]
+) -> None:
+    agents = AgentDaemon.start_in(
+        tmp_path, daemon_factory, FAKE_CLAUDE, {"TCM_CLAUDE_PERMISSION_MODE": "acceptEdits"}
+    )
+    agents.spawn()
+    agents.call("send", {"instanceId": "exec_1", "text": "@reply ok"})
+    [submit] = agents.events("UserPromptSubmit")
+    assert submit["permission_mode"] == "acceptEdits"
