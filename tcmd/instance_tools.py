@@ -25,14 +25,28 @@ InstanceId = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za
 
 
 class SpawnParams(Params):
-    role: RoleName
-    workDir: str = Field(min_length=1, max_length=4096)
-    context: str = Field(max_length=1_000_000)
-    parentId: InstanceId | None = None
-    agent: str = "claude"
-    model: str | None = Field(default=None, max_length=200)
-    wait: bool = True
-    timeoutMs: int = Field(default=30_000, ge=0, le=600_000)
+    role: RoleName = Field(
+        description="executive, manager (needs an executive parent) or "
+        "specialist (needs a manager parent)"
+    )
+    workDir: str = Field(
+        min_length=1,
+        max_length=4096,
+        description="Absolute path of the directory the agent works in",
+    )
+    context: str = Field(
+        max_length=1_000_000,
+        description="The instance's assignment; Claude gets it as system prompt",
+    )
+    parentId: InstanceId | None = Field(
+        default=None, description="Parent instance; defaults to the calling instance"
+    )
+    agent: str = Field(default="claude", description="Agent profile: claude or shell")
+    model: str | None = Field(default=None, max_length=200, description="Model for the agent")
+    wait: bool = Field(default=True, description="Return when the instance is ready")
+    timeoutMs: int = Field(
+        default=30_000, ge=0, le=600_000, description="How long to wait for ready"
+    )
 
 
 class SpawnResult(BaseModel):
@@ -45,8 +59,10 @@ class SpawnResult(BaseModel):
 
 class SendParams(Params):
     instanceId: InstanceId
-    text: str = Field(min_length=1)
-    timeoutMs: int = Field(default=15_000, ge=0, le=600_000)
+    text: str = Field(min_length=1, description="The prompt, delivered exactly as given")
+    timeoutMs: int = Field(
+        default=15_000, ge=0, le=600_000, description="How long to wait for the agent to accept it"
+    )
 
 
 class SendResult(BaseModel):
@@ -59,7 +75,7 @@ class SendResult(BaseModel):
 
 class ReadParams(Params):
     instanceId: InstanceId
-    lines: int = Field(default=50, ge=1, le=50_000)
+    lines: int = Field(default=50, ge=1, le=50_000, description="Screen lines to return")
 
 
 class ReadResult(BaseModel):
@@ -112,7 +128,9 @@ class RestartResult(BaseModel):
 
 class WaitParams(Params):
     instanceIds: list[InstanceId] = Field(min_length=1, max_length=1000)
-    until: Literal["idle", "any-idle"] = "idle"
+    until: Literal["idle", "any-idle"] = Field(
+        default="idle", description="idle: all of them finished their turn; any-idle: one"
+    )
     timeoutMs: int = Field(default=600_000, ge=0, le=86_400_000)
 
 

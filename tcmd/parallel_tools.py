@@ -29,13 +29,25 @@ PriorityName = Literal["critical", "high", "medium", "low"]
 
 
 class TaskSpec(Params):
-    id: TaskId
-    name: str | None = Field(default=None, max_length=500)
-    context: str = Field(default="", max_length=1_000_000)
-    instruction: str = Field(min_length=1, max_length=1_000_000)
-    completionPattern: str | None = Field(default=None, max_length=10_000)
-    priority: PriorityName = "medium"
-    timeoutMs: int | None = Field(default=None, ge=1, le=86_400_000)
+    id: TaskId = Field(description="Unique within the call; names the task's git branch")
+    name: str | None = Field(default=None, max_length=500, description="A short label")
+    context: str = Field(
+        default="", max_length=1_000_000, description="Background given before the instruction"
+    )
+    instruction: str = Field(
+        min_length=1,
+        max_length=1_000_000,
+        description="What to do (for the shell agent: a command line)",
+    )
+    completionPattern: str | None = Field(
+        default=None,
+        max_length=10_000,
+        description="Regex the result must match for the task to count as completed",
+    )
+    priority: PriorityName = Field(default="medium", description="critical, high, medium, low")
+    timeoutMs: int | None = Field(
+        default=None, ge=1, le=86_400_000, description="Time limit of one attempt"
+    )
 
     @field_validator("completionPattern")
     @classmethod
@@ -56,13 +68,26 @@ class RetrySpec(Params):
 
 class RunOptions(Params):
     workDir: str | None = Field(default=None, max_length=4096)
-    maxConcurrent: int | None = Field(default=None, ge=1, le=1000)
-    timeoutMs: int = Field(default=600_000, ge=1, le=86_400_000)
-    wait: bool = True
-    agent: str = "claude"
-    isolation: Literal["worktree", "shared"] | None = None
-    retry: RetrySpec | None = None
-    keepSpecialists: bool = False
+    maxConcurrent: int | None = Field(
+        default=None,
+        ge=1,
+        le=1000,
+        description="Specialists at once per manager (never above MAX_SPECIALISTS_PER_MANAGER)",
+    )
+    timeoutMs: int = Field(
+        default=600_000, ge=1, le=86_400_000, description="Default time limit of one attempt"
+    )
+    wait: bool = Field(default=True, description="Return the results when all tasks finished")
+    agent: str = Field(default="claude", description="Agent profile of the specialists")
+    isolation: Literal["worktree", "shared"] | None = Field(
+        default=None,
+        description="worktree: each task in its own git worktree and branch (default in a "
+        "git repository); shared: all in workDir",
+    )
+    retry: RetrySpec | None = Field(default=None, description="Attempts and backoff")
+    keepSpecialists: bool = Field(
+        default=False, description="Keep each specialist after its task, to inspect"
+    )
 
 
 class ExecuteParallelParams(RunOptions):
