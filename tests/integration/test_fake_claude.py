@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import shlex
-import shutil
 import subprocess
 import uuid
 from collections.abc import Callable, Iterator
@@ -22,7 +21,6 @@ from tests.support import wait_until
 
 EVENTS = ("SessionStart", "UserPromptSubmit", "PreToolUse", "PostToolUse", "Notification",
           "Stop", "StopFailure", "SessionEnd")
-pytestmark = pytest.mark.skipif(shutil.which("tmux") is None, reason="needs tmux")
 T = TypeVar("T")
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -23,7 +24,6 @@ from typing import Any, TypeVar
 
 import pytest
 
-pytestmark = pytest.mark.skipif(shutil.which("tmux") is None, reason="needs tmux")
 T = TypeVar("T")
 REPO = Path(__file__).resolve().parents[2]
 HOSTILE = (
@@ -144,6 +144,8 @@ def harness() -> Iterator[Callable[..., Agent]]:
     if started:
         with contextlib.suppress(RuntimeError, subprocess.TimeoutExpired):
             started[0].tmux("kill-server")
+    # kill-server leaves its socket file behind
+    Path(f"/tmp/tmux-{os.getuid()}/{server}").unlink(missing_ok=True)
     listener.close()
     shutil.rmtree(tmp, ignore_errors=True)
 
