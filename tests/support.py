@@ -110,6 +110,13 @@ class DaemonProcess:
             return False
         return True
 
+    def tmux(self, *args: str) -> str:
+        """Run a tmux command on this daemon's private server; its output (errors raise)."""
+        done = subprocess.run(
+            ["tmux", "-L", self.tmux_socket, *args], capture_output=True, text=True, check=True
+        )
+        return done.stdout
+
     def client(self, token: str | None = None, timeout_s: float = 30.0) -> Client:
         return Client(self.socket, token=token, timeout_s=timeout_s).connect()
 
@@ -222,21 +229,8 @@ class AgentDaemon:
 
     def token(self, instance_id: str) -> str:
         """The instance's token, read where its agent finds it: its tmux environment."""
-        out = subprocess.run(
-            [
-                "tmux",
-                "-L",
-                self.daemon.tmux_socket,
-                "show-environment",
-                "-t",
-                f"={instance_id}:",
-                "TCM_INSTANCE_TOKEN",
-            ],
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        return out.stdout.strip().split("=", 1)[1]
+        line = self.daemon.tmux("show-environment", "-t", f"={instance_id}:", "TCM_INSTANCE_TOKEN")
+        return line.strip().split("=", 1)[1]
 
     def events(self, event: str | None = None, session: str | None = None) -> list[dict[str, Any]]:
         if not self.event_log.exists():

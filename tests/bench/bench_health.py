@@ -11,20 +11,12 @@ from __future__ import annotations
 
 import os
 import statistics
-import subprocess
 import time
-from pathlib import Path
 
-from tests.bench.common import agent_daemon
+from tests.bench.common import agent_daemon, cpu_seconds
 from tests.support import wait_until
 
 N = 200
-
-
-def cpu_s(pid: int) -> float:
-    """CPU seconds of a process and of its reaped children (the tmux clients it ran)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return sum(int(x) for x in fields[11:15]) / os.sysconf("SC_CLK_TCK")
 
 
 def main() -> None:
@@ -55,9 +47,9 @@ def main() -> None:
         assert agents.daemon.proc is not None
         pid = agents.daemon.proc.pid
         wait_until(lambda: agents.call("health")["sweeps"] >= 1, 30)
-        c0, t0 = cpu_s(pid), time.monotonic()
+        c0, t0 = cpu_seconds(pid), time.monotonic()
         time.sleep(30)  # measuring an idle daemon's CPU over a fixed window
-        used = cpu_s(pid) - c0
+        used = cpu_seconds(pid) - c0
         window = time.monotonic() - t0
         print(
             f"CPU of tcmd (health loop + 0.5 s reconcile, tmux clients included) with "
@@ -66,21 +58,7 @@ def main() -> None:
         )
 
         victim = f"spec_1_1_{N - 2}"
-        pane_pid = subprocess.run(
-            [
-                "tmux",
-                "-L",
-                agents.daemon.tmux_socket,
-                "display",
-                "-p",
-                "-t",
-                f"={victim}:",
-                "#{pane_pid}",
-            ],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
+        pane_pid = agents.daemon.tmux("display", "-p", "-t", f"={victim}:", "#{pane_pid}").strip()
         t = time.monotonic()
         os.kill(int(pane_pid), 9)
         wait_until(lambda: agents.status(victim) != "ready", 10)

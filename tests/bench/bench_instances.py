@@ -22,7 +22,7 @@ import time
 import uuid
 from pathlib import Path
 
-from tests.bench.common import agent_daemon
+from tests.bench.common import agent_daemon, cpu_seconds
 from tests.fakes import FAKE_CLAUDE
 
 RUNS = 15
@@ -106,12 +106,6 @@ def agent_own_start(tmp: Path) -> float:
     return statistics.median(times)
 
 
-def _cpu_s(pid: int) -> float:
-    """CPU seconds of a process and its reaped children (the tmux clients it ran)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return sum(int(x) for x in fields[11:15]) / os.sysconf("SC_CLK_TCK")
-
-
 def main() -> None:
     with agent_daemon() as (agents, tmp):
         own = agent_own_start(tmp)
@@ -132,7 +126,7 @@ def main() -> None:
 
         results: list[dict[str, str]] = []
         assert agents.daemon.proc is not None
-        cpu0 = _cpu_s(agents.daemon.proc.pid)
+        cpu0 = cpu_seconds(agents.daemon.proc.pid)
         t = time.perf_counter()
         threads = [
             threading.Thread(
@@ -150,7 +144,7 @@ def main() -> None:
         ready = sum(r["status"] == "ready" for r in results)
         print(
             f"50 concurrent spawns: {ready}/50 ready in {wall:.2f} s   (target <= 3 s); "
-            f"tcmd used {_cpu_s(agents.daemon.proc.pid) - cpu0:.2f} s CPU (its tmux clients "
+            f"tcmd used {cpu_seconds(agents.daemon.proc.pid) - cpu0:.2f} s CPU (its tmux clients "
             f"included), the rest went to the 50 agents and their hook processes"
         )
         if ready < 50:

@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import os
 import statistics
-import subprocess
 import time
 from pathlib import Path
 
-from tests.bench.common import agent_daemon
+from tests.bench.common import agent_daemon, cpu_seconds
 from tests.support import AgentDaemon
 
 TASKS, MANAGERS, PER_MANAGER = 200, 4, 5
@@ -23,24 +22,15 @@ TASKS, MANAGERS, PER_MANAGER = 200, 4, 5
 
 def _cpu(agents: AgentDaemon) -> tuple[float, float, float]:
     """CPU seconds used so far by tcmd, by its tmux server, and by the whole machine."""
-    tick = os.sysconf("SC_CLK_TCK")
-
-    def proc(pid: int) -> float:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / tick
-
-    tmux_pid = int(
-        subprocess.run(
-            ["tmux", "-L", agents.daemon.tmux_socket, "display", "-p", "#{pid}"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
-    )
+    tmux_pid = int(agents.daemon.tmux("display", "-p", "#{pid}"))
     cpu = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
-    busy = (sum(int(x) for x in cpu) - int(cpu[3]) - int(cpu[4])) / tick
+    busy = (sum(int(x) for x in cpu) - int(cpu[3]) - int(cpu[4])) / os.sysconf("SC_CLK_TCK")
     assert agents.daemon.proc is not None
-    return proc(agents.daemon.proc.pid), proc(tmux_pid), busy
+    return (
+        cpu_seconds(agents.daemon.proc.pid, children=False),
+        cpu_seconds(tmux_pid, children=False),
+        busy,
+    )
 
 
 def main() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -35,3 +36,10 @@ def agent_daemon(env: Mapping[str, str] | None = None) -> Iterator[tuple[AgentDa
         finally:
             for d in made:
                 d.cleanup()
+
+
+def cpu_seconds(pid: int, *, children: bool = True) -> float:
+    """CPU seconds a process used so far; with ``children``, also its reaped children's
+    (for tcmd: the tmux clients it ran)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return sum(int(x) for x in fields[11 : 15 if children else 13]) / os.sysconf("SC_CLK_TCK")

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -60,21 +59,7 @@ def test_crash_is_restarted_and_resumed(healthy: AgentDaemon) -> None:
 
 def test_sigkill_of_the_agent_process_is_recovered(healthy: AgentDaemon) -> None:
     healthy.spawn()
-    pid = subprocess.run(
-        [
-            "tmux",
-            "-L",
-            healthy.daemon.tmux_socket,
-            "display",
-            "-p",
-            "-t",
-            "=exec_1:",
-            "#{pane_pid}",
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.strip()
+    pid = healthy.daemon.tmux("display", "-p", "-t", "=exec_1:", "#{pane_pid}").strip()
     os.kill(int(pid), 9)
     wait_until(lambda: len(healthy.events("SessionStart")) == 2, 20, what="a restart")
     healthy.wait_status("exec_1", "ready")
@@ -137,7 +122,7 @@ def test_rate_limit_holds_new_work_until_the_reset(healthy: AgentDaemon) -> None
 def test_tmux_server_killed_then_everything_comes_back(healthy: AgentDaemon) -> None:
     healthy.spawn()
     healthy.spawn()
-    subprocess.run(["tmux", "-L", healthy.daemon.tmux_socket, "kill-server"], check=True)
+    healthy.daemon.tmux("kill-server")
     for instance_id in ("exec_1", "exec_2"):
         wait_until(lambda i=instance_id: health_of(healthy, i).get("recoveries", 0) >= 1, 20)  # type: ignore[misc]
         healthy.wait_status(instance_id, "ready", timeout_s=20)
@@ -258,14 +243,7 @@ def test_the_same_prompt_submitted_again_and_again_is_stuck(healthy: AgentDaemon
 
 def test_a_hung_tmux_is_unresponsive_and_never_hangs_the_daemon(healthy: AgentDaemon) -> None:
     healthy.spawn()
-    server = int(
-        subprocess.run(
-            ["tmux", "-L", healthy.daemon.tmux_socket, "display", "-p", "#{pid}"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
-    )
+    server = int(healthy.daemon.tmux("display", "-p", "#{pid}"))
     os.kill(server, signal.SIGSTOP)
     try:
         row = wait_until(

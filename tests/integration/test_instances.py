@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -163,12 +162,7 @@ def test_terminate_refuses_live_children_then_cascades_children_first(
     out = agents.call("terminate", {"instanceId": "exec_1", "cascade": True})
     assert out["terminated"] == ["spec_1_1_1", "spec_1_1_2", "mgr_1_1", "exec_1"]
     assert agents.call("list") == []
-    sessions = subprocess.run(
-        ["tmux", "-L", agents.daemon.tmux_socket, "list-sessions"],
-        capture_output=True,
-        text=True,
-        check=False,
-    ).stdout
+    sessions = agents.daemon.tmux("list-sessions")
     assert "exec_1" not in sessions and "spec_1_1" not in sessions
     with pytest.raises(Forbidden, match="revoked"):
         agents.call("list", token=token)
@@ -228,10 +222,7 @@ def test_escape_interrupt_without_stop_is_seen_on_screen(agents: AgentDaemon) ->
     agents.spawn()
     agents.call("send", {"instanceId": "exec_1", "text": "@hang"})
     assert agents.status("exec_1") == "busy"
-    subprocess.run(
-        ["tmux", "-L", agents.daemon.tmux_socket, "send-keys", "-t", "=exec_1:", "Escape"],
-        check=True,
-    )
+    agents.daemon.tmux("send-keys", "-t", "=exec_1:", "Escape")
     agents.wait_status("exec_1", "ready", timeout_s=15)
     assert agents.events("Stop") == []
 
@@ -252,10 +243,9 @@ def test_daemon_kill9_then_readoption(agents: AgentDaemon, tmp_path: Path) -> No
     agents.spawn()
     agents.spawn()
     agents.call("send", {"instanceId": "exec_2", "text": "@work 3\n@reply late"})
-    tmux = agents.daemon.tmux_socket
     agents.daemon.kill9()
     # while the daemon is down: one agent dies
-    subprocess.run(["tmux", "-L", tmux, "kill-session", "-t", "=exec_3:"], check=True)
+    agents.daemon.tmux("kill-session", "-t", "=exec_3:")
     agents.daemon.start()
     assert agents.status("exec_1") == "ready"
     assert agents.status("exec_2") == "busy"  # re-derived from its screen

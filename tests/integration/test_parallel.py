@@ -292,9 +292,7 @@ def test_a_dead_managers_queued_tasks_go_to_the_others(agents: AgentDaemon) -> N
         lambda: agents.call("getParallelStatus", {"runId": run["runId"]})["activeSpecialists"] >= 1,
         10,
     )
-    subprocess.run(
-        ["tmux", "-L", agents.daemon.tmux_socket, "kill-session", "-t", "=mgr_1_1:"], check=True
-    )
+    agents.daemon.tmux("kill-session", "-t", "=mgr_1_1:")
     agents.wait_status("mgr_1_1", "exited")
     status = wait_until(
         lambda: (s := agents.call("getParallelStatus", {"runId": run["runId"]}))["done"] and s,
