@@ -15,7 +15,7 @@ from pydantic import Field, field_validator
 from tcmd import distribution, worktrees
 from tcmd.agents.registry import profile
 from tcmd.api import Caller, NoParams, Params, Tool
-from tcmd.authz import check_target
+from tcmd.authz import check_target, is_descendant
 from tcmd.errors import Conflict, Forbidden, InvalidParams, NotFound
 from tcmd.model import LIVE, Instance, Role, State
 from tcmd.parallel import Parallel, Run
@@ -192,7 +192,6 @@ class ParallelTools:
     # -- runs ---------------------------------------------------------------------------------
     async def _new_run(
         self,
-        caller: Caller,
         opts: RunOptions,
         tasks: list[TaskSpec],
         manager_ids: list[str],
@@ -280,7 +279,7 @@ class ParallelTools:
             raise InvalidParams(f"managerId: {manager.id} is {manager.role.value}, not a manager")
         if manager.status not in LIVE:
             raise Conflict(f"managerId: {manager.id} has {manager.status.value}")
-        run = await self._new_run(caller, p, p.tasks, [manager.id], p.workDir or manager.work_dir)
+        run = await self._new_run(p, p.tasks, [manager.id], p.workDir or manager.work_dir)
         self._enqueue(run, p.tasks, p, {t.id: manager.id for t in p.tasks})
         if not p.wait:
             return {"runId": run.run_id, "total": len(p.tasks)}
@@ -305,7 +304,7 @@ class ParallelTools:
         )
         self.p.store.put("meta", "roundRobinPosition", nxt)
         work_dir = p.workDir or managers[0].work_dir
-        run = await self._new_run(caller, p, p.tasks, [m.id for m in managers], work_dir)
+        run = await self._new_run(p, p.tasks, [m.id for m in managers], work_dir)
         run.strategy = p.strategy
         where = {tid: a.manager_id for a in assignments for tid in a.task_ids}
         self._enqueue(run, p.tasks, p, where)
@@ -414,14 +413,26 @@ class ParallelTools:
             "tasks": [_task_row(j) for j in jobs],
         }
 
+    def _mine(self, caller: Caller, job: Job) -> bool:
+        """Whether ``caller`` may see and cancel ``job``: the operator; an instance for the
+        jobs of its own runs (it is the manager, or the manager is below it)."""
+        if caller.is_operator:
+            return True
+        manager = self.p.instances.find(job.manager_id) if job.manager_id else None
+        return manager is not None and (
+            manager.id == caller.instance_id
+            or is_descendant(manager, str(caller.instance_id), self.p.instances.find)
+        )
+
     def jobs(self, caller: Caller, p: JobsParams) -> list[dict[str, Any]]:
         state = JobState(p.state) if p.state else None
-        return [
-            j.public()
-            for j in self.p.queue.jobs(
-                state=state, run_id=p.runId, manager_id=p.managerId, limit=p.limit
-            )
-        ]
+        found = self.p.queue.jobs(
+            state=state,
+            run_id=p.runId,
+            manager_id=p.managerId,
+            limit=None if not caller.is_operator else p.limit,
+        )
+        return [j.public() for j in found if self._mine(caller, j)][: p.limit]
 
     def queue_stats(self, caller: Caller, p: NoParams) -> dict[str, Any]:
         stats = self.p.queue.stats(time.time())
@@ -439,6 +450,8 @@ class ParallelTools:
             if run is None:
                 raise NotFound(f"no run {p.runId!r}")
             targets = self.p.run_jobs(run)
+        if not all(self._mine(caller, j) for j in targets):
+            raise Forbidden(f"{caller.instance_id} may cancel only the jobs of its own runs")
         done = [self.p.cancel(j).job_id for j in targets if j.state not in FINAL]
         self.p.finish_runs()
         return {"cancelled": done}

@@ -377,6 +377,12 @@ def test_roles_for_parallel_tools(agents: AgentDaemon) -> None:
         token=agents.token(mgr),
     )
     assert own["completed"] == 1
+    # another team's executive sees none of these jobs and may not cancel the run
+    outsider = agents.spawn("executive", agent="shell")["instanceId"]
+    assert agents.call("jobs", {}, token=agents.token(outsider)) == []
+    assert [j["taskId"] for j in agents.call("jobs", {}, token=agents.token("exec_1"))] == ["x"]
+    with pytest.raises(Forbidden, match="only the jobs of its own runs"):
+        agents.call("cancel", {"runId": own["runId"]}, token=agents.token(outsider))
 
 
 def test_worktrees_keep_parallel_edits_apart(agents: AgentDaemon, tmp_path: Path) -> None:
