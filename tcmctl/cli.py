@@ -145,7 +145,7 @@ def _register_subcommands() -> None:
 
 
 
-def run(argv: list[str], env: Mapping[str, str] | None = None) -> int:
+def run(argv: list[str]) -> int:
     """Run the CLI; map errors to exit codes in this one place."""
     _register_subcommands()
     try:
