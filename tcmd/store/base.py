@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from typing import Any, Protocol, runtime_checkable
 
-JSON = Any  # a value orjson can serialise: dict, list, str, int, float, bool, None
+JSON = Any  # a value orjson can serialise: dict, list, str, int, float, bool, None, and
+# dataclasses and enums, stored as the JSON they encode to
 
 
 @runtime_checkable

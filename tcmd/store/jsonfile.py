@@ -13,6 +13,11 @@ and never restarting (orjson escapes control characters: no raw newline inside a
     {"seq": N, "op": "put", "ns": ..., "key": ..., "value": ...}
     {"seq": N, "op": "del", "ns": ..., "key": ...}
 
+In memory each document is kept as the JSON bytes its record carries: a ``put`` encodes
+the value once (no private decoded copy), a snapshot splices those bytes in unchanged
+(``orjson.Fragment``), and ``get``/``items`` decode afresh, so what they return is what a
+reload gives and is the caller's to mutate.
+
 Durability: ``put``/``delete`` return after one ``os.write`` of the record on an
 ``O_APPEND`` fd, so a returned call survives SIGKILL (the bytes are in the kernel) but not
 a power loss. ``fsync=True`` adds an ``os.fsync`` per record to survive that too, at the
@@ -40,6 +45,7 @@ from typing import Any
 
 import orjson
 import structlog
+from orjson import Fragment
 
 from tcmd.atomic import replace_atomically
 from tcmd.errors import Conflict, Unavailable
@@ -51,7 +57,7 @@ SNAPSHOT_NAME = "state.json"
 JOURNAL_NAME = "journal.log"
 FORMAT_VERSION = 1
 
-Data = dict[str, dict[str, JSON]]
+Data = dict[str, dict[str, bytes]]  # ns → key → the document's JSON
 
 
 class JsonFileStore:
@@ -113,12 +119,13 @@ class JsonFileStore:
             self._fd = None
 
     def get(self, ns: str, key: str) -> JSON | None:
-        """The document at ``ns/key``, or None. Shared with the store: do not mutate it."""
-        return self._data.get(ns, {}).get(key)
+        """The document at ``ns/key`` (decoded afresh: the caller's to mutate), or None."""
+        doc = self._data.get(ns, {}).get(key)
+        return None if doc is None else orjson.loads(doc)
 
     def items(self, ns: str) -> dict[str, JSON]:
-        """A shallow copy of every document in ``ns``."""
-        return dict(self._data.get(ns, {}))
+        """Every document in ``ns``, decoded afresh."""
+        return {key: orjson.loads(doc) for key, doc in self._data.get(ns, {}).items()}
 
     def health(self) -> dict[str, JSON]:
         """Figures for ``status``: open and writable, sizes, the last I/O problem."""
@@ -132,17 +139,24 @@ class JsonFileStore:
         }
 
     def put(self, ns: str, key: str, value: JSON) -> None:
-        """Store a copy of ``value`` at ``ns/key``; in the kernel when this returns."""
-        self._write("put", ns, key, {"value": value})
+        """Store ``value`` at ``ns/key`` as JSON; in the kernel when this returns."""
+        try:
+            doc = orjson.dumps(value)
+        except orjson.JSONEncodeError as exc:
+            raise TypeError(f"cannot store {ns!r}/{key!r}: not JSON-serialisable: {exc}") from exc
+        self._write("put", ns, key, doc)
 
     def delete(self, ns: str, key: str) -> None:
         """Remove ``ns/key`` (no error when absent); in the kernel when this returns."""
-        self._write("del", ns, key, {})
+        self._write("del", ns, key, None)
 
     def snapshot(self) -> None:
         """Write ``state.json`` atomically, empty the journal; ``Unavailable`` on I/O errors."""
         fd = self._require_open()
-        body = orjson.dumps({"version": FORMAT_VERSION, "seq": self._seq, "data": self._data})
+        data = {
+            ns: {k: Fragment(doc) for k, doc in docs.items()} for ns, docs in self._data.items()
+        }
+        body = orjson.dumps({"version": FORMAT_VERSION, "seq": self._seq, "data": data})
         try:
             replace_atomically(self._snapshot_path, body)
             self._snapshot_seq = self._seq
@@ -156,25 +170,22 @@ class JsonFileStore:
         self._compact_at = max(self.snapshot_every, sum(len(d) for d in self._data.values()))
         self._broken = False  # the journal is empty again, whatever a failed append left
 
-    def _write(self, op: str, ns: str, key: str, extra: dict[str, JSON]) -> None:
+    def _write(self, op: str, ns: str, key: str, doc: bytes | None) -> None:
+        """Journal one change, then apply it: ``doc`` is the new document, None deletes."""
         if not (isinstance(ns, str) and isinstance(key, str)):  # the snapshot needs str keys
             raise TypeError(f"ns and key must be str, not {type(ns).__name__}/{type(key).__name__}")
         seq = self._seq + 1
-        try:
-            body = orjson.dumps({"seq": seq, "op": op, "ns": ns, "key": key, **extra})
-        except orjson.JSONEncodeError as exc:
-            raise TypeError(f"cannot store {ns!r}/{key!r}: not JSON-serialisable: {exc}") from exc
-        # Keep what the journal holds: memory then equals what a reload gives (tuples become
-        # lists, datetimes strings) and the caller's objects stay theirs.
-        record = orjson.loads(body)
-        self._append(seq, body)
-        self._apply(record)
-        self._maybe_compact()
+        record = {"seq": seq, "op": op, "ns": ns, "key": key}
+        if doc is not None:
+            record["value"] = Fragment(doc)
+        self._append(seq, orjson.dumps(record))
+        self._apply(ns, key, doc)
+        if self._journal_records >= self._compact_at:
+            self._compact()
 
-    def _apply(self, record: dict[str, Any]) -> None:
-        ns, key = record["ns"], record["key"]
-        if record["op"] == "put":
-            self._data.setdefault(ns, {})[key] = record["value"]
+    def _apply(self, ns: str, key: str, doc: bytes | None) -> None:
+        if doc is not None:
+            self._data.setdefault(ns, {})[key] = doc
         elif (docs := self._data.get(ns)) is not None:
             docs.pop(key, None)
             if not docs:
@@ -201,9 +212,7 @@ class JsonFileStore:
         self._journal_records += 1
         self._journal_bytes += len(line)
 
-    def _maybe_compact(self) -> None:
-        if self._journal_records < self._compact_at:
-            return
+    def _compact(self) -> None:
         try:
             self.snapshot()
         except Unavailable:  # the write is safe in the journal; retry a full period later
@@ -219,7 +228,10 @@ class JsonFileStore:
             data, seq = snap["data"], snap["seq"]
             valid = snap["version"] == FORMAT_VERSION and type(seq) is int
             if valid and all(isinstance(docs, dict) for docs in data.values()):
-                return data, seq
+                encoded = {
+                    ns: {k: orjson.dumps(v) for k, v in docs.items()} for ns, docs in data.items()
+                }
+                return encoded, seq
         except (orjson.JSONDecodeError, TypeError, KeyError, AttributeError):
             pass
         self._last_error = f"unreadable snapshot {self._snapshot_path}; move it aside to start"
@@ -245,7 +257,8 @@ class JsonFileStore:
                 return True
             previous_seq = record["seq"]
             if previous_seq > self._snapshot_seq:  # older ones: a compaction cut short
-                self._apply(record)
+                doc = orjson.dumps(record["value"]) if record["op"] == "put" else None
+                self._apply(record["ns"], record["key"], doc)
                 self._seq = previous_seq
                 self._journal_records += 1
         if torn:

@@ -294,8 +294,11 @@ def test_stored_values_are_independent_of_the_callers(store: JsonFileStore) -> N
     store.put("ns", "k", value)
     value["tags"].append("b")
     assert store.get("ns", "k") == {"tags": ["a"], "pos": [1, 2]}  # what a reload gives
+    got = store.get("ns", "k")
+    got["tags"].append("c")
     copy = store.items("ns")
     copy["other"] = 1
+    copy["k"]["pos"].append(3)
     del copy["k"]
     assert store.items("ns") == {"k": {"tags": ["a"], "pos": [1, 2]}}
 
