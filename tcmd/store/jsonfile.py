@@ -90,8 +90,8 @@ class JsonFileStore:
             raise Conflict("state store is already open", data=self._where)
         try:
             self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-            for leftover in self.directory.glob(f"{SNAPSHOT_NAME}.*.tmp"):
-                leftover.unlink(missing_ok=True)  # a snapshot a crash interrupted
+            for leftover in self.directory.glob(f".{SNAPSHOT_NAME}.*.tmp"):
+                leftover.unlink(missing_ok=True)  # replace_atomically cut short by a crash
             self._data, self._snapshot_seq = self._read_snapshot()
             self._seq = self._snapshot_seq
             self._journal_records = self._journal_bytes = 0

@@ -329,7 +329,7 @@ def test_unreadable_snapshot_refuses_to_open(directory: Path) -> None:
 
 def test_leftover_snapshot_temp_files_are_removed(directory: Path) -> None:
     directory.mkdir()
-    (directory / "state.json.abc123.tmp").write_bytes(b'{"half": ')
+    (directory / ".state.json.abc123.tmp").write_bytes(b'{"half": ')  # replace_atomically's name
     reopen(directory).close()
     assert sorted(p.name for p in directory.iterdir()) == ["journal.log", "state.json"]
 
