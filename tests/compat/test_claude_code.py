@@ -1,0 +1,139 @@
+"""tcm driving the real Claude Code CLI, and Claude Code calling tcm through the MCP shim.
+
+Everything here is real but the model: tcmd, tmux, the pinned `claude` binary with its
+own hooks, and `tcmctl mcp` started by Claude from the instance's ``--mcp-config``. The
+fake API (tests/fakes/fake_anthropic.py) answers as the script in each prompt says.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from tests.fakes.fake_anthropic import FakeAnthropic
+from tests.support import AgentDaemon, wait_until
+
+
+def spawn_ready(claude: AgentDaemon, **params: Any) -> str:
+    inst = claude.spawn(**params)
+    claude.wait_status(inst["instanceId"], "ready", timeout_s=30)
+    return str(inst["instanceId"])
+
+
+def states_of(claude: AgentDaemon, instance_id: str) -> list[str]:
+    events = claude.call("events", {"limit": 1000})["events"]
+    return [
+        e["new"]
+        for e in events
+        if e["kind"] == "instance.state" and e.get("instanceId") == instance_id
+    ]
+
+
+def finished_turn(claude: AgentDaemon, instance_id: str) -> dict[str, Any]:
+    """Wait for the instance's turn to end (``wait`` until idle); its ``read``."""
+    claude.call("wait", {"instanceIds": [instance_id], "until": "idle", "timeoutMs": 30_000})
+    result: dict[str, Any] = claude.call("read", {"instanceId": instance_id})
+    return result
+
+
+def test_state_follows_real_hooks(claude: AgentDaemon, fake_api: FakeAnthropic) -> None:
+    exec_id = spawn_ready(claude)
+    sent = claude.call("send", {"instanceId": exec_id, "text": "@slow 2\n@reply first answer"})
+    assert sent["delivered"] is True
+    claude.wait_status(exec_id, "busy", timeout_s=10)  # seen while the API is still answering
+    assert finished_turn(claude, exec_id)["lastResult"] == "first answer"
+    states = states_of(claude, exec_id)
+    assert states[states.index("ready") :][:3] == ["ready", "busy", "ready"], states
+
+
+def test_hostile_prompt_arrives_exactly(claude: AgentDaemon, fake_api: FakeAnthropic) -> None:
+    exec_id = spawn_ready(claude)
+    short = "say \"hi\" 'there' $(rm -rf /) `id` \\n Enter C-c\nÉtoile ✻ 日本語 ${HOME} ; | &&"
+    claude.call("send", {"instanceId": exec_id, "text": short})
+    assert finished_turn(claude, exec_id)["lastResult"] == f"ok: {len(short)} chars"
+    assert short in fake_api.prompts()  # byte-exact: quotes, $(), key names, unicode, newline
+
+    # a long paste is shown folded ("[Pasted text #1 +N lines]") but reaches the model whole
+    long = "\n".join(f"line {i}: \"q\" $(x) `y` Escape C-d ü" for i in range(40))
+    claude.call("send", {"instanceId": exec_id, "text": long})
+    finished_turn(claude, exec_id)
+    assert any(long in p for p in fake_api.prompts()), fake_api.prompts()[-1][:300]
+
+
+def call_list_and_spawn(claude: AgentDaemon, fake_api: FakeAnthropic) -> str:
+    """Have the executive's model call tcm's list and spawn; the manager it made."""
+    exec_id = spawn_ready(claude)
+    spawn_args = {"role": "manager", "workDir": str(claude.work_dir), "context": "manage docs"}
+    script = f"@tool mcp__tcm__list {{}}\n@tool mcp__tcm__spawn {json.dumps(spawn_args)}"
+    claude.call("send", {"instanceId": exec_id, "text": script})
+    result = finished_turn(claude, exec_id)["lastResult"]
+
+    rows = claude.call("list", {"role": "manager"})
+    assert [(r["parentId"], r["role"]) for r in rows] == [(exec_id, "manager")], result
+    manager_id = str(rows[0]["instanceId"])
+    assert fake_api.tool_results(lambda r: exec_id in r and "instanceId" in r), "no list result"
+    assert fake_api.tool_results(lambda r: manager_id in r), "the spawn result never came back"
+    assert manager_id in result  # and the model's final answer quoted it
+    return manager_id
+
+
+def test_claude_calls_tcm_tools_through_the_shim(
+    claude: AgentDaemon, fake_api: FakeAnthropic
+) -> None:
+    manager_id = call_list_and_spawn(claude, fake_api)
+    claude.wait_status(manager_id, "ready", timeout_s=30)  # a real Claude, spawned by Claude
+
+
+@pytest.mark.parametrize("mode", ["acceptEdits", "plan", "dontAsk", "bypassPermissions"])
+def test_tcm_tools_need_no_permission_in_any_mode(
+    mode: str, start_claude: Callable[..., AgentDaemon], fake_api: FakeAnthropic
+) -> None:
+    claude = start_claude(TCM_CLAUDE_PERMISSION_MODE=mode)
+    call_list_and_spawn(claude, fake_api)
+
+
+def test_a_specialist_is_refused_spawn_through_the_shim(
+    claude: AgentDaemon, fake_api: FakeAnthropic
+) -> None:
+    exec_id = claude.spawn(agent="shell")["instanceId"]
+    mgr_id = claude.spawn(role="manager", parent=exec_id, agent="shell")["instanceId"]
+    spec_id = spawn_ready(claude, role="specialist", parent=mgr_id)
+    spawn_args = {"role": "specialist", "workDir": str(claude.work_dir), "context": "x",
+                  "parentId": mgr_id}
+    claude.call("send", {"instanceId": spec_id,
+                         "text": f"@tool mcp__tcm__spawn {json.dumps(spawn_args)}"})
+    result = finished_turn(claude, spec_id)["lastResult"]
+    assert "may not spawn" in result and "-32002" in result, result
+    assert len(claude.call("list", {"role": "specialist"})) == 1  # nothing was spawned
+
+
+def test_overloaded_api_surfaces_as_errored(claude: AgentDaemon, fake_api: FakeAnthropic) -> None:
+    exec_id = spawn_ready(claude)
+    claude.call("send", {"instanceId": exec_id, "text": "@fail 529"})
+    claude.wait_status(exec_id, "errored", timeout_s=30)  # from Claude's StopFailure hook
+    out = claude.call("read", {"instanceId": exec_id})
+    assert out["lastError"] == "server_error", out
+    assert "529" in out["output"] or "Overloaded" in out["output"], out["output"][-500:]
+
+    claude.call("send", {"instanceId": exec_id, "text": "@reply back again"})
+    assert finished_turn(claude, exec_id)["lastResult"] == "back again"  # it still works
+
+
+def test_restart_resumes_the_conversation(claude: AgentDaemon, fake_api: FakeAnthropic) -> None:
+    exec_id = spawn_ready(claude)
+    claude.call("send", {"instanceId": exec_id, "text": "@reply remembered\nfirst prompt"})
+    assert finished_turn(claude, exec_id)["lastResult"] == "remembered"
+
+    restarted = claude.call("restart", {"instanceId": exec_id})
+    assert restarted["resumed"] is True
+    claude.wait_status(exec_id, "ready", timeout_s=30)
+    claude.call("send", {"instanceId": exec_id, "text": "second prompt"})
+    finished_turn(claude, exec_id)
+
+    last = fake_api.main_requests()[-1]
+    history = json.dumps(last["messages"])
+    assert "first prompt" in history and "remembered" in history  # the old turn came back
+    wait_until(lambda: "second prompt" in fake_api.prompts(), 5, what="the new prompt")
