@@ -12,22 +12,25 @@ FAKE_CLAUDE_NOTIFY_DELAY_MS).
 
 from __future__ import annotations
 
-import asyncio
 import codecs
-import contextlib
 import json
 import os
 import re
+import select
 import signal
 import subprocess
 import sys
 import termios
+import threading
 import time
 import tty
 import unicodedata
 import uuid
-from pathlib import Path
-from typing import Any
+
+TYPE_CHECKING = False  # not `from typing import ...`: importing typing costs a start-up
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any
 
 VERSION = "2.1.328 (Claude Code)"
 VALUE_FLAGS = {"--session-id", "--resume", "--settings", "--mcp-config",
@@ -99,7 +102,10 @@ def parse_args(argv: list[str]) -> dict[str, Any]:
 def load_json(value: str, what: str) -> dict[str, Any]:
     """Read a JSON object given inline (`{...}`) or as a file path."""
     try:
-        data = json.loads(value if value.lstrip().startswith("{") else Path(value).read_text())
+        if not value.lstrip().startswith("{"):
+            with open(value, encoding="utf-8") as f:
+                value = f.read()
+        data = json.loads(value)
     except FileNotFoundError:
         raise UsageError(f"Error: {what} file not found: {value}") from None
     except (OSError, ValueError) as exc:
@@ -150,8 +156,8 @@ def clean_paste(text: str) -> str:
     return "".join(ch for ch in text if ch == "\n" or (ch >= " " and ch != "\x7f"))
 
 
-def append_line(path: Path, line: str) -> None:
-    with path.open("a", encoding="utf-8") as f:
+def append_line(path: str, line: str) -> None:
+    with open(path, "a", encoding="utf-8") as f:
         f.write(line + "\n")
 
 
@@ -164,10 +170,49 @@ def matches(matcher: str | None, value: Any) -> bool:
         return matcher == value
 
 
-class FakeClaude:
-    """One interactive session: screen, input, turns and hooks, on one asyncio loop."""
+class Cancelled(Exception):
+    """Raised in a task at its next wait once it is cancelled (Escape, Ctrl-C, the end)."""
 
-    def __init__(self, opts: dict[str, Any], session_id: str, transcript: Path) -> None:
+
+class Task(threading.Thread):
+    """A turn or another job that waits: it runs holding the fake's lock, which only its
+    waits (``FakeClaude.wait``) release; ``cancel`` makes the current or next wait raise."""
+
+    def __init__(self, fake: FakeClaude, job: Callable[[], object]) -> None:
+        super().__init__(daemon=True)
+        self.fake, self.job, self.cancelled = fake, job, False
+
+    def cancel(self) -> None:
+        with self.fake.cond:
+            self.cancelled = True
+            self.fake.cond.notify_all()
+
+    def run(self) -> None:
+        fake = self.fake
+        with fake.cond:
+            try:
+                self.job()
+            except Cancelled:
+                pass
+            except Exception as exc:
+                if not fake.closed:
+                    sys.stderr.write(f"[fake-claude] task failed: {exc!r}\r\n")
+                    fake.finish(70)
+            finally:
+                fake.tasks.discard(self)
+
+
+class FakeClaude:
+    """One interactive session: screen, input, turns and hooks.
+
+    Threads, not asyncio (importing asyncio would triple the start-up time, and tests
+    start hundreds of these): the main thread reads keys and runs timers, each turn and
+    each other waiting job is a Task, each hook command a thread. All of them hold
+    ``cond`` (one lock) while they touch the session, so the code reads as if it were one
+    thread, and a Task gives the lock up only where it waits.
+    """
+
+    def __init__(self, opts: dict[str, Any], session_id: str, transcript: str) -> None:
         self.opts = opts
         self.session_id = session_id
         self.transcript = transcript
@@ -193,18 +238,24 @@ class FakeClaude:
         self.inbuf = ""
         self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self.paste: str | None = None  # inside a bracketed paste: its text so far
-        self.esc_timer: asyncio.TimerHandle | None = None
+        self.esc_timer: list[Any] | None = None
         self.text = ""
         self.pastes: dict[str, str] = {}  # placeholder shown in the box -> pasted text
         self.ctrl_c_at = -10.0
         # turns
-        self.turn: asyncio.Task[None] | None = None
+        self.turn: Task | None = None
         self.working = False  # spinner shown; Escape interrupts
         self.turn_t0 = 0.0
         self.queue: list[tuple[str, str, str]] = []  # (raw, prompt, display)
-        self.dialog: list[Any] | None = None  # [selected option, future]
-        self.tasks: set[asyncio.Task[Any]] = set()
-        self.done: asyncio.Future[int] | None = None
+        self.dialog: list[Any] | None = None  # [selected option, chosen option or None]
+        self.tasks: set[Task] = set()
+        # threads and the main loop
+        self.cond = threading.Condition(threading.RLock())
+        self.timers: list[list[Any]] = []  # [due (monotonic), callback]
+        self.wake_r = self.wake_w = -1  # a pipe that wakes the main loop: an exit, a signal
+        self.reading = True  # stdin still open
+        self.resized = False
+        self.exit_code: int | None = None
 
     # ---- screen -------------------------------------------------------------------
     def write(self, data: str) -> None:
@@ -259,22 +310,32 @@ class FakeClaude:
         self.write("".join(out) + "\r\n".join(rows))
 
     # ---- hooks ----------------------------------------------------------------------
-    async def fire(self, event: str, **extra: Any) -> None:
-        """Log the payload and run the event's hook commands; wait for them."""
+    def fire(self, event: str, **extra: Any) -> None:
+        """Log the payload and run the event's hook commands; wait for them (in a Task)."""
         payload = {"session_id": self.session_id, "transcript_path": str(self.transcript),
                    "cwd": os.getcwd(), "hook_event_name": event, **extra}
         line = json.dumps(payload, ensure_ascii=False)
         if self.event_log:
-            append_line(Path(self.event_log), line)
+            append_line(self.event_log, line)
         value = extra.get(MATCH_FIELD.get(event, ""))
         commands = [(hook["command"], number(str(hook.get("timeout", 60)), 60))
                     for group in self.hooks.get(event) or []
                     if matches(group.get("matcher"), value)
                     for hook in group.get("hooks") or []
                     if hook.get("type", "command") == "command" and hook.get("command")]
-        # Threads: a hook keeps running to its end even when the awaiting turn is cancelled.
-        await asyncio.gather(*(asyncio.to_thread(self.run_hook, command, timeout, line)
-                               for command, timeout in commands))
+        # Threads: a hook keeps running to its end even when the waiting turn is cancelled,
+        # and (not daemons) the process waits for them before it exits.
+        finished: list[str] = []
+
+        def run(command: str, timeout: float) -> None:
+            self.run_hook(command, timeout, line)
+            with self.cond:
+                finished.append(command)
+                self.cond.notify_all()
+
+        for command, timeout in commands:
+            threading.Thread(target=run, args=(command, timeout)).start()
+        self.wait(lambda: len(finished) == len(commands))
 
     def run_hook(self, command: str, timeout: float, payload: str) -> None:
         env = {**os.environ, "CLAUDE_PROJECT_DIR": os.getcwd()}
@@ -296,15 +357,14 @@ class FakeClaude:
         except OSError:
             data = b""
         if not data:  # the terminal went away
-            asyncio.get_running_loop().remove_reader(0)
+            self.reading = False
             self.finish(0)
             return
-        if self.esc_timer:
-            self.esc_timer.cancel()
+        self.cancel_timer(self.esc_timer)
         self.inbuf += self.decoder.decode(data)  # incremental: reads may split a character
         self.parse()
         if self.inbuf.startswith("\x1b") and self.paste is None:  # lone Escape or a slow CSI
-            self.esc_timer = asyncio.get_running_loop().call_later(0.05, self.flush_escape)
+            self.esc_timer = self.call_later(0.05, self.flush_escape)
         self.redraw()
 
     def flush_escape(self) -> None:
@@ -403,67 +463,72 @@ class FakeClaude:
         elif self.text:
             self.text, self.pastes = "", {}
         elif now - self.ctrl_c_at < 2:
-            self.spawn(self.end_session())
+            self.spawn(self.end_session)
         else:
             self.ctrl_c_at = now
-            asyncio.get_running_loop().call_later(2.05, self.redraw)
+            self.call_later(2.05, self.redraw)
 
     def dialog_key(self, kind: str, text: str) -> None:
         assert self.dialog is not None
-        future: asyncio.Future[int] = self.dialog[1]
-        if future.done():
+        if self.dialog[1] is not None:
             return
         if kind == "text" and text in ("1", "2", "3"):
-            future.set_result(int(text) - 1)
+            self.dialog[1] = int(text) - 1
         elif kind == "enter":
-            future.set_result(self.dialog[0])
+            self.dialog[1] = self.dialog[0]
         elif kind == "esc":
-            future.set_result(2)
+            self.dialog[1] = 2
         elif kind in ("up", "down"):
             self.dialog[0] = (self.dialog[0] + (1 if kind == "down" else -1)) % len(OPTIONS)
         elif kind == "ctrl-c" and self.turn:
             self.turn.cancel()
 
     # ---- turns ------------------------------------------------------------------------
-    def spawn(self, coro: Any) -> asyncio.Task[Any]:
-        task = asyncio.get_running_loop().create_task(coro)
+    def spawn(self, job: Callable[[], object]) -> Task:
+        task = Task(self, job)
         self.tasks.add(task)
-        task.add_done_callback(self.reap)
+        task.start()  # it runs once the caller lets the lock go
         return task
 
-    def reap(self, task: asyncio.Task[Any]) -> None:
-        self.tasks.discard(task)
-        if not task.cancelled() and task.exception() and not self.closed:
-            sys.stderr.write(f"[fake-claude] task failed: {task.exception()!r}\r\n")
-            self.finish(70)
+    def wait(self, until: Callable[[], bool] = lambda: False, timeout: float | None = None) -> None:
+        """In a Task: give the lock up until ``until()`` holds or ``timeout`` s pass.
+
+        Raises Cancelled once the task is cancelled, like an await in asyncio would.
+        """
+        task = threading.current_thread()
+        assert isinstance(task, Task)
+        self.cond.wait_for(lambda: task.cancelled or until(), timeout)
+        if task.cancelled:
+            raise Cancelled
 
     def start_turn(self, item: tuple[str, str, str]) -> None:
         raw, prompt, display = item
         if raw.strip() == "/exit":
-            self.spawn(self.end_session())
+            self.spawn(self.end_session)
             return
         lines = display.split("\n")
         self.emit("", "> " + lines[0], *("  " + line for line in lines[1:]))
         self.working, self.turn_t0 = True, time.monotonic()
-        self.turn = self.spawn(self.run_turn(raw, prompt))
+        self.turn = self.spawn(lambda: self.run_turn(raw, prompt))
 
     def prior_turns(self) -> list[dict[str, Any]]:
-        if not self.transcript.exists():
+        if not os.path.exists(self.transcript):
             return []
-        return [json.loads(line) for line in self.transcript.read_text().splitlines() if line]
+        with open(self.transcript, encoding="utf-8") as f:
+            return [json.loads(line) for line in f if line.strip()]
 
     def save_turn(self, record: dict[str, Any]) -> None:
         append_line(self.transcript, json.dumps(record, ensure_ascii=False))
 
-    async def run_turn(self, raw: str, prompt: str) -> None:
+    def run_turn(self, raw: str, prompt: str) -> None:
         record: dict[str, Any] = {"prompt_id": str(uuid.uuid4()), "prompt": prompt,
                                   "status": "ok", "ts": time.time()}
         try:
-            await self.fire("UserPromptSubmit", prompt=prompt, prompt_id=record["prompt_id"],
+            self.fire("UserPromptSubmit", prompt=prompt, prompt_id=record["prompt_id"],
                             permission_mode=self.mode)
-            await asyncio.sleep(0.05)
-            reply, error = await self.play(raw)
-        except asyncio.CancelledError:
+            self.wait(timeout=0.05)
+            reply, error = self.play(raw)
+        except Cancelled:
             if self.closed:
                 raise
             self.save_turn({**record, "status": "interrupted", "reply": ""})
@@ -476,11 +541,11 @@ class FakeClaude:
         if error:
             self.save_turn({**record, "status": "failed", "error": error, "reply": reply})
             self.emit("  ⎿  " + reply)
-            await self.fire("StopFailure", error=error, last_assistant_message=reply)
+            self.fire("StopFailure", error=error, last_assistant_message=reply)
         else:
             self.save_turn({**record, "reply": reply})
             self.emit("⏺ " + reply)
-            await self.fire("Stop", last_assistant_message=reply, stop_hook_active=False,
+            self.fire("Stop", last_assistant_message=reply, stop_hook_active=False,
                             background_tasks=[])
         self.turn = None
         if self.queue:
@@ -488,7 +553,7 @@ class FakeClaude:
         else:
             self.redraw()
 
-    async def play(self, raw: str) -> tuple[str, str | None]:
+    def play(self, raw: str) -> tuple[str, str | None]:
         """Act out the prompt's directives in order: (reply or error message, error)."""
         reply = "ok: " + raw.split("\n", 1)[0][:80]
         for name, arg in directives(raw):
@@ -499,8 +564,8 @@ class FakeClaude:
             elif name == "recall":
                 reply = f"turns={len(self.prior_turns())}"
             elif name == "work":
-                await self.work(number(arg, 1.0))
-            elif name == "permission" and not await self.permission():
+                self.work(number(arg, 1.0))
+            elif name == "permission" and not self.permission():
                 return "denied", None
             elif name == "crash":
                 os._exit(int(number(arg, 1)))
@@ -512,100 +577,150 @@ class FakeClaude:
                 return f"{RATE_LIMITED} {arg or '3pm'}.", "rate_limit"
             elif name in ("hang", "exit"):
                 if name == "exit":
-                    await self.end_session()
-                await asyncio.Event().wait()  # stuck (or ended): only a cancel gets out
+                    self.end_session()
+                self.wait()  # stuck (or ended): only a cancel gets out
         return reply, None
 
     def tool_call(self, command: str) -> dict[str, Any]:
         return {"tool_name": "Bash", "tool_use_id": "toolu_" + uuid.uuid4().hex[:24],
                 "tool_input": {"command": command, "description": "fake work"}}
 
-    async def work(self, seconds: float) -> None:
+    def work(self, seconds: float) -> None:
         """Stay busy, with a Bash PreToolUse/PostToolUse pair about once a second."""
         self.emit(f"⏺ Bash(sleep {seconds:g})")
         end = time.monotonic() + seconds
         while (left := end - time.monotonic()) > 0:
             call = self.tool_call(f"sleep {min(1.0, left):.1f}")
-            await self.fire("PreToolUse", **call)
-            await asyncio.sleep(min(1.0, max(0.0, end - time.monotonic())))
-            await self.fire("PostToolUse", **call)
+            self.fire("PreToolUse", **call)
+            self.wait(timeout=min(1.0, max(0.0, end - time.monotonic())))
+            self.fire("PostToolUse", **call)
 
-    async def permission(self) -> bool:
+    def permission(self) -> bool:
         """Show the permission dialog; True when the tool may run."""
         call = self.tool_call("echo fake")
         self.emit("⏺ Bash(echo fake)")
-        await self.fire("PreToolUse", **call)
-        await asyncio.sleep(max(0.0, 0.7 - (time.monotonic() - self.turn_t0)))
-        future = asyncio.get_running_loop().create_future()
-        self.dialog = [0, future]
+        self.fire("PreToolUse", **call)
+        self.wait(timeout=max(0.0, 0.7 - (time.monotonic() - self.turn_t0)))
+        dialog: list[Any] = [0, None]
+        self.dialog = dialog
         self.redraw()
-        notify = self.spawn(self.notify_later())
+        notify = self.spawn(self.notify_later)
         try:
-            choice = await future
+            self.wait(lambda: dialog[1] is not None)
+            choice = dialog[1]
         finally:
             self.dialog = None
             notify.cancel()
             self.redraw()
         if choice == 2:
             return False
-        await self.fire("PostToolUse", **call)
+        self.fire("PostToolUse", **call)
         return True
 
-    async def notify_later(self) -> None:
-        await asyncio.sleep(self.notify_s)
-        await self.fire("Notification", notification_type="permission_prompt",
+    def notify_later(self) -> None:
+        self.wait(timeout=self.notify_s)
+        self.fire("Notification", notification_type="permission_prompt",
                         message="Claude needs your permission to use Bash")
 
-    async def end_session(self) -> None:
-        if self.done is None or self.done.done():
+    def end_session(self) -> None:
+        if self.exit_code is not None:
             return
-        await self.fire("SessionEnd", reason="prompt_input_exit")
+        self.fire("SessionEnd", reason="prompt_input_exit")
         self.finish(0)
 
     def finish(self, code: int) -> None:
-        if self.done is not None and not self.done.done():
-            self.done.set_result(code)
+        """End the session with exit status ``code`` (the first one given wins)."""
+        if self.exit_code is None:
+            self.exit_code = code
+            os.write(self.wake_w, b"x")
 
-    async def ticker(self) -> None:
-        while True:
-            await asyncio.sleep(0.2)
-            if self.working:
-                self.redraw()
+    # ---- the main thread --------------------------------------------------------------
+    def call_later(self, delay_s: float, callback: Callable[[], object]) -> list[Any]:
+        timer = [time.monotonic() + delay_s, callback]
+        self.timers.append(timer)
+        return timer
 
-    async def run(self) -> int:
-        loop = asyncio.get_running_loop()
-        self.done = loop.create_future()
+    def cancel_timer(self, timer: list[Any] | None) -> None:
+        if timer in self.timers:
+            self.timers.remove(timer)
+
+    def run_due_timers(self) -> None:
+        now = time.monotonic()
+        for timer in sorted((t for t in self.timers if t[0] <= now), key=lambda t: t[0]):
+            if timer in self.timers:  # an earlier callback may have cancelled it
+                self.timers.remove(timer)
+                timer[1]()
+
+    def tick(self) -> None:
+        self.call_later(0.2, self.tick)
+        if self.working:
+            self.redraw()
+
+    def become_ready(self) -> None:
+        self.ready = True
+        self.write("\x1b[?2004h")
+        self.tick()
+        self.spawn(self.start_session)
+
+    def start_session(self) -> None:
+        self.fire("SessionStart", source="resume" if self.resumed else "startup",
+                  model=self.model)
+        if self.opts["prompt"]:
+            self.text = self.opts["prompt"]
+            self.enter()
+            self.redraw()
+
+    def on_resize(self, signum: int, frame: object) -> None:
+        self.resized = True  # the wakeup fd wakes the main loop, which redraws
+
+    def serve(self) -> int:
+        """Read keys, redraw on a resize and run timers until the session ends."""
+        while self.exit_code is None:
+            with self.cond:
+                due = min((t[0] for t in self.timers), default=None)
+            timeout = None if due is None else max(0.0, due - time.monotonic())
+            fds = [0, self.wake_r] if self.reading else [self.wake_r]
+            ready = select.select(fds, [], [], timeout)[0]
+            with self.cond:
+                if self.wake_r in ready:
+                    os.read(self.wake_r, 512)
+                if self.resized:
+                    self.resized = False
+                    self.redraw()
+                if 0 in ready:
+                    self.on_input()
+                self.run_due_timers()
+                self.cond.notify_all()  # a key may be what a Task waits for (a dialog answer)
+        return self.exit_code
+
+    def run(self) -> int:
+        self.wake_r, self.wake_w = os.pipe()
+        os.set_blocking(self.wake_w, False)
         saved = termios.tcgetattr(0) if os.isatty(0) else None
         if saved:
             tty.setraw(0, termios.TCSANOW)  # TCSANOW: keep bytes already typed
         try:
-            self.emit(f"✻ Fake Claude Code (session {self.session_id})",
-                      f"  {self.model} · {os.getcwd()}")
-            if self.resumed:
-                turns = self.prior_turns()
-                self.emit(f"Resumed conversation ({len(turns)} prior turns)")
-                for turn in turns:
-                    first = next((x for x in turn["prompt"].split("\n") if x.strip()), "")
-                    self.emit("", "> " + first, "⏺ " + turn.get("reply", ""))
-            loop.add_reader(0, self.on_input)
-            loop.add_signal_handler(signal.SIGWINCH, self.redraw)
-            await asyncio.sleep(self.start_s)
-            self.ready = True
-            self.write("\x1b[?2004h")
-            self.spawn(self.ticker())
-            await self.fire("SessionStart", source="resume" if self.resumed else "startup",
-                            model=self.model)
-            if self.opts["prompt"]:
-                self.text = self.opts["prompt"]
-                self.enter()
-                self.redraw()
-            return await self.done
+            with self.cond:
+                self.emit(f"✻ Fake Claude Code (session {self.session_id})",
+                          f"  {self.model} · {os.getcwd()}")
+                if self.resumed:
+                    turns = self.prior_turns()
+                    self.emit(f"Resumed conversation ({len(turns)} prior turns)")
+                    for turn in turns:
+                        first = next((x for x in turn["prompt"].split("\n") if x.strip()), "")
+                        self.emit("", "> " + first, "⏺ " + turn.get("reply", ""))
+                signal.set_wakeup_fd(self.wake_w)
+                signal.signal(signal.SIGWINCH, self.on_resize)
+                self.call_later(self.start_s, self.become_ready)
+            return self.serve()
         finally:
-            with contextlib.suppress(Exception):
-                loop.remove_reader(0)
-            self.redraw()
-            self.closed = True
-            self.write("\x1b[?2004l\r\n")
+            with self.cond:
+                self.redraw()
+                self.closed = True
+                for task in self.tasks:  # as asyncio.run cancels what is left
+                    task.cancelled = True
+                self.cond.notify_all()
+                self.write("\x1b[?2004l\r\n")
             if saved:
                 termios.tcsetattr(0, termios.TCSADRAIN, saved)
 
@@ -631,18 +746,18 @@ def main(argv: list[str]) -> int:
             session_id = str(uuid.UUID(session_id))
         except ValueError:
             raise UsageError("Error: Invalid session ID. Must be a valid UUID.") from None
-        home = Path(os.environ.get("FAKE_CLAUDE_HOME") or Path.home() / ".fake-claude")
-        home.mkdir(parents=True, exist_ok=True)
-        transcript = home.resolve() / f"{session_id}.jsonl"
-        if opts.get("session-id") and transcript.exists():
+        home = os.environ.get("FAKE_CLAUDE_HOME") or os.path.expanduser("~/.fake-claude")
+        os.makedirs(home, exist_ok=True)
+        transcript = os.path.join(os.path.realpath(home), f"{session_id}.jsonl")
+        if opts.get("session-id") and os.path.exists(transcript):
             raise UsageError(f"Error: Session ID {session_id} is already in use.")
-        if opts.get("resume") and not transcript.exists():
+        if opts.get("resume") and not os.path.exists(transcript):
             raise UsageError(f"No conversation found with session ID: {session_id}")
         fake = FakeClaude(opts, session_id, transcript)
     except UsageError as exc:
         sys.stderr.write(f"{exc}\n")
         return 1
-    return asyncio.run(fake.run())
+    return fake.run()
 
 
 if __name__ == "__main__":
