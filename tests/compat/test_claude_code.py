@@ -57,7 +57,7 @@ def test_hostile_prompt_arrives_exactly(claude: AgentDaemon, fake_api: FakeAnthr
     assert short in fake_api.prompts()  # byte-exact: quotes, $(), key names, unicode, newline
 
     # a long paste is shown folded ("[Pasted text #1 +N lines]") but reaches the model whole
-    long = "\n".join(f"line {i}: \"q\" $(x) `y` Escape C-d ü" for i in range(40))
+    long = "\n".join(f'line {i}: "q" $(x) `y` Escape C-d ü' for i in range(40))
     claude.call("send", {"instanceId": exec_id, "text": long})
     finished_turn(claude, exec_id)
     assert any(long in p for p in fake_api.prompts()), fake_api.prompts()[-1][:300]
@@ -87,12 +87,26 @@ def test_claude_calls_tcm_tools_through_the_shim(
     claude.wait_status(manager_id, "ready", timeout_s=30)  # a real Claude, spawned by Claude
 
 
-@pytest.mark.parametrize("mode", ["acceptEdits", "plan", "dontAsk", "bypassPermissions"])
-def test_tcm_tools_need_no_permission_in_any_mode(
+@pytest.mark.parametrize("mode", ["acceptEdits", "dontAsk", "bypassPermissions"])
+def test_tcm_tools_need_no_permission_in_acting_modes(
     mode: str, start_claude: Callable[..., AgentDaemon], fake_api: FakeAnthropic
 ) -> None:
     claude = start_claude(TCM_CLAUDE_PERMISSION_MODE=mode)
     call_list_and_spawn(claude, fake_api)
+
+
+def test_plan_mode_holds_acting_tools_for_a_person(
+    start_claude: Callable[..., AgentDaemon], fake_api: FakeAnthropic
+) -> None:
+    """Plan mode is Claude's "look, do not act": no allow rule lets spawn through."""
+    claude = start_claude(TCM_CLAUDE_PERMISSION_MODE="plan")
+    exec_id = spawn_ready(claude)
+    args = {"role": "manager", "workDir": str(claude.work_dir), "context": "m"}
+    script = f"@tool mcp__tcm__list {{}}\n@tool mcp__tcm__spawn {json.dumps(args)}"
+    claude.call("send", {"instanceId": exec_id, "text": script})
+    claude.wait_status(exec_id, "waiting", timeout_s=30)  # the dialog, reported by tcm
+    assert fake_api.tool_results(lambda r: exec_id in r), "read-only list should have run"
+    assert claude.call("list", {"role": "manager"}) == []
 
 
 def test_a_specialist_is_refused_spawn_through_the_shim(
@@ -101,10 +115,15 @@ def test_a_specialist_is_refused_spawn_through_the_shim(
     exec_id = claude.spawn(agent="shell")["instanceId"]
     mgr_id = claude.spawn(role="manager", parent=exec_id, agent="shell")["instanceId"]
     spec_id = spawn_ready(claude, role="specialist", parent=mgr_id)
-    spawn_args = {"role": "specialist", "workDir": str(claude.work_dir), "context": "x",
-                  "parentId": mgr_id}
-    claude.call("send", {"instanceId": spec_id,
-                         "text": f"@tool mcp__tcm__spawn {json.dumps(spawn_args)}"})
+    spawn_args = {
+        "role": "specialist",
+        "workDir": str(claude.work_dir),
+        "context": "x",
+        "parentId": mgr_id,
+    }
+    claude.call(
+        "send", {"instanceId": spec_id, "text": f"@tool mcp__tcm__spawn {json.dumps(spawn_args)}"}
+    )
     result = finished_turn(claude, spec_id)["lastResult"]
     assert "may not spawn" in result and "-32002" in result, result
     assert len(claude.call("list", {"role": "specialist"})) == 1  # nothing was spawned

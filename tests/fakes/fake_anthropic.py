@@ -10,9 +10,12 @@ What it answers is chosen by the lines of the turn's prompt that start with ``@`
 |---|---|
 | (none) | ``ok: <n> chars`` |
 | ``@reply TEXT`` | the final text is TEXT |
-| ``@tool NAME {json}`` | call tool NAME with that input (a deferred MCP tool is first loaded through ``ToolSearch``, as the model does); several lines call in order; the final text then quotes every tool result |
+| ``@tool NAME {json}`` | call tool NAME with that input; the final text quotes the results |
 | ``@fail STATUS`` | answer with HTTP STATUS (429, 500, 529) and the API's error body |
 | ``@slow SECONDS`` | wait that long before answering (the turn stays busy) |
+
+Several ``@tool`` lines call in order. A deferred MCP tool is first loaded through
+``ToolSearch`` (``select:NAME``), as the model does.
 
 Only requests that offer tools (the agent's main loop) follow the script; side requests
 (titles, summaries) get a short plain answer. Run it alone with
@@ -22,6 +25,7 @@ Only requests that offer tools (the agent's main loop) follow the script; side r
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import threading
 import time
@@ -31,6 +35,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+REMINDER = "<system-reminder>"
 ERRORS = {
     429: ("rate_limit_error", "Number of request tokens has exceeded your rate limit."),
     500: ("api_error", "Internal server error"),
@@ -78,7 +83,7 @@ def user_prompt(content: Any) -> str | None:
     texts = [
         b.get("text", "")
         for b in content or []
-        if b.get("type") == "text" and not b.get("text", "").lstrip().startswith("<system-reminder>")
+        if b.get("type") == "text" and not b.get("text", "").lstrip().startswith(REMINDER)
     ]
     # after a failed turn Claude sends the next prompt in the same user message: the
     # newest block is the prompt being answered
@@ -104,8 +109,8 @@ def current_turn(body: dict[str, Any]) -> Turn | None:
 
 def directives(prompt: str) -> list[tuple[str, str]]:
     out = []
-    for line in prompt.splitlines():
-        line = line.strip()
+    for raw in prompt.splitlines():
+        line = raw.strip()
         if line.startswith("@"):
             word, _, rest = line[1:].partition(" ")
             out.append((word, rest.strip()))
@@ -140,35 +145,85 @@ def next_step(turn: Turn) -> Step:
 
 def message_blocks(step: Step) -> list[dict[str, Any]]:
     if step.tool:
-        return [{"type": "tool_use", "id": f"toolu_{uuid.uuid4().hex[:20]}",
-                 "name": step.tool, "input": step.tool_input}]
+        return [
+            {
+                "type": "tool_use",
+                "id": f"toolu_{uuid.uuid4().hex[:20]}",
+                "name": step.tool,
+                "input": step.tool_input,
+            }
+        ]
     return [{"type": "text", "text": step.text}]
 
 
 def sse_events(model: str, blocks: list[dict[str, Any]]) -> Iterator[tuple[str, dict[str, Any]]]:
     """The event stream the real API sends for one assistant message."""
     stop = "tool_use" if any(b["type"] == "tool_use" for b in blocks) else "end_turn"
-    yield "message_start", {"type": "message_start", "message": {
-        "id": f"msg_{uuid.uuid4().hex[:24]}", "type": "message", "role": "assistant",
-        "model": model, "content": [], "stop_reason": None, "stop_sequence": None,
-        "usage": {"input_tokens": 10, "output_tokens": 1,
-                  "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0}}}
+    yield (
+        "message_start",
+        {
+            "type": "message_start",
+            "message": {
+                "id": f"msg_{uuid.uuid4().hex[:24]}",
+                "type": "message",
+                "role": "assistant",
+                "model": model,
+                "content": [],
+                "stop_reason": None,
+                "stop_sequence": None,
+                "usage": {
+                    "input_tokens": 10,
+                    "output_tokens": 1,
+                    "cache_creation_input_tokens": 0,
+                    "cache_read_input_tokens": 0,
+                },
+            },
+        },
+    )
     for i, block in enumerate(blocks):
         if block["type"] == "text":
-            yield "content_block_start", {"type": "content_block_start", "index": i,
-                                          "content_block": {"type": "text", "text": ""}}
-            yield "content_block_delta", {"type": "content_block_delta", "index": i,
-                                          "delta": {"type": "text_delta", "text": block["text"]}}
+            yield (
+                "content_block_start",
+                {
+                    "type": "content_block_start",
+                    "index": i,
+                    "content_block": {"type": "text", "text": ""},
+                },
+            )
+            yield (
+                "content_block_delta",
+                {
+                    "type": "content_block_delta",
+                    "index": i,
+                    "delta": {"type": "text_delta", "text": block["text"]},
+                },
+            )
         else:
             start = {**block, "input": {}}
-            yield "content_block_start", {"type": "content_block_start", "index": i,
-                                          "content_block": start}
-            yield "content_block_delta", {"type": "content_block_delta", "index": i, "delta": {
-                "type": "input_json_delta", "partial_json": json.dumps(block["input"])}}
+            yield (
+                "content_block_start",
+                {"type": "content_block_start", "index": i, "content_block": start},
+            )
+            yield (
+                "content_block_delta",
+                {
+                    "type": "content_block_delta",
+                    "index": i,
+                    "delta": {
+                        "type": "input_json_delta",
+                        "partial_json": json.dumps(block["input"]),
+                    },
+                },
+            )
         yield "content_block_stop", {"type": "content_block_stop", "index": i}
-    yield "message_delta", {"type": "message_delta",
-                            "delta": {"stop_reason": stop, "stop_sequence": None},
-                            "usage": {"output_tokens": 5}}
+    yield (
+        "message_delta",
+        {
+            "type": "message_delta",
+            "delta": {"stop_reason": stop, "stop_sequence": None},
+            "usage": {"output_tokens": 5},
+        },
+    )
     yield "message_stop", {"type": "message_stop"}
 
 
@@ -186,14 +241,19 @@ class FakeAnthropic:
             def log_message(self, format: str, *args: Any) -> None:
                 pass
 
-            def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
+            def do_POST(self) -> None:
                 length = int(self.headers.get("content-length") or 0)
                 raw = self.rfile.read(length)
                 try:
                     body = json.loads(raw or b"{}")
                 except json.JSONDecodeError:
-                    self.reply_json(400, {"type": "error", "error": {
-                        "type": "invalid_request_error", "message": "bad json"}})
+                    self.reply_json(
+                        400,
+                        {
+                            "type": "error",
+                            "error": {"type": "invalid_request_error", "message": "bad json"},
+                        },
+                    )
                     return
                 with fake.lock:
                     fake.requests.append({"path": self.path, "body": body})
@@ -202,12 +262,19 @@ class FakeAnthropic:
                 elif self.path.split("?")[0].endswith("/v1/messages"):
                     fake.answer(self, body)
                 else:
-                    self.reply_json(404, {"type": "error", "error": {
-                        "type": "not_found_error", "message": self.path}})
+                    self.reply_json(
+                        404,
+                        {
+                            "type": "error",
+                            "error": {"type": "not_found_error", "message": self.path},
+                        },
+                    )
 
-            def do_GET(self) -> None:  # noqa: N802
-                self.reply_json(404, {"type": "error", "error": {
-                    "type": "not_found_error", "message": self.path}})
+            def do_GET(self) -> None:
+                self.reply_json(
+                    404,
+                    {"type": "error", "error": {"type": "not_found_error", "message": self.path}},
+                )
 
             def reply_json(self, status: int, obj: Any) -> None:
                 data = json.dumps(obj).encode()
@@ -246,18 +313,28 @@ class FakeAnthropic:
                 if word == "fail":
                     status = int(rest or 529)
                     kind, message = ERRORS.get(status, ERRORS[500])
-                    handler.reply_json(status, {"type": "error",
-                                                "error": {"type": kind, "message": message}})
+                    handler.reply_json(
+                        status, {"type": "error", "error": {"type": kind, "message": message}}
+                    )
                     return
             blocks = message_blocks(next_step(turn))
         else:
             blocks = [{"type": "text", "text": "Fake title"}]
         if not body.get("stream"):
             stop = "tool_use" if blocks[0]["type"] == "tool_use" else "end_turn"
-            handler.reply_json(200, {
-                "id": f"msg_{uuid.uuid4().hex[:24]}", "type": "message", "role": "assistant",
-                "model": model, "content": blocks, "stop_reason": stop, "stop_sequence": None,
-                "usage": {"input_tokens": 10, "output_tokens": 5}})
+            handler.reply_json(
+                200,
+                {
+                    "id": f"msg_{uuid.uuid4().hex[:24]}",
+                    "type": "message",
+                    "role": "assistant",
+                    "model": model,
+                    "content": blocks,
+                    "stop_reason": stop,
+                    "stop_sequence": None,
+                    "usage": {"input_tokens": 10, "output_tokens": 5},
+                },
+            )
             return
         handler.send_response(200)
         handler.send_header("content-type", "text/event-stream")
@@ -302,10 +379,8 @@ def main() -> None:
     args = parser.parse_args()
     with FakeAnthropic(args.port) as api:
         print(api.url, flush=True)
-        try:
+        with contextlib.suppress(KeyboardInterrupt):
             api.thread.join()
-        except KeyboardInterrupt:
-            pass
 
 
 if __name__ == "__main__":
