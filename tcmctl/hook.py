@@ -2,26 +2,44 @@
 
 Reads the hook JSON on stdin and forwards it to tcmd as a ``hook`` notification carrying
 the instance token from the environment. It always exits 0, fast, even when the daemon is
-down: Claude must never hang or fail because of us. Stdlib only (not even orjson or
-pathlib: importing them costs more than the rest of this process), no click.
-``forward`` is also what the shell agent's runner calls for each event it reports.
+down: Claude must never hang or fail because of us. No click.
+
+Claude runs it on every event, so its start-up is most of what it costs. The instance's
+settings run it as ``command_line()`` (``python -I -S -c``: no site, no runpy), and it
+imports only os, sys and _socket: a payload that is one line holding a JSON object goes
+into the frame as it came (tcmd parses it, and refuses a malformed one); json is loaded
+only to rebuild anything else. ``forward`` is also what the shell agent's runner calls
+for each event it reports.
 """
 
 from __future__ import annotations
 
-import json
+import _socket  # not `socket`: that one imports enum and selectors, a third of our start-up
 import os
-import socket
 import sys
-from collections.abc import Mapping
-from typing import Any
 
 from tcmd.paths import socket_path
+
+TYPE_CHECKING = False  # not `from typing import ...`: importing typing costs milliseconds
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+    from typing import Any
 
 CONNECT_TIMEOUT_S = 0.05
 SEND_TIMEOUT_S = 1.0
 MAX_PAYLOAD_BYTES = 2 * 1024 * 1024  # a hook payload bigger than this is cut to its fields
 MAX_FIELD_CHARS = 256 * 1024
+_FRAME_HEAD = b'{"jsonrpc":"2.0","method":"hook","params":{"payload":'
+
+
+def command_line(python: str) -> list[str]:
+    """The fastest argv that runs ``tcmctl hook`` with ``python`` (same as `tcmctl hook`)."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    code = (
+        f"import sys; sys.path.insert(0, {root!r}); from tcmctl.hook import main; "
+        "sys.exit(main(sys.argv[1:]))"
+    )
+    return [python, "-I", "-S", "-c", code]
 
 
 def forward(payload: dict[str, Any], env: Mapping[str, str] | None = None) -> bool:
@@ -40,18 +58,44 @@ def forward(payload: dict[str, Any], env: Mapping[str, str] | None = None) -> bo
         if len(frame) > MAX_PAYLOAD_BYTES:
             params["payload"] = _shrink(payload)
             frame = _frame(msg)
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-            sock.settimeout(CONNECT_TIMEOUT_S)
-            sock.connect(socket_path(env))
-            sock.settimeout(SEND_TIMEOUT_S)
-            sock.sendall(frame)
-    except (OSError, TypeError, ValueError):  # daemon down or busy; or a value JSON cannot hold
+    except (TypeError, ValueError):  # a value JSON cannot hold
+        return False
+    return _send(frame, env)
+
+
+def _send(frame: bytes, env: Mapping[str, str]) -> bool:
+    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+    try:
+        sock.settimeout(CONNECT_TIMEOUT_S)
+        sock.connect(socket_path(env))
+        sock.settimeout(SEND_TIMEOUT_S)
+        sock.sendall(frame)
+    except OSError:  # daemon down or busy
         return False  # the health loop will notice what we could not say
+    finally:
+        sock.close()
     return True
 
 
 def _frame(msg: dict[str, Any]) -> bytes:
+    import json
+
     return (json.dumps(msg, ensure_ascii=False, separators=(",", ":")) + "\n").encode()
+
+
+def _spliced_frame(raw: bytes, env: Mapping[str, str]) -> bytes | None:
+    """The frame with ``raw`` as its payload, unparsed; None where only json can build it."""
+    raw = raw.strip()
+    if not (raw.startswith(b"{") and raw.endswith(b"}")) or b"\n" in raw:
+        return None  # not one line holding an object (tcmd reads a frame per line)
+    token = env.get("TCM_INSTANCE_TOKEN", "")
+    if not token.isprintable() or '"' in token or "\\" in token:
+        return None  # a token that would need escaping: never one tcmd issued
+    launch = env.get("TCM_INSTANCE_LAUNCH", "")
+    tail = f',"launch":{int(launch)}}}' if launch.isdigit() else "}"
+    tail += f',"token":"{token}"}}\n' if token else "}\n"
+    frame = _FRAME_HEAD + raw + tail.encode()
+    return frame if len(frame) <= MAX_PAYLOAD_BYTES else None
 
 
 def _shrink(payload: dict[str, Any]) -> dict[str, Any]:
@@ -68,13 +112,29 @@ def _shrink(payload: dict[str, Any]) -> dict[str, Any]:
 def main(argv: list[str]) -> int:
     """Forward one hook event; exit status is always 0."""
     try:
-        raw = sys.stdin.buffer.read(MAX_PAYLOAD_BYTES + 1)
-        payload = json.loads(raw) if raw.strip() else {}
-        if not isinstance(payload, dict):
-            payload = {"raw": payload}
-    except (OSError, ValueError):  # JSONDecodeError and bad UTF-8 are ValueErrors
-        payload = {"unparsed": True}
+        raw: bytes | None = sys.stdin.buffer.read(MAX_PAYLOAD_BYTES + 1)
+    except OSError:
+        raw = None
+    frame = _spliced_frame(raw, os.environ) if raw is not None and not argv else None
+    if frame is not None:
+        _send(frame, os.environ)
+    else:
+        forward(_payload(raw, argv))
+    return 0
+
+
+def _payload(raw: bytes | None, argv: list[str]) -> dict[str, Any]:
+    """The payload as a dict (json loaded only now), named after ``argv[0]`` if given."""
+    import json
+
+    if raw is None:  # stdin unreadable
+        value: Any = {"unparsed": True}
+    else:
+        try:
+            value = json.loads(raw) if raw.strip() else {}
+        except ValueError:  # JSONDecodeError and bad UTF-8 are ValueErrors
+            value = {"unparsed": True}
+    payload: dict[str, Any] = value if isinstance(value, dict) else {"raw": value}
     if argv:
         payload.setdefault("hook_event_name", argv[0])  # `tcmctl hook EVENT` for shells
-    forward(payload)
-    return 0
+    return payload

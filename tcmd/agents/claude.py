@@ -1,7 +1,8 @@
 """The ``claude`` profile: Claude Code, driven by its own hooks.
 
 Launch: ``$TCM_CLAUDE_COMMAND --session-id UUID`` (``--resume UUID`` on restart),
-``--settings`` with command hooks that run ``tcmctl hook``, ``--append-system-prompt``
+``--settings`` with command hooks that run ``tcmctl hook`` (as ``python -I -S -c``: it runs on
+every event, so it skips site and runpy), ``--append-system-prompt``
 with the role's instructions and the spawn context (nothing is written into the user's
 repository), and ``--mcp-config`` (strict) naming the tcm MCP shim with the instance's
 token, so the instance can call tcm's tools as itself and as nothing more.
@@ -15,6 +16,7 @@ import re
 import shlex
 from pathlib import Path
 
+from tcmctl.hook import command_line as hook_command_line
 from tcmd.agents.base import Launch, LaunchEnv, text_in_box
 from tcmd.agents.claude_json import mark_trusted
 from tcmd.model import Instance, Role, State
@@ -61,7 +63,7 @@ class ClaudeProfile:
     def launch(self, inst: Instance, env: LaunchEnv, *, resume: bool) -> Launch:
         settings_path = env.instance_dir / "claude-settings.json"
         mcp_path = env.instance_dir / "mcp.json"
-        hook_cmd = shlex.join([env.python, "-m", "tcmctl", "hook"])
+        hook_cmd = shlex.join(hook_command_line(env.python))  # `tcmctl hook`, started faster
         hooks = {
             event: [
                 {"matcher": "", "hooks": [{"type": "command", "command": hook_cmd, "timeout": 10}]}
