@@ -135,10 +135,31 @@ def test_overloaded_api_surfaces_as_errored(claude: AgentDaemon, fake_api: FakeA
     claude.wait_status(exec_id, "errored", timeout_s=30)  # from Claude's StopFailure hook
     out = claude.call("read", {"instanceId": exec_id})
     assert out["lastError"] == "server_error", out
-    assert "529" in out["output"] or "Overloaded" in out["output"], out["output"][-500:]
+    assert "529" in out["lastResult"], out
 
     claude.call("send", {"instanceId": exec_id, "text": "@reply back again"})
     assert finished_turn(claude, exec_id)["lastResult"] == "back again"  # it still works
+
+
+def test_rate_limited_api_holds_new_prompts(
+    start_claude: Callable[..., AgentDaemon], fake_api: FakeAnthropic
+) -> None:
+    claude = start_claude(HEALTH_CHECK_INTERVAL="200")
+    exec_id = spawn_ready(claude)
+    claude.call("send", {"instanceId": exec_id, "text": "@fail 429"})
+    claude.wait_status(exec_id, "errored", timeout_s=30)
+    assert claude.call("read", {"instanceId": exec_id})["lastError"] == "rate_limit"
+    wait_until(
+        lambda: any(
+            r["instanceId"] == exec_id and r["verdict"] == "rate-limited"
+            for r in claude.call("health", {})["instances"]
+        ),
+        10,
+        what="the rate-limited verdict",
+    )
+    held = claude.call("send", {"instanceId": exec_id, "text": "@reply later", "timeoutMs": 500})
+    assert held["delivered"] is False and held["queued"] is True  # kept, not lost
+    assert "@reply later" not in fake_api.prompts()
 
 
 def test_restart_resumes_the_conversation(claude: AgentDaemon, fake_api: FakeAnthropic) -> None:
