@@ -53,7 +53,10 @@ ROLE_INSTRUCTIONS = {
 }
 
 _BUSY = re.compile(r"esc to interrupt", re.IGNORECASE)
-_DIALOG = re.compile(r"Do you want to proceed\?|trust the files in this folder", re.IGNORECASE)
+_DIALOG = re.compile(
+    r"Do you want to proceed\?|trust the files in this folder|Bypass Permissions mode",
+    re.IGNORECASE,
+)
 
 
 class ClaudeProfile:
@@ -70,13 +73,14 @@ class ClaudeProfile:
             ]
             for event in HOOK_EVENTS
         }
-        _write_private(
-            settings_path,
-            {
-                "hooks": hooks,
-                "permissions": {"allow": ["mcp__tcm"]},  # tcm's own tools never stop on a dialog
-            },
-        )
+        settings: dict[str, object] = {
+            "hooks": hooks,
+            "permissions": {"allow": ["mcp__tcm"]},  # tcm's own tools never stop on a dialog
+        }
+        if env.settings.claude_permission_mode == "bypassPermissions":
+            # the operator chose this mode: its start-up warning would block every launch
+            settings["skipDangerousModePermissionPrompt"] = True
+        _write_private(settings_path, settings)
         _write_private(
             mcp_path,
             {
