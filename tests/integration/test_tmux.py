@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import signal
+import subprocess
 import sys
 import time
 import uuid
@@ -353,13 +354,13 @@ async def test_circuit_breaker_with_a_stopped_server(
     fast = Tmux(tmux.socket_name, tmux.config_path, timeout_s=0.3, breaker_cooldown_s=0.5)
     pid = int(await tmux.run("display-message", "-p", "#{pid}"))
     spawned: list[int] = []
-    real_exec = asyncio.create_subprocess_exec
+    real_popen = subprocess.Popen
 
-    async def counting_exec(*args: Any, **kwargs: Any) -> asyncio.subprocess.Process:
+    def counting_popen(*args: Any, **kwargs: Any) -> subprocess.Popen[bytes]:
         spawned.append(1)
-        return await real_exec(*args, **kwargs)
+        return real_popen(*args, **kwargs)
 
-    monkeypatch.setattr(asyncio, "create_subprocess_exec", counting_exec)
+    monkeypatch.setattr(subprocess, "Popen", counting_popen)
     os.kill(pid, signal.SIGSTOP)
     try:
         for _ in range(3):
