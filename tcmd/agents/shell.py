@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 
 from tcmd.agents.base import Launch, LaunchEnv, text_in_box
+from tcmd.agents.shell_runner import command_line
 from tcmd.model import Instance, State
 
 _BUSY = re.compile(r"running… \(esc to interrupt\)")
@@ -21,7 +22,7 @@ class ShellProfile:
     stall_ms: int | None = 3_600_000
 
     def launch(self, inst: Instance, env: LaunchEnv, *, resume: bool) -> Launch:
-        argv = [env.python, "-m", "tcmd.agents.shell_runner", "--session-id", inst.session_id]
+        argv = [*command_line(env.python), "--session-id", inst.session_id]
         return Launch(argv=argv, env=dict(env.base_env), resumed=False)
 
     def screen_state(self, screen: str) -> State | None:

@@ -11,28 +11,32 @@ its own process group); its output streams to the pane.
 State is reported as Claude's hook events through ``tcmctl.hook.forward``: SessionStart
 once ready, UserPromptSubmit when a command starts, Stop when it ends (the output, plus
 tcm's ``exit_status`` and ``interrupted``), SessionEnd on exit. A hook that cannot be
-delivered is dropped; the runner goes on. Stdlib + orjson only, so it starts fast.
+delivered is dropped; the runner goes on.
+
+Every task of a parallel run starts one runner, so its start-up is most of what a no-op
+task costs. tcmd starts it as ``command_line()`` (``python -I -S -c``: no site, no runpy,
+cached bytecode), and it imports no more than it needs: no argparse, pathlib, uuid,
+subprocess (``os.posix_spawnp``) or typing, each a few milliseconds.
 """
 
 from __future__ import annotations
 
-import argparse
 import codecs
 import contextlib
 import os
 import re
 import select
 import signal
-import subprocess
 import sys
 import termios
 import time
-import uuid
-from collections.abc import Mapping
-from pathlib import Path
-from typing import Any
 
 from tcmctl.hook import forward
+
+TYPE_CHECKING = False  # not `from typing import ...`: importing typing costs milliseconds
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+    from typing import Any
 
 PROMPT, ECHO, BUSY = "❯ ", "$ ", "⠿ running… (esc to interrupt)"
 PASTE_START, PASTE_END = "\x1b[200~", "\x1b[201~"
@@ -43,11 +47,33 @@ KILL_AFTER_S = 2.0  # SIGINT first; SIGKILL the group if it outlives this
 KEEP_BYTES = 64 * 1024
 
 
+USAGE = "usage: shell_runner [--shell PATH] [--session-id UUID] [--resume SESSION_ID]\n"
+_OPTIONS = ("--shell", "--session-id", "--resume")
+
+
+def command_line(python: str) -> list[str]:
+    """The fastest argv that starts this runner with ``python`` (options to be appended)."""
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    code = (
+        f"import sys; sys.path.insert(0, {root!r}); from tcmd.agents.shell_runner import main; "
+        "sys.exit(main(sys.argv[1:]))"
+    )
+    return [python, "-I", "-S", "-c", code]
+
+
 def pick_shell(env: Mapping[str, str]) -> str:
     """$SHELL when it is bash/sh/zsh, else /bin/bash when present, else /bin/sh."""
-    if Path(env.get("SHELL", "")).name in ("bash", "sh", "zsh"):
+    if os.path.basename(env.get("SHELL", "")) in ("bash", "sh", "zsh"):
         return env["SHELL"]
-    return "/bin/bash" if Path("/bin/bash").exists() else "/bin/sh"
+    return "/bin/bash" if os.path.exists("/bin/bash") else "/bin/sh"
+
+
+def new_uuid() -> str:
+    """A random (version 4) UUID, as ``str(uuid.uuid4())`` gives."""
+    b = bytearray(os.urandom(16))
+    b[6], b[8] = b[6] & 0x0F | 0x40, b[8] & 0x3F | 0x80
+    h = b.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def write(text: str | bytes) -> None:
@@ -59,16 +85,39 @@ def write(text: str | bytes) -> None:
 
 
 class Job:
-    """One running command: its process, output pipe and the tail of its output."""
+    """One running command: its process group, output pipe and the tail of its output."""
 
     def __init__(self, shell: str, text: str) -> None:
-        self.proc = subprocess.Popen(
-            [shell, "-c", text], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT, start_new_session=True, cwd=os.getcwd())
-        assert self.proc.stdout is not None
-        self.fd: int | None = self.proc.stdout.fileno()
+        read_fd, write_fd = os.pipe()
+        try:
+            self.pid = os.posix_spawnp(
+                shell,
+                [shell, "-c", text],
+                os.environ,
+                file_actions=[
+                    (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+                    (os.POSIX_SPAWN_DUP2, write_fd, 1),
+                    (os.POSIX_SPAWN_DUP2, write_fd, 2),
+                ],
+                setsid=True,
+            )
+        except BaseException:
+            os.close(read_fd)
+            raise
+        finally:
+            os.close(write_fd)
+        self.fd: int | None = read_fd
+        self.returncode: int | None = None  # -N: killed by signal N
         self.tail = bytearray()
         self.interrupted = False
+
+    def poll(self) -> int | None:
+        """The exit code once the command has ended (reaping it), else None."""
+        if self.returncode is None:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
 
     def pump(self, drain: bool = False) -> None:
         """Copy output to the terminal, closing the pipe at its end; with ``drain``, take
@@ -83,13 +132,12 @@ class Job:
                 del self.tail[:-KEEP_BYTES]
                 if not drain:
                     return
+        os.close(self.fd)
         self.fd = None
-        assert self.proc.stdout is not None
-        self.proc.stdout.close()
 
     def signal(self, sig: int) -> None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.proc.pid, sig)
+            os.killpg(self.pid, sig)
 
 
 class Runner:
@@ -182,7 +230,7 @@ class Runner:
 
     def start(self, text: str, typed: str = "") -> None:
         """Run ``text``; ``typed`` is what the input line holds meanwhile."""
-        self.hook("UserPromptSubmit", prompt=text, prompt_id=str(uuid.uuid4()),
+        self.hook("UserPromptSubmit", prompt=text, prompt_id=new_uuid(),
                   permission_mode="default")
         self.text = text
         self.draw(ECHO)
@@ -203,7 +251,8 @@ class Runner:
 
     def finish(self, job: Job) -> None:
         job.pump(drain=True)
-        code = job.proc.returncode
+        code = job.poll()
+        assert code is not None
         status = 128 - code if code < 0 else code
         if job.tail and not job.tail.endswith(b"\n"):
             write("\n")
@@ -235,7 +284,7 @@ class Runner:
         self.hook("SessionStart", source=self.source, model="shell")
         while True:
             job = self.job
-            if job and job.proc.poll() is not None:  # SIGCHLD woke us, or the pipe ended
+            if job and job.poll() is not None:  # SIGCHLD woke us, or the pipe ended
                 self.finish(job)
                 continue
             fds = [0, wake] + ([job.fd] if job and job.fd is not None else [])
@@ -291,14 +340,23 @@ def raw_mode(fd: int) -> list[Any] | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="shell_runner", description="tcm's shell agent")
-    parser.add_argument("--shell", help="shell to run commands with (default: $SHELL)")
-    parser.add_argument("--session-id", help="session id reported in hooks")
-    parser.add_argument("--resume", metavar="SESSION_ID", help="report a resumed session")
-    args = parser.parse_args(argv)
-    shell = args.shell or pick_shell(os.environ)
-    session_id = args.resume or args.session_id or str(uuid.uuid4())
-    runner = Runner(shell, session_id, "resume" if args.resume else "startup")
+    opts: dict[str, str] = {}
+    args = iter(sys.argv[1:] if argv is None else argv)
+    for arg in args:  # argparse would cost more than the rest of the start-up
+        if arg in ("-h", "--help"):
+            sys.stdout.write(USAGE)
+            return 0
+        name, eq, value = arg.partition("=")
+        if not eq:
+            value = next(args, "")
+        if name not in _OPTIONS or not value:
+            sys.stderr.write(f"{USAGE}shell_runner: bad argument {arg!r}\n")
+            return 2
+        opts[name] = value
+    shell = opts.get("--shell") or pick_shell(os.environ)
+    resume = opts.get("--resume")
+    session_id = resume or opts.get("--session-id") or new_uuid()
+    runner = Runner(shell, session_id, "resume" if resume else "startup")
     wake_r, wake_w = os.pipe()
     os.set_blocking(wake_w, False)
     signal.set_wakeup_fd(wake_w)

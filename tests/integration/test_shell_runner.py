@@ -24,6 +24,8 @@ from typing import Any, TypeVar
 
 import pytest
 
+from tcmd.agents.shell_runner import command_line
+
 T = TypeVar("T")
 REPO = Path(__file__).resolve().parents[2]
 HOSTILE = (
@@ -73,15 +75,15 @@ class Listener:
 class Agent:
     """One runner in a session of a private tmux server."""
 
-    def __init__(self, server: str, conf: Path, listener: Listener | None, sock: Path) -> None:
+    def __init__(
+        self, server: str, conf: Path, listener: Listener | None, sock: Path, *args: str
+    ) -> None:
         self.server, self.conf, self.listener = server, conf, listener
         self.name = f"sh{uuid.uuid4().hex[:6]}"
-        env = {"TCM_SOCKET": str(sock), "TCM_INSTANCE_TOKEN": "tok", "SHELL": "/bin/bash",
-               "PYTHONPATH": str(REPO)}
+        env = {"TCM_SOCKET": str(sock), "TCM_INSTANCE_TOKEN": "tok", "SHELL": "/bin/bash"}
         env_args = [a for k, v in env.items() for a in ("-e", f"{k}={v}")]
         self.tmux("new-session", "-d", "-s", self.name, "-x", "200", "-y", "50",
-                  "-c", str(REPO), *env_args, "--", sys.executable, "-m",
-                  "tcmd.agents.shell_runner")
+                  "-c", str(REPO), *env_args, "--", *command_line(sys.executable), *args)
 
     def tmux(self, *args: str, stdin: bytes | None = None) -> str:
         done = subprocess.run(["tmux", "-L", self.server, "-f", str(self.conf), *args],
@@ -134,9 +136,9 @@ def harness() -> Iterator[Callable[..., Agent]]:
     listener = Listener(sock)
     started: list[Agent] = []
 
-    def start(listen: bool = True) -> Agent:
+    def start(*args: str, listen: bool = True) -> Agent:
         agent = Agent(server, conf, listener if listen else None,
-                      sock if listen else tmp / "absent.sock")
+                      sock if listen else tmp / "absent.sock", *args)
         started.append(agent)
         return agent
 
@@ -156,10 +158,11 @@ def test_session_start_then_a_command_and_its_output(harness: Callable[..., Agen
     msg = agent.events("SessionStart")[0]
     assert msg["token"] == "tok" and msg["method"] == "hook" and msg["jsonrpc"] == "2.0"
     assert start["source"] == "startup" and start["model"] == "shell"
-    assert start["cwd"] == str(REPO) and start["session_id"]
+    assert start["cwd"] == str(REPO) and uuid.UUID(start["session_id"]).version == 4
     agent.send("echo hello")
     submit = agent.event("UserPromptSubmit")
     assert submit["prompt"] == "echo hello" and submit["permission_mode"] == "default"
+    assert uuid.UUID(submit["prompt_id"]).version == 4
     stop = agent.event("Stop")
     assert stop["last_assistant_message"] == "hello"
     assert stop["exit_status"] == 0 and stop["interrupted"] is False
@@ -167,6 +170,24 @@ def test_session_start_then_a_command_and_its_output(harness: Callable[..., Agen
     wait_until(agent.prompt_ready, what="prompt back")
     agent.tmux("kill-session", "-t", f"={agent.name}")  # SIGHUP, as tcmd's kill does
     assert agent.event("SessionEnd")["reason"] == "other"
+
+
+def test_a_command_runs_in_its_own_session_reading_nothing_output_merged(
+    harness: Callable[..., Agent],
+) -> None:
+    agent = harness("--shell", "/bin/sh", "--session-id", "s-1")
+    assert agent.event("SessionStart")["session_id"] == "s-1"
+    agent.send('echo "sid=$(ps -o sid= -p $$ | tr -d " ") pid=$$"; readlink /proc/$$/fd/0; '
+               "echo to-stderr >&2; cat; echo shell=$(readlink /proc/$$/exe)")
+    lines = agent.event("Stop")["last_assistant_message"].splitlines()
+    sid, pid = (field.split("=")[1] for field in lines[0].split())
+    assert sid == pid  # the command leads its own session: Escape signals its whole group
+    assert lines[1:] == ["/dev/null", "to-stderr", f"shell={os.path.realpath('/bin/sh')}"]
+
+
+def test_resume_reports_the_session_it_resumes(harness: Callable[..., Agent]) -> None:
+    start = harness("--resume", "s-9").event("SessionStart")
+    assert (start["source"], start["session_id"]) == ("resume", "s-9")
 
 
 def test_hostile_text_arrives_byte_exact_and_runs_as_bash_would(
