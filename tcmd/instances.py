@@ -245,7 +245,8 @@ class Instances:
         self.changes.fire()
 
     def _save(self, inst: Instance) -> None:
-        self.store.put(NS, inst.id, inst.to_json())
+        # the dataclass itself: orjson encodes it as to_json() would, without asdict's copy
+        self.store.put(NS, inst.id, inst)
 
     def _exited(self, inst: Instance, pane: PaneInfo | None) -> None:
         if pane is not None:

@@ -256,7 +256,16 @@ class ParallelTools:
         self.p.dispatch()
 
     async def _await_run(self, run: Run) -> dict[str, Any]:
-        await self.p.instances.changes.wait_for(lambda: self.p.run_done(run), None)
+        job_ids = list(run.job_ids.values())
+        done = 0  # job_ids[:done] are final, and a final job stays final
+
+        def all_final() -> bool:  # checked on every change: O(1) amortised, not O(jobs)
+            nonlocal done
+            while done < len(job_ids) and self.p.queue.get(job_ids[done]).state in FINAL:
+                done += 1
+            return done == len(job_ids)
+
+        await self.p.instances.changes.wait_for(all_final, None)
         return self.summary(run)
 
     def summary(self, run: Run) -> dict[str, Any]:

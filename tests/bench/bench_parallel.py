@@ -87,9 +87,11 @@ def main() -> None:
             f"{max(stats['peakPerManager'].values())}, avg wait {stats['avgWaitMs']:.0f} ms,"
             f" avg run {stats['avgRunMs']:.0f} ms"
         )
+        machine, cores = cpu1[2] - cpu0[2], os.cpu_count() or 1
         print(
             f"CPU seconds during the run: tcmd {cpu1[0] - cpu0[0]:.2f}, "
-            f"tmux server {cpu1[1] - cpu0[1]:.2f}, whole machine {cpu1[2] - cpu0[2]:.2f}"
+            f"tmux server {cpu1[1] - cpu0[1]:.2f}, whole machine {machine:.2f} "
+            f"({machine / TASKS * 1e3:.0f} ms a task; {machine / cores:.2f} s on {cores} cores)"
         )
 
 
