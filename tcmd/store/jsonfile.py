@@ -24,8 +24,8 @@ a power loss. ``fsync=True`` adds an ``os.fsync`` per record to survive that too
 price of a disk flush per write: ~150 µs instead of ~5 on an idle ext4 SSD, far more on a
 busy disk, and the event loop is blocked for all of it.
 
-Compaction: after ``snapshot_every`` records (or as many records as there are documents,
-if that is more), snapshot then truncate the journal. A crash
+Compaction: after ``snapshot_every`` records (or twice as many records as there are
+documents, if that is more), snapshot then truncate the journal. A crash
 in between leaves records the snapshot holds; replay skips ``seq <= snapshot seq``.
 
 Recovery on ``open``: a torn or checksum-failing *last* line (a crash mid-write) is
@@ -95,10 +95,12 @@ class JsonFileStore:
             self._data, self._snapshot_seq = self._read_snapshot()
             self._seq = self._snapshot_seq
             self._journal_records = self._journal_bytes = 0
-            self._compact_at, self._broken = self.snapshot_every, False
+            self._broken = False
             self._fd = os.open(self._journal_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
             if self._replay_journal():
                 self.snapshot()
+            else:
+                self._compact_at = self._compaction_period()
         except BaseException as exc:
             if self._fd is not None:
                 os.close(self._fd)
@@ -165,10 +167,14 @@ class JsonFileStore:
         except OSError as exc:
             raise self._failure("snapshot", exc) from exc
         self._journal_records = self._journal_bytes = 0
-        # a snapshot costs O(documents): wait for at least as many journal records before
-        # the next one, so compaction stays amortised O(1) per write however big the state
-        self._compact_at = max(self.snapshot_every, sum(len(d) for d in self._data.values()))
+        self._compact_at = self._compaction_period()
         self._broken = False  # the journal is empty again, whatever a failed append left
+
+    def _compaction_period(self) -> int:
+        """Journal records to allow before the next snapshot. A snapshot costs O(documents):
+        waiting for twice as many records keeps it at most half a document's write per
+        record however big the state, and bounds the journal replayed on open."""
+        return max(self.snapshot_every, 2 * sum(len(docs) for docs in self._data.values()))
 
     def _write(self, op: str, ns: str, key: str, doc: bytes | None) -> None:
         """Journal one change, then apply it: ``doc`` is the new document, None deletes."""

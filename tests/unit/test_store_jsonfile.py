@@ -173,24 +173,31 @@ def test_corrupt_middle_record_stops_replay_and_keeps_a_copy(directory: Path) ->
 
 def test_compaction_at_snapshot_every(directory: Path) -> None:
     s = reopen(directory, snapshot_every=10)
-    for i in range(25):
+    for i in range(25):  # at 10: 10 documents, so the next one 2 × 10 records later
         s.put("ns", f"k{i}", i)
-    assert orjson.loads((directory / "state.json").read_bytes())["seq"] == 20
-    assert [r["seq"] for r in journal(directory)] == [21, 22, 23, 24, 25]
+    assert orjson.loads((directory / "state.json").read_bytes())["seq"] == 10
+    assert [r["seq"] for r in journal(directory)] == list(range(11, 26))
     assert s.health() == {
         "backend": "jsonfile",
         "ok": True,
         "path": str(directory),
-        "journalRecords": 5,
-        "snapshotSeq": 20,
+        "journalRecords": 15,
+        "snapshotSeq": 10,
         "lastError": None,
     }
+    for i in range(5):
+        s.put("ns", f"k{i}", -i)  # rewrites: the count of documents stays 25
+    assert orjson.loads((directory / "state.json").read_bytes())["seq"] == 30
+    assert journal(directory) == []
+    for i in range(25):
+        s.put("ns", f"k{i}", i)  # 25 documents: 50 records before the next snapshot
+    assert [r["seq"] for r in journal(directory)] == list(range(31, 56))
     kill(s)
 
     again = reopen(directory, snapshot_every=10)
     assert again.items("ns") == {f"k{i}": i for i in range(25)}
     again.put("ns", "more", True)
-    assert journal(directory)[-1]["seq"] == 26
+    assert journal(directory)[-1]["seq"] == 56
     again.close()
     assert journal(directory) == []
 
