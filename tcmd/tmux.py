@@ -29,19 +29,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import re
-import subprocess
 import time
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from tempfile import TemporaryFile
-from typing import IO
 
 import structlog
 
+from tcmd.children import run_child
 from tcmd.errors import InvalidParams, Unavailable
 
 log = structlog.get_logger(__name__)
@@ -150,9 +147,8 @@ def _parse_pane(line: str) -> PaneInfo:
     )  # fmt: skip
 
 
-def _read(file: IO[bytes]) -> str:
-    file.seek(0)
-    return file.read().decode(errors="replace")
+def _decode(data: bytes) -> str:
+    return data.decode(errors="replace")
 
 
 def _summary(args: Sequence[str]) -> str:
@@ -187,29 +183,6 @@ class _Breaker:
         self.timeouts = 0
 
 
-async def _exited(proc: subprocess.Popen[bytes]) -> int:
-    """Wait for ``proc`` to end, without a thread or SIGCHLD: its pidfd turns readable."""
-    if not hasattr(os, "pidfd_open"):  # not Linux
-        return await asyncio.to_thread(proc.wait)
-    loop = asyncio.get_running_loop()
-    ended: asyncio.Future[None] = loop.create_future()
-
-    def on_readable() -> None:
-        if not ended.done():  # it stays readable until reaped: this may run again
-            ended.set_result(None)
-
-    pidfd = os.pidfd_open(proc.pid)
-    try:
-        loop.add_reader(pidfd, on_readable)
-        try:
-            await ended
-        finally:
-            loop.remove_reader(pidfd)
-    finally:
-        os.close(pidfd)
-    return proc.wait()
-
-
 class Tmux:
     """One private tmux server, addressed by socket name (`tmux -L`)."""
 
@@ -229,31 +202,19 @@ class Tmux:
         argv = [TMUX_BIN, "-L", self.socket_name, "-f", str(self.config_path)]
         argv += [_escape(a) for a in args]
         started = time.monotonic()
-        # Files, not pipes: a pipe to a tmux client might never see EOF (module docstring).
-        with TemporaryFile() as inp, TemporaryFile() as out, TemporaryFile() as err:
-            inp.write(stdin or b"")
-            inp.seek(0)
-            try:
-                # Popen, not asyncio's subprocess: CPython vforks, where uvloop forks the
-                # whole daemon (~3 ms of its CPU and ~4 ms of the child's per call).
-                proc = subprocess.Popen(argv, stdin=inp, stdout=out, stderr=err)  # noqa: ASYNC220  # vfork+exec: does not block
-            except OSError as exc:
-                raise Unavailable(f"cannot run tmux: {exc}") from exc
-            try:
-                async with asyncio.timeout(self.timeout_s):
-                    rc = await _exited(proc)
-            except TimeoutError:
-                self._breaker.timed_out()
-                log.warning("tmux_timeout", command=command, timeout_s=self.timeout_s)
-                raise Unavailable(
-                    f"tmux did not answer within {self.timeout_s}s", data={"command": command}
-                ) from None
-            finally:
-                if proc.returncode is None:  # timed out or cancelled: no client left behind
-                    proc.kill()
-                    proc.wait()  # SIGKILLed: reaped at once
-            self._breaker.answered()
-            stdout, stderr = _read(out), _read(err).strip()
+        try:
+            done = await run_child(argv, stdin=stdin or b"", timeout_s=self.timeout_s)
+        except TimeoutError:
+            self._breaker.timed_out()
+            log.warning("tmux_timeout", command=command, timeout_s=self.timeout_s)
+            raise Unavailable(
+                f"tmux did not answer within {self.timeout_s}s", data={"command": command}
+            ) from None
+        except OSError as exc:  # after TimeoutError, one of its subclasses
+            raise Unavailable(f"cannot run tmux: {exc}") from exc
+        self._breaker.answered()
+        rc = done.returncode
+        stdout, stderr = _decode(done.stdout), _decode(done.stderr).strip()
         log.debug("tmux", command=command, rc=rc, ms=round((time.monotonic() - started) * 1e3, 1))
         if rc != 0 or stderr:
             stderr = stderr or f"exit status {rc}"

@@ -18,22 +18,20 @@ is matched), a timeout; the user's hooks still run.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import hashlib
 import json
 import os
 import re
 import shutil
-import signal
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from tempfile import TemporaryFile
 from typing import Any
 
 import structlog
 
+from tcmd.children import run_child
 from tcmd.errors import Conflict, InvalidParams, TcmError, Unavailable
 
 log = structlog.get_logger(__name__)
@@ -91,28 +89,16 @@ async def git(cwd: Path, *args: str, timeout_s: float = GIT_TIMEOUT_S) -> str:
     env = {k: v for k, v in os.environ.items() if k not in _LOCATING}
     env.update(GIT_TERMINAL_PROMPT="0", LC_ALL="C", GIT_OPTIONAL_LOCKS="0")
     started = time.monotonic()
-    # Files, not pipes: a hook's background child could hold a pipe open after git exits.
-    with TemporaryFile() as out, TemporaryFile() as err:
-        try:
-            proc = await asyncio.create_subprocess_exec(
-                GIT_BIN, "-C", str(cwd), *args, stdin=asyncio.subprocess.DEVNULL,
-                stdout=out, stderr=err, env=env, start_new_session=True,
-            )  # fmt: skip
-        except OSError as exc:
-            raise Unavailable(f"cannot run git: {exc}") from exc
-        try:
-            async with asyncio.timeout(timeout_s):
-                rc = await proc.wait()
-        except TimeoutError:
-            raise Unavailable(f"git {command}: no answer in {timeout_s}s") from None
-        finally:
-            if proc.returncode is None:  # timed out or cancelled: take its hooks down too
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                await proc.wait()
-        out.seek(0)
-        err.seek(0)
-        stdout, stderr = os.fsdecode(out.read()), os.fsdecode(err.read()).strip()
+    try:
+        done = await run_child(
+            [GIT_BIN, "-C", str(cwd), *args], env=env, new_session=True, timeout_s=timeout_s
+        )  # its own session: a timeout takes its hooks down too
+    except TimeoutError:
+        raise Unavailable(f"git {command}: no answer in {timeout_s}s") from None
+    except OSError as exc:  # after TimeoutError, one of its subclasses
+        raise Unavailable(f"cannot run git: {exc}") from exc
+    rc = done.returncode
+    stdout, stderr = os.fsdecode(done.stdout), os.fsdecode(done.stderr).strip()
     log.debug("git", command=command, rc=rc, ms=round((time.monotonic() - started) * 1e3, 1))
     if rc != 0:
         raise GitError(command, rc, stderr or f"exit status {rc}")

@@ -81,7 +81,7 @@ def write(text: str | bytes) -> None:
     data = text.encode() if isinstance(text, str) else text
     with contextlib.suppress(OSError):
         while data:
-            data = data[os.write(1, data):]
+            data = data[os.write(1, data) :]
 
 
 class Job:
@@ -157,8 +157,15 @@ class Runner:
         self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
 
     def hook(self, event: str, **fields: Any) -> None:
-        forward({"session_id": self.session_id, "transcript_path": "", "cwd": self.cwd,
-                 "hook_event_name": event, **fields})
+        forward(
+            {
+                "session_id": self.session_id,
+                "transcript_path": "",
+                "cwd": self.cwd,
+                "hook_event_name": event,
+                **fields,
+            }
+        )
 
     def draw(self, mark: str = PROMPT) -> None:
         """Redraw the input line (and its continuation lines) in place."""
@@ -174,10 +181,12 @@ class Runner:
             if self.in_paste:
                 end = buf.find(PASTE_END, i)
                 if end < 0:  # hold back what may be the start of the end marker
-                    keep = max((k for k in range(1, len(PASTE_END))
-                                if buf.endswith(PASTE_END[:k])), default=0)
-                    self.add(buf[i:len(buf) - keep].replace("\r", "\n"))
-                    self.pending = buf[len(buf) - keep:]
+                    keep = max(
+                        (k for k in range(1, len(PASTE_END)) if buf.endswith(PASTE_END[:k])),
+                        default=0,
+                    )
+                    self.add(buf[i : len(buf) - keep].replace("\r", "\n"))
+                    self.pending = buf[len(buf) - keep :]
                     return None
                 self.add(buf[i:end].replace("\r", "\n"))
                 self.in_paste, i = False, end + len(PASTE_END)
@@ -230,8 +239,7 @@ class Runner:
 
     def start(self, text: str, typed: str = "") -> None:
         """Run ``text``; ``typed`` is what the input line holds meanwhile."""
-        self.hook("UserPromptSubmit", prompt=text, prompt_id=new_uuid(),
-                  permission_mode="default")
+        self.hook("UserPromptSubmit", prompt=text, prompt_id=new_uuid(), permission_mode="default")
         self.text = text
         self.draw(ECHO)
         self.text, self.drawn = typed, 0
@@ -263,8 +271,14 @@ class Runner:
     def report(self, output: str, status: int, interrupted: bool) -> None:
         if status:
             write(f"[exit {status}]\n")
-        self.hook("Stop", last_assistant_message=output, stop_hook_active=False,
-                  background_tasks=[], exit_status=status, interrupted=interrupted)
+        self.hook(
+            "Stop",
+            last_assistant_message=output,
+            stop_hook_active=False,
+            background_tasks=[],
+            exit_status=status,
+            interrupted=interrupted,
+        )
         self.drawn = 0
         if self.queue:
             self.start(self.queue.pop(0), self.text)

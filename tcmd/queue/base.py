@@ -134,8 +134,14 @@ class JobQueue(Protocol):
     def get(self, job_id: str) -> Job:
         """The job (NotFound when unknown)."""
 
-    def jobs(self, *, state: JobState | None = None, run_id: str | None = None,
-             manager_id: str | None = None, limit: int | None = None) -> list[Job]:
+    def jobs(
+        self,
+        *,
+        state: JobState | None = None,
+        run_id: str | None = None,
+        manager_id: str | None = None,
+        limit: int | None = None,
+    ) -> list[Job]:
         """Jobs, oldest first, filtered."""
 
     def waiting(self, manager_id: str | None) -> int:
