@@ -128,10 +128,20 @@ def connect(
     try:
         return client.connect()
     except DaemonUnreachable:
-        if not autostart:
+        if not may_autostart(env, autostart):
             raise
     start_daemon(env, path)
     return client.connect()
+
+
+def may_autostart(env: Mapping[str, str], wanted: bool) -> bool:
+    """Whether to start tcmd when it is not running: never from inside an instance.
+
+    An instance's daemon is stopped on purpose or being restarted (by systemd, say); a
+    tool call from one of its agents must not bring up a second life of it behind the
+    operator's back.
+    """
+    return wanted and not env.get("TCM_INSTANCE_TOKEN")
 
 
 def start_daemon(env: Mapping[str, str], path: Path) -> int:

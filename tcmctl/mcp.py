@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 import orjson
 
-from tcmctl.client import DaemonUnreachable, start_daemon
+from tcmctl.client import DaemonUnreachable, may_autostart, start_daemon
 from tcmd import __version__, protocol
 from tcmd.errors import TcmError, from_json
 from tcmd.paths import socket_path_from_env
@@ -59,7 +59,7 @@ class DaemonLink:
     def __init__(
         self, env: Mapping[str, str], *, socket_path: Path | None = None, autostart: bool = True
     ) -> None:
-        self.env, self.autostart = env, autostart
+        self.env, self.autostart = env, may_autostart(env, autostart)
         self.path = socket_path or socket_path_from_env(env)
         self.token = env.get("TCM_INSTANCE_TOKEN") or None
         self._writer: asyncio.StreamWriter | None = None

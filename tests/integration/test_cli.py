@@ -75,6 +75,19 @@ def test_autostart_then_daemon_stop(tmp_path: Path) -> None:
         d.cleanup()
 
 
+def test_no_autostart_from_inside_an_instance(tmp_path: Path) -> None:
+    """An agent's own tcmctl call must not bring back a daemon the operator stopped."""
+    d = DaemonProcess(tmp_path / "state")
+    try:
+        inside = dict(d.env, TCM_INSTANCE_TOKEN="tok-of-a-live-instance")
+        out = run(["list"], inside)
+        assert out.returncode == 3, out.stderr
+        assert "not running" in out.stderr
+        assert not d.socket.exists()  # nothing was started
+    finally:
+        d.cleanup()
+
+
 def test_concurrent_autostarts_make_one_daemon(tmp_path: Path) -> None:
     d = DaemonProcess(tmp_path / "state")
     try:

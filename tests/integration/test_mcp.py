@@ -319,6 +319,39 @@ def test_stdio_shim_starts_the_daemon(tmp_path: Path) -> None:
         d.cleanup()
 
 
+def test_stdio_shim_of_an_instance_does_not_start_the_daemon(tmp_path: Path) -> None:
+    d = DaemonProcess(tmp_path / "state")  # stopped, as by the operator
+    try:
+        env = dict(d.env, TCM_INSTANCE_TOKEN="tok-of-a-live-instance")
+        answers = raw_session(
+            env,
+            [
+                {
+                    "jsonrpc": "2.0",
+                    "id": 1,
+                    "method": "initialize",
+                    "params": {
+                        "protocolVersion": "2025-11-25",
+                        "capabilities": {},
+                        "clientInfo": {"name": "test", "version": "1"},
+                    },
+                },
+                {"jsonrpc": "2.0", "method": "notifications/initialized"},
+                {
+                    "jsonrpc": "2.0",
+                    "id": 2,
+                    "method": "tools/call",
+                    "params": {"name": "status", "arguments": {}},
+                },
+            ],
+        )
+        assert answers[1]["result"]["isError"] is True
+        assert "cannot reach tcmd" in answers[1]["result"]["content"][0]["text"]
+        assert not d.socket.exists()
+    finally:
+        d.cleanup()
+
+
 # -- tcmctl mcp install ---------------------------------------------------------------------
 
 
