@@ -177,3 +177,34 @@ def test_restart_resumes_the_conversation(claude: AgentDaemon, fake_api: FakeAnt
     history = json.dumps(last["messages"])
     assert "first prompt" in history and "remembered" in history  # the old turn came back
     wait_until(lambda: "second prompt" in fake_api.prompts(), 5, what="the new prompt")
+
+
+def test_parallel_tasks_run_in_real_claude_specialists(
+    claude: AgentDaemon, fake_api: FakeAnthropic
+) -> None:
+    exec_id = claude.spawn(agent="shell")["instanceId"]
+    mgr_id = claude.spawn(role="manager", parent=exec_id, agent="shell")["instanceId"]
+    tasks = [
+        {"id": "a", "instruction": "@reply alpha done"},
+        {"id": "b", "instruction": "@reply beta done", "completionPattern": "^beta"},
+        {"id": "c", "instruction": "@reply gamma", "completionPattern": "^beta"},
+        {"id": "d", "instruction": "@fail 529"},
+    ]
+    out = claude.call(
+        "executeParallel",
+        {
+            "managerId": mgr_id,
+            "workDir": str(claude.work_dir),
+            "tasks": tasks,
+            "maxConcurrent": 2,
+            "retry": {"attempts": 1},
+        },
+    )
+    by_task = {r["taskId"]: r for r in out["results"]}
+    assert (out["completed"], out["failed"]) == (2, 2), out
+    assert by_task["a"]["status"] == "completed" and by_task["a"]["result"] == "alpha done"
+    assert by_task["b"]["status"] == "completed"
+    assert by_task["c"]["status"] == "failed"  # the result missed the completion pattern
+    assert by_task["d"]["status"] == "failed" and "server_error" in by_task["d"]["error"]
+    assert {"@reply alpha done", "@reply beta done", "@fail 529"} <= set(fake_api.prompts())
+    assert claude.call("list", {"role": "specialist"}) == []  # each specialist was ended
