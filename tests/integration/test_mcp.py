@@ -285,31 +285,31 @@ def test_front_answers_initialize_as_the_sdk_does(daemon: DaemonProcess) -> None
     assert front["result"]["protocolVersion"] == "2025-06-18"
 
 
+STATUS_CALL = [  # a whole session: initialize, then call the status tool
+    {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "initialize",
+        "params": {
+            "protocolVersion": "2025-11-25",
+            "capabilities": {},
+            "clientInfo": {"name": "test", "version": "1"},
+        },
+    },
+    {"jsonrpc": "2.0", "method": "notifications/initialized"},
+    {
+        "jsonrpc": "2.0",
+        "id": 2,
+        "method": "tools/call",
+        "params": {"name": "status", "arguments": {}},
+    },
+]
+
+
 def test_stdio_shim_starts_the_daemon(tmp_path: Path) -> None:
     d = DaemonProcess(tmp_path / "state")  # not started: the shim must start it
     try:
-        answers = raw_session(
-            d.env,
-            [
-                {
-                    "jsonrpc": "2.0",
-                    "id": 1,
-                    "method": "initialize",
-                    "params": {
-                        "protocolVersion": "2025-11-25",
-                        "capabilities": {},
-                        "clientInfo": {"name": "test", "version": "1"},
-                    },
-                },
-                {"jsonrpc": "2.0", "method": "notifications/initialized"},
-                {
-                    "jsonrpc": "2.0",
-                    "id": 2,
-                    "method": "tools/call",
-                    "params": {"name": "status", "arguments": {}},
-                },
-            ],
-        )
+        answers = raw_session(d.env, STATUS_CALL)
         status = answers[1]["result"]["structuredContent"]
         assert status["socket"] == str(d.socket)
     finally:
@@ -323,28 +323,7 @@ def test_stdio_shim_of_an_instance_does_not_start_the_daemon(tmp_path: Path) -> 
     d = DaemonProcess(tmp_path / "state")  # stopped, as by the operator
     try:
         env = dict(d.env, TCM_INSTANCE_TOKEN="tok-of-a-live-instance")
-        answers = raw_session(
-            env,
-            [
-                {
-                    "jsonrpc": "2.0",
-                    "id": 1,
-                    "method": "initialize",
-                    "params": {
-                        "protocolVersion": "2025-11-25",
-                        "capabilities": {},
-                        "clientInfo": {"name": "test", "version": "1"},
-                    },
-                },
-                {"jsonrpc": "2.0", "method": "notifications/initialized"},
-                {
-                    "jsonrpc": "2.0",
-                    "id": 2,
-                    "method": "tools/call",
-                    "params": {"name": "status", "arguments": {}},
-                },
-            ],
-        )
+        answers = raw_session(env, STATUS_CALL)
         assert answers[1]["result"]["isError"] is True
         assert "cannot reach tcmd" in answers[1]["result"]["content"][0]["text"]
         assert not d.socket.exists()
