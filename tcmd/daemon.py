@@ -37,6 +37,7 @@ from tcmd.observe_tools import ObserveTools, subtree_visibility
 from tcmd.parallel import Parallel
 from tcmd.parallel_tools import ParallelTools
 from tcmd.queue.local import LocalJobQueue
+from tcmd.retention import Retention
 from tcmd.rpc import RpcServer
 from tcmd.store.jsonfile import JsonFileStore
 from tcmd.tmux import Tmux
@@ -73,6 +74,7 @@ class Daemon:
             busy_with_job=self.parallel.specialists.__contains__,
             emit=self.emit,
         )
+        self.retention = Retention(settings, self.instances, self.parallel, emit=self.emit)
         self.catalogue = Catalogue()
         self.rpc = RpcServer(
             self.catalogue,
@@ -151,6 +153,7 @@ class Daemon:
         await self.parallel.start()
         self._spawn(self.parallel.timer())
         self._spawn(self.health.run())  # also pings the systemd watchdog
+        self._spawn(self.retention.run())
         instance_tools = InstanceTools(self.instances, self.delivery)
         instance_tools.row_extras.append(self._manager_load)
         self.catalogue.extend(CoreTools(self, self.counts).tools())

@@ -4,15 +4,16 @@ Every event is ``{"seq", "time", "kind", **fields}``: ``seq`` counts up from 1 a
 reused (the next one is kept in the store), ``time`` is unix seconds. Field names are
 camelCase, as in the public JSON. The kinds tcm emits:
 
-=====================  ==========================================================
-``instance.state``     ``instanceId, old, new``: an instance changed state
-``health.verdict``     ``instanceId, verdict, score, reasons``: a health check's verdict
-``recovery.attempt``   ``instanceId, action, ok, error``: a recovery starts (ok, error: None)
-``recovery.result``    ``instanceId, action, ok, error``: how it ended
-``instance.failed``    ``instanceId, parentId, reason``: past the recovery bound
-``health.hold``        ``instanceId, hold, until``: new work held until a rate limit resets
-``job.state``          ``jobId, taskId, runId, state``: a job changed state
-=====================  ==========================================================
+=======================  ==========================================================
+``instance.state``       ``instanceId, old, new``: an instance changed state
+``health.verdict``       ``instanceId, verdict, score, reasons``: a health check's verdict
+``recovery.attempt``     ``instanceId, action, ok, error``: a recovery starts (ok, error: None)
+``recovery.result``      ``instanceId, action, ok, error``: how it ended
+``instance.failed``      ``instanceId, parentId, reason``: past the recovery bound
+``health.hold``          ``instanceId, hold, until``: new work held until a rate limit resets
+``job.state``            ``jobId, taskId, runId, state``: a job changed state
+``retention.forgotten``  ``runs, instances``: what retention dropped in one sweep
+=======================  ==========================================================
 
 Store layout: namespace ``events``, one document per event keyed by its zero-padded
 ``seq``; ``counters/event`` holds the next ``seq``. The newest ``capacity`` events are

@@ -95,6 +95,16 @@ class Health:
         self._wake = asyncio.Event()
         delivery.hold = self.hold_of
         instances.listeners.append(self._on_state)
+        instances.forget_listeners.append(self.forget)
+
+    def forget(self, instance_id: str) -> None:
+        """Drop what is kept about an instance retention has forgotten."""
+        for per_instance in (self.checks, self.streak, self.recoveries, self._fingerprint,
+                             self._activity, self._problem, self._reset, self._scanned_turn,
+                             self.held_until):  # fmt: skip
+            per_instance.pop(instance_id, None)
+        for ids in (self.recovering, self.given_up, self.redelivered):
+            ids.discard(instance_id)
 
     # -- holds (rate limits) ----------------------------------------------------------------
     def hold_of(self, inst: Instance) -> float | None:

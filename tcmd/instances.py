@@ -14,6 +14,7 @@ import contextlib
 import os
 import re
 import secrets
+import shutil
 import sys
 import time
 import uuid
@@ -61,6 +62,7 @@ class Instances:
         self.changes = Changes()
         self.listeners: list[Listener] = []
         self.hook_listeners: list[Callable[[str], None]] = []  # called with each event name
+        self.forget_listeners: list[Callable[[str], None]] = []  # called with a forgotten id
         self._reconcile_soon = asyncio.Event()
         # instance id -> monotonic time its pane was last (re)created, inf while that is
         # in flight: a tmux listing taken before then cannot speak about its pane
@@ -225,6 +227,19 @@ class Instances:
         self.by_token.pop(inst.token, None)
         if inst.status != State.TERMINATED:
             self._set(inst, State.TERMINATED)
+
+    def forget(self, inst: Instance) -> None:
+        """Drop a terminated instance for good (retention): memory, store record, files."""
+        if inst.status != State.TERMINATED:
+            raise Conflict(f"instance {inst.id} is {inst.status.value}: only a terminated one")
+        self.store.delete(NS, inst.id)
+        del self.by_id[inst.id]
+        for per_instance in (self.last_event, self.acks, self.repeats, self.pane_since):
+            per_instance.pop(inst.id, None)
+        self.screen_checked.pop(inst.id, None)
+        shutil.rmtree(self.settings.state_dir / "instances" / inst.id, ignore_errors=True)
+        for forgot in self.forget_listeners:
+            forgot(inst.id)
 
     # -- state ----------------------------------------------------------------------------
     def set_state(self, inst: Instance, new: State) -> None:

@@ -306,12 +306,11 @@ class Parallel:
 
     def load_of(self, manager_id: str) -> dict[str, int]:
         """A manager's ``parallelExecution`` figures, as ``list`` shows them."""
-        done = self.queue.jobs(manager_id=manager_id)
         return {
             "active": self.active.get(manager_id, 0),
             "queued": self.queue.waiting(manager_id),
-            "completed": sum(j.state == JobState.COMPLETED for j in done),
-            "failed": sum(j.state == JobState.FAILED for j in done),
+            "completed": self.queue.finished(manager_id, JobState.COMPLETED),
+            "failed": self.queue.finished(manager_id, JobState.FAILED),
             "maxConcurrent": self.limit_for(manager_id),
         }
 
@@ -320,6 +319,13 @@ class Parallel:
             run.finished_at = time.time()
             self.store.put(RUNS, run.run_id, run.to_json())
             log.info("run finished", run_id=run.run_id)
+
+    def forget_run(self, run: Run) -> None:
+        """Drop a finished run and its jobs for good (retention)."""
+        for job_id in run.job_ids.values():
+            self.queue.forget(job_id)
+        self.store.delete(RUNS, run.run_id)
+        del self.runs[run.run_id]
 
     def save_run(self, run: Run) -> None:
         self.runs[run.run_id] = run

@@ -147,6 +147,12 @@ class JobQueue(Protocol):
     def waiting(self, manager_id: str | None) -> int:
         """Queued + retrying jobs assigned to ``manager_id`` (None: the pool)."""
 
+    def finished(self, manager_id: str | None, state: JobState) -> int:
+        """Remembered jobs of ``manager_id`` that ended in the final ``state``."""
+
+    def forget(self, job_id: str) -> None:
+        """Drop a finished job for good (retention)."""
+
     def next_wakeup(self) -> float | None:
         """The earliest ``next_retry_at`` of a retrying job (unix time)."""
 

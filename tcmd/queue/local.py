@@ -5,7 +5,8 @@
 - ``_timers``: a heap of retrying jobs keyed ``(next_retry_at, seq)``; ``take`` first moves
   the due ones to their ready heap.
 - every job by id in ``seq`` order (finished ones too, in no heap: runs are queried
-  afterwards), and counters so ``waiting``/``stats`` never walk the jobs.
+  afterwards, until retention ``forget``s them), and counters so ``waiting``,
+  ``finished`` and ``stats`` never walk the jobs.
 
 Heap entries are deleted lazily: cancel/reassign mark an entry dead, dead tops are dropped
 as they surface, a heap more than half dead is rebuilt. A change is written to the store
@@ -111,6 +112,7 @@ class LocalJobQueue:
         self._id_limit = 0  # the block's last id (what the counter in the store says)
         self._by_state = dict.fromkeys(JobState, 0)
         self._waiting: dict[str | None, int] = {}
+        self._finished: dict[tuple[str | None, JobState], int] = {}  # (manager, final state)
         self._waiting_by_priority = dict.fromkeys(Priority, 0)
         self._waits_ms: deque[float] = deque(maxlen=STATS_WINDOW)
         self._runs_ms: deque[float] = deque(maxlen=STATS_WINDOW)
@@ -283,6 +285,21 @@ class LocalJobQueue:
         """Queued + retrying jobs assigned to ``manager_id`` (None: the pool); O(1)."""
         return self._waiting.get(manager_id, 0)
 
+    def finished(self, manager_id: str | None, state: JobState) -> int:
+        """Remembered jobs of ``manager_id`` that ended in the final ``state``; O(1)."""
+        return self._finished.get((manager_id, state), 0)
+
+    def forget(self, job_id: str) -> None:
+        """Drop a finished job from memory and the store (retention); unknown ids are ignored."""
+        job = self._jobs.get(job_id)
+        if job is None:
+            return
+        if job.state not in FINAL:
+            raise Conflict(f"job {job_id} is {job.state.value}: only a finished job is forgotten")
+        self._store.delete(JOBS_NS, job_id)
+        del self._jobs[job_id]
+        self._count(job, -1)
+
     def next_wakeup(self) -> float | None:
         """The earliest ``next_retry_at`` of a retrying job (unix time)."""
         entry = self._timers.top()
@@ -362,7 +379,10 @@ class LocalJobQueue:
     def _count(self, job: Job, n: int) -> None:
         """Add (n=1) or take away (n=-1) the job's share of the counters."""
         self._by_state[job.state] += n
-        if job.state in WAITING:
+        if job.state in FINAL:
+            key = (job.manager_id, job.state)
+            self._finished[key] = self._finished.get(key, 0) + n
+        elif job.state in WAITING:
             self._waiting_by_priority[job.priority] += n
             if left := self._waiting.get(job.manager_id, 0) + n:
                 self._waiting[job.manager_id] = left

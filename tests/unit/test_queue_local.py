@@ -452,6 +452,51 @@ def test_waiting_counts_queued_and_retrying_per_manager(queue: LocalJobQueue) ->
     assert queue.waiting("m1") == 0
 
 
+def test_finished_counts_per_manager_and_final_state(
+    store_dir: Path, store: JsonFileStore, queue: LocalJobQueue, clock: Clock
+) -> None:
+    one_try = RetryPolicy(attempts=1)
+    for job_id in ("a", "b", "c"):
+        queue.put(new_job(job_id, manager="m1", retry=one_try))
+    queue.put(new_job("d", manager="m2"))
+    queue.take("m1", T0)
+    queue.complete("a", "ok", {})
+    queue.take("m1", T0)
+    queue.fail("b", "boom", T0)  # one attempt: dead at once
+    queue.cancel("c")
+    counts = [(m, s) for m in ("m1", "m2") for s in (JobState.COMPLETED, JobState.FAILED)]
+    assert [queue.finished(m, s) for m, s in counts] == [1, 1, 0, 0]
+    store.close()
+    reopened = JsonFileStore(store_dir)
+    reopened.open()
+    again = open_queue(reopened, clock)  # the counters are rebuilt from what was saved
+    assert [again.finished(m, s) for m, s in counts] == [1, 1, 0, 0]
+    reopened.close()
+
+
+def test_forget_drops_a_finished_job_for_good(
+    store_dir: Path, store: JsonFileStore, queue: LocalJobQueue, clock: Clock
+) -> None:
+    queue.put(new_job("a", manager="m1"))
+    queue.put(new_job("b", manager="m1"))
+    queue.take("m1", T0)
+    queue.complete("a", "ok", {})
+    with pytest.raises(Conflict, match="only a finished job"):
+        queue.forget("b")  # still queued: never dropped
+    queue.forget("a")
+    queue.forget("a")  # already gone: nothing to do
+    with pytest.raises(NotFound):
+        queue.get("a")
+    assert queue.finished("m1", JobState.COMPLETED) == 0
+    assert queue.stats(T0)["byState"]["completed"] == 0
+    assert [j.job_id for j in queue.jobs()] == ["b"]
+    store.close()
+    reopened = JsonFileStore(store_dir)
+    reopened.open()
+    assert [j.job_id for j in open_queue(reopened, clock).jobs()] == ["b"]
+    reopened.close()
+
+
 def test_stats(queue: LocalJobQueue, clock: Clock) -> None:
     empty = queue.stats(T0)
     assert empty["byState"] == {state.value: 0 for state in JobState}

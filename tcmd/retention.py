@@ -1,0 +1,79 @@
+"""Retention: what has ended is kept for ``TCM_RETENTION_MS``, then forgotten.
+
+A finished run goes with its jobs; a terminated instance goes once none of its children
+is remembered (children first, so a remembered instance's parent is always there).
+Forgetting drops the memory, the store records and the instance's files, so a daemon
+that runs for months stays as small and as fast as one that runs for a week. Ids are
+never reused: their counters (the executive counter, each parent's ``next_child``, the
+job and run counters) live apart from what is forgotten. 0 keeps everything forever.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Any
+
+import structlog
+
+from tcmd.config import Settings
+from tcmd.instances import Instances
+from tcmd.model import State
+from tcmd.parallel import Parallel
+
+log = structlog.get_logger(__name__)
+MAX_INTERVAL_S = 60.0
+
+
+class Retention:
+    def __init__(
+        self,
+        settings: Settings,
+        instances: Instances,
+        parallel: Parallel,
+        emit: Callable[..., Any] = lambda kind, **fields: None,
+    ) -> None:
+        self.keep_s = settings.retention_ms / 1000
+        self.instances = instances
+        self.parallel = parallel
+        self.emit = emit
+
+    def sweep(self, now: float) -> tuple[int, int]:
+        """Forget what ended before ``now - keep``; how many runs and instances went."""
+        runs = [
+            run
+            for run in self.parallel.runs.values()
+            if run.finished_at is not None and now - run.finished_at > self.keep_s
+        ]
+        for run in runs:
+            self.parallel.forget_run(run)
+        forgotten = 0
+        while old := self._old_leaves(now):  # a parent becomes a leaf once its children go
+            for inst in old:
+                self.instances.forget(inst)
+            forgotten += len(old)
+        if runs or forgotten:
+            log.info("forgotten", runs=len(runs), instances=forgotten)
+            self.emit("retention.forgotten", runs=len(runs), instances=forgotten)
+        return len(runs), forgotten
+
+    def _old_leaves(self, now: float) -> list[Any]:
+        by_id = self.instances.by_id
+        parents = {inst.parent_id for inst in by_id.values()}
+        return [
+            inst
+            for inst in by_id.values()
+            if inst.status == State.TERMINATED
+            and now - inst.updated > self.keep_s
+            and inst.id not in parents
+        ]
+
+    async def run(self) -> None:
+        """Sweep every half retention period (at most every minute) for the daemon's life."""
+        if self.keep_s <= 0:
+            return
+        interval = min(MAX_INTERVAL_S, max(0.05, self.keep_s / 2))
+        while True:
+            self.sweep(time.time())
+            await asyncio.sleep(interval)
