@@ -1,128 +1,31 @@
 """Catalogue entries for parallel work: executeParallel, getParallelStatus, distributeWork,
-jobs, queueStats, cancel, worktrees. Names and parameters of the first three are the
-original system's; the rest are new beside them.
+jobs, queueStats, cancel, worktrees (their parameters: ``parallel_params``).
 """
 
 from __future__ import annotations
 
-import re
 import time
 from pathlib import Path
-from typing import Annotated, Any, Literal
-
-from pydantic import Field, field_validator
+from typing import Any
 
 from tcmd import distribution, worktrees
 from tcmd.agents.registry import profile
-from tcmd.api import Caller, NoParams, Params, Tool
+from tcmd.api import Caller, NoParams, Tool
 from tcmd.authz import check_target, is_descendant
 from tcmd.errors import Conflict, Forbidden, InvalidParams, NotFound
 from tcmd.model import LIVE, Instance, Role, State
 from tcmd.parallel import Parallel, Run
+from tcmd.parallel_params import (
+    CancelParams,
+    DistributeParams,
+    ExecuteParallelParams,
+    JobsParams,
+    RunOptions,
+    StatusParams,
+    TaskSpec,
+    WorktreesParams,
+)
 from tcmd.queue.base import FINAL, Job, JobState, Priority, RetryPolicy
-
-TaskId = Annotated[
-    str, Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-]
-InstanceId = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_]+$")]
-PriorityName = Literal["critical", "high", "medium", "low"]
-
-
-class TaskSpec(Params):
-    id: TaskId = Field(description="Unique within the call; names the task's git branch")
-    name: str | None = Field(default=None, max_length=500, description="A short label")
-    context: str = Field(
-        default="", max_length=1_000_000, description="Background given before the instruction"
-    )
-    instruction: str = Field(
-        min_length=1,
-        max_length=1_000_000,
-        description="What to do (for the shell agent: a command line)",
-    )
-    completionPattern: str | None = Field(
-        default=None,
-        max_length=10_000,
-        description="Regex the result must match for the task to count as completed",
-    )
-    priority: PriorityName = Field(default="medium", description="critical, high, medium, low")
-    timeoutMs: int | None = Field(
-        default=None, ge=1, le=86_400_000, description="Time limit of one attempt"
-    )
-
-    @field_validator("completionPattern")
-    @classmethod
-    def _compiles(cls, value: str | None) -> str | None:
-        if value is not None:
-            try:
-                re.compile(value)
-            except re.error as exc:
-                raise ValueError(f"not a valid regular expression: {exc}") from None
-        return value
-
-
-class RetrySpec(Params):
-    attempts: int = Field(default=3, ge=1, le=100)
-    baseMs: int = Field(default=1000, ge=0, le=3_600_000)
-    capMs: int = Field(default=60_000, ge=0, le=86_400_000)
-
-
-class RunOptions(Params):
-    workDir: str | None = Field(default=None, max_length=4096)
-    maxConcurrent: int | None = Field(
-        default=None,
-        ge=1,
-        le=1000,
-        description="Specialists at once per manager (never above MAX_SPECIALISTS_PER_MANAGER)",
-    )
-    timeoutMs: int = Field(
-        default=600_000, ge=1, le=86_400_000, description="Default time limit of one attempt"
-    )
-    wait: bool = Field(default=True, description="Return the results when all tasks finished")
-    agent: str = Field(default="claude", description="Agent profile of the specialists")
-    isolation: Literal["worktree", "shared"] | None = Field(
-        default=None,
-        description="worktree: each task in its own git worktree and branch (default in a "
-        "git repository); shared: all in workDir",
-    )
-    retry: RetrySpec | None = Field(default=None, description="Attempts and backoff")
-    keepSpecialists: bool = Field(
-        default=False, description="Keep each specialist after its task, to inspect"
-    )
-
-
-class ExecuteParallelParams(RunOptions):
-    managerId: InstanceId
-    tasks: list[TaskSpec] = Field(min_length=1, max_length=10_000)
-
-
-class DistributeParams(RunOptions):
-    tasks: list[TaskSpec] = Field(min_length=1, max_length=10_000)
-    strategy: Literal["round-robin", "least-loaded", "capacity-aware"] = "round-robin"
-    wait: bool = False
-    managers: int | None = Field(default=None, ge=1, le=100)
-
-
-class StatusParams(Params):
-    managerId: InstanceId | None = None
-    runId: str | None = None
-    sinceChange: int | None = None  # long poll: answer once the daemon's change count moves
-    waitMs: int = Field(default=0, ge=0, le=600_000)
-
-
-class JobsParams(Params):
-    state: Literal["queued", "active", "retrying", "completed", "failed", "cancelled"] | None = None
-    runId: str | None = None
-    managerId: str | None = None
-    limit: int = Field(default=100, ge=1, le=100_000)
-
-
-class CancelParams(Params):
-    jobId: str | None = None
-    runId: str | None = None
-
-
-class WorktreesParams(Params):
-    prune: bool = False
 
 
 class ParallelTools:
