@@ -208,3 +208,29 @@ def test_parallel_tasks_run_in_real_claude_specialists(
     assert by_task["d"]["status"] == "failed" and "server_error" in by_task["d"]["error"]
     assert {"@reply alpha done", "@reply beta done", "@fail 529"} <= set(fake_api.prompts())
     assert claude.call("list", {"role": "specialist"}) == []  # each specialist was ended
+
+
+def test_a_claude_manager_runs_claude_specialists_through_the_shim(
+    claude: AgentDaemon, fake_api: FakeAnthropic
+) -> None:
+    """The product's loop: a manager's model calls executeParallel; specialists answer."""
+    exec_id = claude.spawn(agent="shell")["instanceId"]
+    mgr_id = spawn_ready(claude, role="manager", parent=exec_id)
+    call = {
+        "managerId": mgr_id,
+        "workDir": str(claude.work_dir),
+        "tasks": [
+            {"id": "docs", "instruction": "@reply docs are written"},
+            {"id": "tests", "instruction": "@reply tests are green"},
+        ],
+    }
+    claude.call(
+        "send",
+        {"instanceId": mgr_id, "text": f"@tool mcp__tcm__executeParallel {json.dumps(call)}"},
+    )
+    result = finished_turn(claude, mgr_id)["lastResult"]
+    assert "docs are written" in result and "tests are green" in result, result
+    specialists = [
+        r for r in claude.call("list", {"includeTerminated": True}) if r["role"] == "specialist"
+    ]
+    assert {r["parentId"] for r in specialists} == {mgr_id} and len(specialists) == 2
