@@ -1,0 +1,203 @@
+"""Turns: a submitted prompt's `@directive` lines acted out, its hooks and its transcript."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import time
+import uuid
+
+from .flags import number
+from .hooks import Hooks, append_line
+from .tasks import Cancelled
+
+TYPE_CHECKING = False  # not `from typing import ...`: importing typing costs a start-up
+if TYPE_CHECKING:
+    from typing import Any
+
+DIRECTIVES = {
+    "reply",
+    "work",
+    "print",
+    "fail",
+    "ratelimit",
+    "hang",
+    "crash",
+    "kill",
+    "exit",
+    "permission",
+    "recall",
+}
+DIRECTIVE_LINE = re.compile(r"@([a-z]+)(?:[ \t]+(.*))?")
+API_ERRORS = {  # StopFailure error -> (HTTP status, API error type, message)
+    "server_error": (529, "overloaded_error", "Overloaded"),
+    "rate_limit": (429, "rate_limit_error", "Rate limited"),
+    "authentication_failed": (401, "authentication_error", "invalid x-api-key"),
+    "invalid_request": (400, "invalid_request_error", "Invalid request"),
+}
+RATE_LIMITED = "Claude usage limit reached. Your limit will reset at"
+INTERRUPTED = "  ⎿ Interrupted · What should Claude do instead?"
+
+
+def directives(raw: str) -> list[tuple[str, str]]:
+    """The `@name arg` lines of a prompt, in order (unknown `@words` are plain content)."""
+    found = []
+    for line in raw.split("\n"):
+        m = DIRECTIVE_LINE.fullmatch(line.rstrip())
+        if m and m.group(1) in DIRECTIVES:
+            found.append((m.group(1), (m.group(2) or "").strip()))
+    return found
+
+
+def api_error_line(error: str) -> str:
+    status, kind, message = API_ERRORS.get(error, (500, "api_error", "Internal server error"))
+    body = {"type": "error", "error": {"type": kind, "message": message}}
+    return f"API Error: {status} {json.dumps(body, separators=(',', ':'))}"
+
+
+class Turns(Hooks):
+    """Runs one turn at a time (queued prompts after it); a turn is a Task."""
+
+    def start_turn(self, item: tuple[str, str, str]) -> None:
+        raw, prompt, display = item
+        if raw.strip() == "/exit":
+            self.spawn(self.end_session)
+            return
+        lines = display.split("\n")
+        self.emit("", "> " + lines[0], *("  " + line for line in lines[1:]))
+        self.working, self.turn_t0 = True, time.monotonic()
+        self.turn = self.spawn(lambda: self.run_turn(raw, prompt))
+
+    def prior_turns(self) -> list[dict[str, Any]]:
+        if not os.path.exists(self.transcript):
+            return []
+        with open(self.transcript, encoding="utf-8") as f:
+            return [json.loads(line) for line in f if line.strip()]
+
+    def save_turn(self, record: dict[str, Any]) -> None:
+        append_line(self.transcript, json.dumps(record, ensure_ascii=False))
+
+    def run_turn(self, raw: str, prompt: str) -> None:
+        record: dict[str, Any] = {
+            "prompt_id": str(uuid.uuid4()),
+            "prompt": prompt,
+            "status": "ok",
+            "ts": time.time(),
+        }
+        try:
+            self.fire(
+                "UserPromptSubmit",
+                prompt=prompt,
+                prompt_id=record["prompt_id"],
+                permission_mode=self.mode,
+            )
+            self.wait(timeout=0.05)
+            reply, error = self.play(raw)
+        except Cancelled:
+            if self.closed:
+                raise
+            self.save_turn({**record, "status": "interrupted", "reply": ""})
+            self.working, self.turn = False, None
+            self.text = "\n".join([q for q, _, _ in self.queue] + [self.text]).strip("\n")
+            self.queue.clear()
+            self.emit(INTERRUPTED)  # and no Stop hook, like the real one
+            return
+        self.working = False
+        if error:
+            self.save_turn({**record, "status": "failed", "error": error, "reply": reply})
+            self.emit("  ⎿  " + reply)
+            self.fire("StopFailure", error=error, last_assistant_message=reply)
+        else:
+            self.save_turn({**record, "reply": reply})
+            self.emit("⏺ " + reply)
+            self.fire(
+                "Stop", last_assistant_message=reply, stop_hook_active=False, background_tasks=[]
+            )
+        self.turn = None
+        if self.queue:
+            self.start_turn(self.queue.pop(0))
+        else:
+            self.redraw()
+
+    def play(self, raw: str) -> tuple[str, str | None]:
+        """Act out the prompt's directives in order: (reply or error message, error)."""
+        reply = "ok: " + raw.split("\n", 1)[0][:80]
+        for name, arg in directives(raw):
+            if name == "reply":
+                reply = arg
+            elif name == "print":
+                self.emit("  ⎿  " + arg)
+            elif name == "recall":
+                reply = f"turns={len(self.prior_turns())}"
+            elif name == "work":
+                self.work(number(arg, 1.0))
+            elif name == "permission" and not self.permission():
+                return "denied", None
+            elif name == "crash":
+                os._exit(int(number(arg, 1)))
+            elif name == "kill":
+                os.kill(os.getpid(), signal.SIGKILL)
+            elif name == "fail":
+                return api_error_line(arg or "server_error"), arg or "server_error"
+            elif name == "ratelimit":
+                return f"{RATE_LIMITED} {arg or '3pm'}.", "rate_limit"
+            elif name in ("hang", "exit"):
+                if name == "exit":
+                    self.end_session()
+                self.wait()  # stuck (or ended): only a cancel gets out
+        return reply, None
+
+    def tool_call(self, command: str) -> dict[str, Any]:
+        return {
+            "tool_name": "Bash",
+            "tool_use_id": "toolu_" + uuid.uuid4().hex[:24],
+            "tool_input": {"command": command, "description": "fake work"},
+        }
+
+    def work(self, seconds: float) -> None:
+        """Stay busy, with a Bash PreToolUse/PostToolUse pair about once a second."""
+        self.emit(f"⏺ Bash(sleep {seconds:g})")
+        end = time.monotonic() + seconds
+        while (left := end - time.monotonic()) > 0:
+            call = self.tool_call(f"sleep {min(1.0, left):.1f}")
+            self.fire("PreToolUse", **call)
+            self.wait(timeout=min(1.0, max(0.0, end - time.monotonic())))
+            self.fire("PostToolUse", **call)
+
+    def permission(self) -> bool:
+        """Show the permission dialog; True when the tool may run."""
+        call = self.tool_call("echo fake")
+        self.emit("⏺ Bash(echo fake)")
+        self.fire("PreToolUse", **call)
+        self.wait(timeout=max(0.0, 0.7 - (time.monotonic() - self.turn_t0)))
+        dialog: list[Any] = [0, None]
+        self.dialog = dialog
+        self.redraw()
+        notify = self.spawn(self.notify_later)
+        try:
+            self.wait(lambda: dialog[1] is not None)
+            choice = dialog[1]
+        finally:
+            self.dialog = None
+            notify.cancel()
+            self.redraw()
+        if choice == 2:
+            return False
+        self.fire("PostToolUse", **call)
+        return True
+
+    def notify_later(self) -> None:
+        self.wait(timeout=self.notify_s)
+        self.fire(
+            "Notification",
+            notification_type="permission_prompt",
+            message="Claude needs your permission to use Bash",
+        )
+
+    def end_session(self) -> None:
+        if self.exit_code is not None:
+            return
+        self.fire("SessionEnd", reason="prompt_input_exit")
+        self.finish(0)
