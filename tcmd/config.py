@@ -142,6 +142,7 @@ _SPEC: dict[str, tuple[str, Callable[[str, str], Any]]] = {
     "journal_fsync": ("TCM_JOURNAL_FSYNC", _bool),
     "trust_workdirs": ("TCM_TRUST_WORKDIRS", _bool),
     "stall_ms": ("TCM_STALL_MS", _int(100, 86_400_000)),
+    "tool_stall_ms": ("TCM_TOOL_STALL_MS", _int(100, 86_400_000)),
     "dialog_grace_ms": ("TCM_DIALOG_GRACE_MS", _int(100, 86_400_000)),
     "recovery_max": ("TCM_RECOVERY_MAX", _int(0, 1000)),
     "recovery_window_ms": ("TCM_RECOVERY_WINDOW_MS", _int(1000, 86_400_000)),
@@ -172,6 +173,7 @@ class Settings:
     journal_fsync: bool = False
     trust_workdirs: bool = True
     stall_ms: int = 600_000  # busy with no hook and no screen change this long: stuck
+    tool_stall_ms: int = 3_600_000  # the same while one tool call runs (builds, subagents)
     dialog_grace_ms: int = 300_000  # waiting on a dialog this long: stuck
     recovery_max: int = 3  # recoveries per instance within recovery_window_ms
     recovery_window_ms: int = 600_000

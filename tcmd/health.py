@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import re
 import time
 from collections import deque
@@ -46,6 +47,7 @@ Emit = Callable[..., Any]
 SCORES = {"healthy": 100, "errored": 60, "rate-limited": 50, "stuck": 30, "unresponsive": 20,
           "dead": 0, "failed": 0}  # fmt: skip
 REPEATS_STUCK = 3  # the same prompt submitted this often with no finished turn: stuck
+TCM_TOOLS = "mcp__tcm__"  # how Claude names tcm's own tools (the shim is server "tcm")
 _SPINNER = re.compile(r"[\d⠀-⣿✻✶✳✢✽·*●]+")  # spinners and timers animate while stuck
 
 
@@ -224,7 +226,7 @@ class Health:
         if repeated >= REPEATS_STUCK and inst.status in (State.BUSY, State.READY):
             return Verdict("stuck", [f"the same prompt was submitted {repeated} times without "
                                      f"a finished turn: {prompt[:60]!r}"])  # fmt: skip
-        stall_s = (profile(inst.agent).stall_ms or self.settings.stall_ms) / 1000
+        stall_s = self._stall_s(inst)
         stalled = inst.status == State.BUSY and silent_s > stall_s
         if stalled and self._screen_still(
             inst.id, await self.instances.tmux.capture(inst.id, 40), now, stall_s
@@ -246,6 +248,17 @@ class Health:
                     return Verdict("rate-limited", [problem, f"until {reset}"])
                 return Verdict("errored", [problem])
         return Verdict("healthy", [])
+
+    def _stall_s(self, inst: Instance) -> float:
+        """How long ``inst`` may stay busy in silence: longer while one tool call runs, and
+        without end while that call is tcm's own (the daemon answers it: `wait`, a run)."""
+        stall_s = (profile(inst.agent).stall_ms or self.settings.stall_ms) / 1000
+        tool = self.instances.tool_running.get(inst.id)
+        if tool is None:
+            return stall_s
+        if tool.startswith(TCM_TOOLS):
+            return math.inf
+        return max(stall_s, self.settings.tool_stall_ms / 1000)
 
     def _screen_still(self, instance_id: str, screen: str, now: float, stall_s: float) -> bool:
         """True when the screen, spinner and timers aside, has not changed for the stall time."""

@@ -56,6 +56,7 @@ class Instances:
         self.by_id: dict[str, Instance] = {}
         self.by_token: dict[str, str] = {}
         self.last_event: dict[str, float] = {}  # instance id -> monotonic time of last hook
+        self.tool_running: dict[str, str] = {}  # instance id -> tool between Pre/PostToolUse
         self.acks: dict[str, int] = {}  # instance id -> prompts acknowledged since boot
         # instance id -> (prompt, times submitted in a row with no finished turn between)
         self.repeats: dict[str, tuple[str, int]] = {}
@@ -234,7 +235,8 @@ class Instances:
             raise Conflict(f"instance {inst.id} is {inst.status.value}: only a terminated one")
         self.store.delete(NS, inst.id)
         del self.by_id[inst.id]
-        for per_instance in (self.last_event, self.acks, self.repeats, self.pane_since):
+        for per_instance in (self.last_event, self.acks, self.repeats, self.pane_since,
+                             self.tool_running):  # fmt: skip
             per_instance.pop(inst.id, None)
         self.screen_checked.pop(inst.id, None)
         shutil.rmtree(self.settings.state_dir / "instances" / inst.id, ignore_errors=True)
@@ -296,6 +298,10 @@ class Instances:
         self.last_event[inst.id] = time.monotonic()
         if inst.status == State.TERMINATED or (launch is not None and launch != inst.launched):
             return {"accepted": False}
+        if event == "PreToolUse":
+            self.tool_running[inst.id] = str(payload.get("tool_name", ""))
+        elif event not in ("Notification", "PermissionRequest"):  # a dialog: still in the tool
+            self.tool_running.pop(inst.id, None)  # (of parallel calls, the first end ends it)
         new = self._apply(inst, event, payload)
         if new is not None and new != inst.status:
             try:

@@ -102,6 +102,50 @@ def test_long_busy_work_with_heartbeats_is_never_flagged(
     assert health_of(healthy, "exec_1")["recoveries"] == 0
 
 
+def verdicts_while_busy(agents: AgentDaemon, instance_id: str) -> set[Any]:
+    """Every health verdict seen until the instance's turn ends (20 s at most)."""
+    seen = set()
+    deadline = time.monotonic() + 20
+    while agents.status(instance_id) == "busy" and time.monotonic() < deadline:
+        seen.add(health_of(agents, instance_id).get("verdict"))
+    return seen
+
+
+def test_a_long_silent_tool_call_is_not_stuck(
+    tmp_path: Path, daemon_factory: type[DaemonProcess]
+) -> None:
+    # stall 1 s, but a tool call may run silently for TCM_TOOL_STALL_MS, and tcm's own
+    # tools (a manager in `wait` or executeParallel) for as long as they take
+    healthy = AgentDaemon.start_in(
+        tmp_path, daemon_factory, FAKE_CLAUDE, {**FAST, "TCM_TOOL_STALL_MS": "20000"}
+    )
+    healthy.spawn()
+    script = "@tool mcp__tcm__executeParallel 4\n@tool Bash 4\n@reply done"
+    healthy.call("send", {"instanceId": "exec_1", "text": script})
+    assert verdicts_while_busy(healthy, "exec_1") <= {"healthy", None}
+    assert healthy.call("read", {"instanceId": "exec_1"})["lastResult"] == "done"
+    assert health_of(healthy, "exec_1")["recoveries"] == 0
+
+
+def test_a_tool_call_silent_past_its_allowance_is_stuck(
+    tmp_path: Path, daemon_factory: type[DaemonProcess]
+) -> None:
+    healthy = AgentDaemon.start_in(
+        tmp_path, daemon_factory, FAKE_CLAUDE, {**FAST, "TCM_TOOL_STALL_MS": "1500"}
+    )
+    healthy.spawn()
+    healthy.call("send", {"instanceId": "exec_1", "text": "@tool Bash 30\n@reply never"})
+    wait_until(
+        lambda: (
+            [e["prompt"] for e in healthy.events("UserPromptSubmit")][-1:]
+            == ["@tool Bash 30\n@reply never"]
+            and health_of(healthy, "exec_1").get("recoveries", 0) >= 1
+        ),
+        20,
+        what="the stuck tool call interrupted",
+    )
+
+
 def test_rate_limit_holds_new_work_until_the_reset(healthy: AgentDaemon) -> None:
     healthy.spawn()
     reset = time.strftime("%H:%M:%S", time.localtime(time.time() + 4))

@@ -29,6 +29,7 @@ DIRECTIVES = {
     "exit",
     "permission",
     "recall",
+    "tool",
 }
 DIRECTIVE_LINE = re.compile(r"@([a-z]+)(?:[ \t]+(.*))?")
 API_ERRORS = {  # StopFailure error -> (HTTP status, API error type, message)
@@ -124,15 +125,18 @@ class Turns(Hooks):
     def play(self, raw: str) -> tuple[str, str | None]:
         """Act out the prompt's directives in order: (reply or error message, error)."""
         reply = "ok: " + raw.split("\n", 1)[0][:80]
+        actions = {  # directives that only act: the turn goes on after them
+            "print": lambda arg: self.emit("  ⎿  " + arg),
+            "work": lambda arg: self.work(number(arg, 1.0)),
+            "tool": self.silent_tool,
+        }
         for name, arg in directives(raw):
-            if name == "reply":
+            if name in actions:
+                actions[name](arg)
+            elif name == "reply":
                 reply = arg
-            elif name == "print":
-                self.emit("  ⎿  " + arg)
             elif name == "recall":
                 reply = f"turns={len(self.prior_turns())}"
-            elif name == "work":
-                self.work(number(arg, 1.0))
             elif name == "permission" and not self.permission():
                 return "denied", None
             elif name == "crash":
@@ -165,6 +169,15 @@ class Turns(Hooks):
             self.fire("PreToolUse", **call)
             self.wait(timeout=min(1.0, max(0.0, end - time.monotonic())))
             self.fire("PostToolUse", **call)
+
+    def silent_tool(self, arg: str) -> None:
+        """``NAME SECONDS``: one tool call that runs that long with no hook and no output."""
+        name, _, seconds = arg.partition(" ")
+        call = {**self.tool_call(""), "tool_name": name or "Bash", "tool_input": {}}
+        self.emit(f"⏺ {call['tool_name']}(…)")
+        self.fire("PreToolUse", **call)
+        self.wait(timeout=number(seconds, 1.0))
+        self.fire("PostToolUse", **call)
 
     def permission(self) -> bool:
         """Show the permission dialog; True when the tool may run."""
