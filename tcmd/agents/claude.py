@@ -26,6 +26,7 @@ HOOK_EVENTS = (
     "UserPromptSubmit",
     "PreToolUse",
     "PostToolUse",
+    "PostToolUseFailure",  # what ends a tool call that failed (no PostToolUse then)
     "Stop",
     "StopFailure",
     "Notification",
