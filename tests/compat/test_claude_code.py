@@ -234,3 +234,28 @@ def test_a_claude_manager_runs_claude_specialists_through_the_shim(
         r for r in claude.call("list", {"includeTerminated": True}) if r["role"] == "specialist"
     ]
     assert {r["parentId"] for r in specialists} == {mgr_id} and len(specialists) == 2
+
+
+def test_a_manager_waiting_on_its_specialists_is_not_stuck(
+    start_claude: Callable[..., AgentDaemon], fake_api: FakeAnthropic
+) -> None:
+    """Its model sits in one long mcp__tcm__ call; health (1 s stall) must not interrupt it.
+
+    (Claude's changing spinner words alone keep it from looking stuck; the tool allowance
+    for silent screens is pinned with the fake in tests/integration/test_health.py.)
+    """
+    claude = start_claude(HEALTH_CHECK_INTERVAL="200", UNHEALTHY_THRESHOLD="2", TCM_STALL_MS="1000")
+    exec_id = claude.spawn(agent="shell")["instanceId"]
+    mgr_id = spawn_ready(claude, role="manager", parent=exec_id)
+    call = {
+        "managerId": mgr_id,
+        "workDir": str(claude.work_dir),
+        "tasks": [{"id": "slow", "instruction": "@slow 4\n@reply slow but done"}],
+    }
+    claude.call(
+        "send",
+        {"instanceId": mgr_id, "text": f"@tool mcp__tcm__executeParallel {json.dumps(call)}"},
+    )
+    assert "slow but done" in finished_turn(claude, mgr_id)["lastResult"]
+    [row] = claude.call("health", {"instanceId": mgr_id})["instances"]
+    assert row["recoveries"] == 0 and row["verdict"] == "healthy", row
