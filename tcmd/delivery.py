@@ -132,7 +132,7 @@ class Delivery:
 
         tmux = self.instances.tmux
         started = time.monotonic()
-        await tmux.paste(inst.id, text, enter=True)
+        await tmux.paste(inst.id, profile(inst.agent).as_prompt(text), enter=True)
         for _ in range(ENTER_TRIES):
             if await self.instances.changes.wait_for(acknowledged, ACK_WAIT_S):
                 break

@@ -50,6 +50,9 @@ class AgentProfile(Protocol):
     def task_prompt(self, context: str, instruction: str) -> str:
         """The prompt that gives a parallel task to a fresh specialist."""
 
+    def as_prompt(self, text: str) -> str:
+        """What to type so the agent takes ``text`` as a prompt (and not as a command)."""
+
 
 def prompt_line(screen: str) -> str | None:
     """The text after the last ``❯`` prompt marker on screen, if any."""

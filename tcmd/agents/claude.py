@@ -134,6 +134,11 @@ class ClaudeProfile:
     def task_prompt(self, context: str, instruction: str) -> str:
         return f"{context.strip()}\n\n{instruction.strip()}" if context.strip() else instruction
 
+    def as_prompt(self, text: str) -> str:
+        # A "!" first turns Claude's input box into a shell (bash mode): it would run the
+        # line itself, past every permission check. One leading space keeps it a prompt.
+        return " " + text if text.startswith("!") else text
+
 
 def _write_private(path: Path, content: object) -> None:
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)

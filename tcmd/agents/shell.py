@@ -40,3 +40,6 @@ class ShellProfile:
 
     def task_prompt(self, context: str, instruction: str) -> str:
         return instruction  # the instruction is the command line; context is for people
+
+    def as_prompt(self, text: str) -> str:
+        return text  # every line is a command here: that is the point

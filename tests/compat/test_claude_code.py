@@ -63,6 +63,20 @@ def test_hostile_prompt_arrives_exactly(claude: AgentDaemon, fake_api: FakeAnthr
     assert any(long in p for p in fake_api.prompts()), fake_api.prompts()[-1][:300]
 
 
+def test_a_leading_bang_is_a_prompt_not_a_shell_command(
+    claude: AgentDaemon, fake_api: FakeAnthropic
+) -> None:
+    """Typed first, "!" puts Claude's input box in bash mode, past every permission."""
+    exec_id = spawn_ready(claude)
+    marker = claude.work_dir / "ran-as-a-shell-command"
+    text = f"!touch {marker}"
+    sent = claude.call("send", {"instanceId": exec_id, "text": text})
+    assert sent["delivered"] is True  # a prompt: acknowledged by UserPromptSubmit
+    finished_turn(claude, exec_id)
+    assert any(p.strip() == text for p in fake_api.prompts()), fake_api.prompts()
+    assert not marker.exists()
+
+
 def call_list_and_spawn(claude: AgentDaemon, fake_api: FakeAnthropic) -> str:
     """Have the executive's model call tcm's list and spawn; the manager it made."""
     exec_id = spawn_ready(claude)
