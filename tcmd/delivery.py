@@ -2,8 +2,9 @@
 
 A prompt goes in with bracketed paste and a separate Enter. It counts as delivered when
 the agent acknowledges it (UserPromptSubmit). If no acknowledgement comes, Enter is
-pressed again only while the text visibly still sits in the input box: the text itself
-is never sent twice. Prompts to a busy instance wait in its outbox and go out, in order,
+pressed again only while the text visibly still sits in the input box; once it has left
+the box the acknowledgement is awaited longer (a busy machine runs hooks late). The text
+itself is never sent twice. Prompts to a busy instance wait in its outbox and go out, in order,
 when it turns ready; prompts to an instance that exits are dropped and reported undelivered.
 """
 
@@ -27,6 +28,7 @@ log = structlog.get_logger(__name__)
 DELIVERABLE = frozenset({State.READY, State.ERRORED})
 ACK_WAIT_S = 2.0  # per try; the notes measured 0.3-0.7 s from paste to UserPromptSubmit
 ENTER_TRIES = 3
+ACK_LATE_S = 20.0  # a prompt no longer in the box is awaited this long for its hook
 
 
 @dataclass(slots=True)
@@ -137,9 +139,12 @@ class Delivery:
             if await self.instances.changes.wait_for(acknowledged, ACK_WAIT_S):
                 break
             screen = await tmux.capture(inst.id, 20)
-            if profile(inst.agent).input_pending(screen, text):
-                log.info("prompt still in the input box: Enter again", instance_id=inst.id)
-                await tmux.send_keys(inst.id, "Enter")
+            if not profile(inst.agent).input_pending(screen, text):
+                # gone from the box, so submitted: on a loaded machine its hook can be late
+                await self.instances.changes.wait_for(acknowledged, ACK_LATE_S)
+                break
+            log.info("prompt still in the input box: Enter again", instance_id=inst.id)
+            await tmux.send_keys(inst.id, "Enter")
         delivered = acks.get(inst.id, 0) > before
         if delivered:
             self.last_sent[inst.id] = text

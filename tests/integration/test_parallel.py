@@ -408,7 +408,7 @@ def test_worktrees_keep_parallel_edits_apart(agents: AgentDaemon, tmp_path: Path
             {"id": "c", "instruction": "echo untracked > new.txt"},
         ],
     )
-    assert out["completed"] == 3
+    assert out["completed"] == 3, [(r["taskId"], r["error"]) for r in out["results"]]
     rows = {r["taskId"]: r for r in out["results"]}
     run_id = out["runId"]
     for task in ("a", "b"):
