@@ -236,9 +236,8 @@ class Instances:
         self.store.delete(NS, inst.id)
         del self.by_id[inst.id]
         for per_instance in (self.last_event, self.acks, self.repeats, self.pane_since,
-                             self.tool_running):  # fmt: skip
+                             self.tool_running, self.screen_checked):  # fmt: skip
             per_instance.pop(inst.id, None)
-        self.screen_checked.pop(inst.id, None)
         shutil.rmtree(self.settings.state_dir / "instances" / inst.id, ignore_errors=True)
         for forgot in self.forget_listeners:
             forgot(inst.id)

@@ -32,6 +32,17 @@ def states_of(claude: AgentDaemon, instance_id: str) -> list[str]:
     ]
 
 
+def tcm_calls(*calls: tuple[str, dict[str, Any]]) -> str:
+    """A prompt that has the fake model call tcm's tools, in order, through the shim."""
+    return "\n".join(f"@tool mcp__tcm__{name} {json.dumps(args)}" for name, args in calls)
+
+
+def list_and_spawn(claude: AgentDaemon) -> str:
+    """The prompt that has an executive's model call tcm's list, then spawn a manager."""
+    spawn_args = {"role": "manager", "workDir": str(claude.work_dir), "context": "manage docs"}
+    return tcm_calls(("list", {}), ("spawn", spawn_args))
+
+
 def finished_turn(claude: AgentDaemon, instance_id: str) -> dict[str, Any]:
     """Wait for the instance's turn to end (``wait`` until idle); its ``read``."""
     claude.call("wait", {"instanceIds": [instance_id], "until": "idle", "timeoutMs": 30_000})
@@ -80,9 +91,7 @@ def test_a_leading_bang_is_a_prompt_not_a_shell_command(
 def call_list_and_spawn(claude: AgentDaemon, fake_api: FakeAnthropic) -> str:
     """Have the executive's model call tcm's list and spawn; the manager it made."""
     exec_id = spawn_ready(claude)
-    spawn_args = {"role": "manager", "workDir": str(claude.work_dir), "context": "manage docs"}
-    script = f"@tool mcp__tcm__list {{}}\n@tool mcp__tcm__spawn {json.dumps(spawn_args)}"
-    claude.call("send", {"instanceId": exec_id, "text": script})
+    claude.call("send", {"instanceId": exec_id, "text": list_and_spawn(claude)})
     result = finished_turn(claude, exec_id)["lastResult"]
 
     rows = claude.call("list", {"role": "manager"})
@@ -115,9 +124,7 @@ def test_plan_mode_holds_acting_tools_for_a_person(
     """Plan mode is Claude's "look, do not act": no allow rule lets spawn through."""
     claude = start_claude(TCM_CLAUDE_PERMISSION_MODE="plan")
     exec_id = spawn_ready(claude)
-    args = {"role": "manager", "workDir": str(claude.work_dir), "context": "m"}
-    script = f"@tool mcp__tcm__list {{}}\n@tool mcp__tcm__spawn {json.dumps(args)}"
-    claude.call("send", {"instanceId": exec_id, "text": script})
+    claude.call("send", {"instanceId": exec_id, "text": list_and_spawn(claude)})
     claude.wait_status(exec_id, "waiting", timeout_s=30)  # the dialog, reported by tcm
     assert fake_api.tool_results(lambda r: exec_id in r), "read-only list should have run"
     assert claude.call("list", {"role": "manager"}) == []
@@ -135,9 +142,7 @@ def test_a_specialist_is_refused_spawn_through_the_shim(
         "context": "x",
         "parentId": mgr_id,
     }
-    claude.call(
-        "send", {"instanceId": spec_id, "text": f"@tool mcp__tcm__spawn {json.dumps(spawn_args)}"}
-    )
+    claude.call("send", {"instanceId": spec_id, "text": tcm_calls(("spawn", spawn_args))})
     result = finished_turn(claude, spec_id)["lastResult"]
     assert "may not spawn" in result and "-32002" in result, result
     assert len(claude.call("list", {"role": "specialist"})) == 1  # nothing was spawned
@@ -240,7 +245,7 @@ def test_a_claude_manager_runs_claude_specialists_through_the_shim(
     }
     claude.call(
         "send",
-        {"instanceId": mgr_id, "text": f"@tool mcp__tcm__executeParallel {json.dumps(call)}"},
+        {"instanceId": mgr_id, "text": tcm_calls(("executeParallel", call))},
     )
     result = finished_turn(claude, mgr_id)["lastResult"]
     assert "docs are written" in result and "tests are green" in result, result
@@ -268,7 +273,7 @@ def test_a_manager_waiting_on_its_specialists_is_not_stuck(
     }
     claude.call(
         "send",
-        {"instanceId": mgr_id, "text": f"@tool mcp__tcm__executeParallel {json.dumps(call)}"},
+        {"instanceId": mgr_id, "text": tcm_calls(("executeParallel", call))},
     )
     assert "slow but done" in finished_turn(claude, mgr_id)["lastResult"]
     [row] = claude.call("health", {"instanceId": mgr_id})["instances"]

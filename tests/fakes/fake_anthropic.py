@@ -247,13 +247,7 @@ class FakeAnthropic:
                 try:
                     body = json.loads(raw or b"{}")
                 except json.JSONDecodeError:
-                    self.reply_json(
-                        400,
-                        {
-                            "type": "error",
-                            "error": {"type": "invalid_request_error", "message": "bad json"},
-                        },
-                    )
+                    self.reply_error(400, "invalid_request_error", "bad json")
                     return
                 with fake.lock:
                     fake.requests.append({"path": self.path, "body": body})
@@ -262,18 +256,15 @@ class FakeAnthropic:
                 elif self.path.split("?")[0].endswith("/v1/messages"):
                     fake.answer(self, body)
                 else:
-                    self.reply_json(
-                        404,
-                        {
-                            "type": "error",
-                            "error": {"type": "not_found_error", "message": self.path},
-                        },
-                    )
+                    self.reply_error(404, "not_found_error", self.path)
 
             def do_GET(self) -> None:
+                self.reply_error(404, "not_found_error", self.path)
+
+            def reply_error(self, status: int, kind: str, message: str) -> None:
+                """The API's error body: ``{"type": "error", "error": {type, message}}``."""
                 self.reply_json(
-                    404,
-                    {"type": "error", "error": {"type": "not_found_error", "message": self.path}},
+                    status, {"type": "error", "error": {"type": kind, "message": message}}
                 )
 
             def reply_json(self, status: int, obj: Any) -> None:
@@ -312,10 +303,7 @@ class FakeAnthropic:
                     time.sleep(float(rest or 1))
                 if word == "fail":
                     status = int(rest or 529)
-                    kind, message = ERRORS.get(status, ERRORS[500])
-                    handler.reply_json(
-                        status, {"type": "error", "error": {"type": kind, "message": message}}
-                    )
+                    handler.reply_error(status, *ERRORS.get(status, ERRORS[500]))
                     return
             blocks = message_blocks(next_step(turn))
         else:

@@ -84,6 +84,15 @@ def test_hang_is_interrupted_redelivered_then_restarted(healthy: AgentDaemon) ->
     wait_until(lambda: '"action":"restart","ok":true' in healthy.daemon.log(), 10)
 
 
+def verdicts_while_busy(agents: AgentDaemon, instance_id: str) -> set[Any]:
+    """Every health verdict seen until the instance's turn ends (20 s at most)."""
+    seen = set()
+    deadline = time.monotonic() + 20
+    while agents.status(instance_id) == "busy" and time.monotonic() < deadline:
+        seen.add(health_of(agents, instance_id).get("verdict"))
+    return seen
+
+
 def test_long_busy_work_with_heartbeats_is_never_flagged(
     tmp_path: Path, daemon_factory: type[DaemonProcess]
 ) -> None:
@@ -93,22 +102,10 @@ def test_long_busy_work_with_heartbeats_is_never_flagged(
     )
     healthy.spawn()
     healthy.call("send", {"instanceId": "exec_1", "text": "@work 8\n@reply done"})
-    verdicts = set()
-    deadline = time.monotonic() + 20
-    while healthy.status("exec_1") == "busy" and time.monotonic() < deadline:
-        verdicts.add(health_of(healthy, "exec_1").get("verdict"))
+    verdicts = verdicts_while_busy(healthy, "exec_1")
     assert healthy.call("read", {"instanceId": "exec_1"})["lastResult"] == "done"
     assert verdicts <= {"healthy", None}
     assert health_of(healthy, "exec_1")["recoveries"] == 0
-
-
-def verdicts_while_busy(agents: AgentDaemon, instance_id: str) -> set[Any]:
-    """Every health verdict seen until the instance's turn ends (20 s at most)."""
-    seen = set()
-    deadline = time.monotonic() + 20
-    while agents.status(instance_id) == "busy" and time.monotonic() < deadline:
-        seen.add(health_of(agents, instance_id).get("verdict"))
-    return seen
 
 
 def test_a_long_silent_tool_call_is_not_stuck(
