@@ -55,13 +55,8 @@ def clock() -> Clock:
 
 
 @pytest.fixture
-def store_dir(tmp_path: Path) -> Path:
-    return tmp_path / "state"
-
-
-@pytest.fixture
-def store(store_dir: Path) -> Iterator[FlakyStore]:
-    s = FlakyStore(store_dir)
+def store(directory: Path) -> Iterator[FlakyStore]:  # conftest's store, but one that can fail
+    s = FlakyStore(directory)
     s.open()
     yield s
     s.close()
@@ -357,8 +352,8 @@ def test_cancel_leaves_final_jobs_unchanged(queue: LocalJobQueue, clock: Clock) 
         assert job.to_json() == snapshot
 
 
-def test_recover_after_a_crash_requeues_active_jobs(store_dir: Path, clock: Clock) -> None:
-    store = JsonFileStore(store_dir)
+def test_recover_after_a_crash_requeues_active_jobs(directory: Path, clock: Clock) -> None:
+    store = JsonFileStore(directory)
     store.open()
     q = open_queue(store, clock)
     for n in range(1, 6):
@@ -367,7 +362,7 @@ def test_recover_after_a_crash_requeues_active_jobs(store_dir: Path, clock: Cloc
     q.complete("j1", "ok", {})
     crash(store)  # no close(): the journal is all there is
 
-    store = JsonFileStore(store_dir)
+    store = JsonFileStore(directory)
     store.open()
     try:
         clock.advance(30)
@@ -453,7 +448,7 @@ def test_waiting_counts_queued_and_retrying_per_manager(queue: LocalJobQueue) ->
 
 
 def test_finished_counts_per_manager_and_final_state(
-    store_dir: Path, store: JsonFileStore, queue: LocalJobQueue, clock: Clock
+    directory: Path, store: JsonFileStore, queue: LocalJobQueue, clock: Clock
 ) -> None:
     one_try = RetryPolicy(attempts=1)
     for job_id in ("a", "b", "c"):
@@ -467,7 +462,7 @@ def test_finished_counts_per_manager_and_final_state(
     counts = [(m, s) for m in ("m1", "m2") for s in (JobState.COMPLETED, JobState.FAILED)]
     assert [queue.finished(m, s) for m, s in counts] == [1, 1, 0, 0]
     store.close()
-    reopened = JsonFileStore(store_dir)
+    reopened = JsonFileStore(directory)
     reopened.open()
     again = open_queue(reopened, clock)  # the counters are rebuilt from what was saved
     assert [again.finished(m, s) for m, s in counts] == [1, 1, 0, 0]
@@ -475,7 +470,7 @@ def test_finished_counts_per_manager_and_final_state(
 
 
 def test_forget_drops_a_finished_job_for_good(
-    store_dir: Path, store: JsonFileStore, queue: LocalJobQueue, clock: Clock
+    directory: Path, store: JsonFileStore, queue: LocalJobQueue, clock: Clock
 ) -> None:
     queue.put(new_job("a", manager="m1"))
     queue.put(new_job("b", manager="m1"))
@@ -491,7 +486,7 @@ def test_forget_drops_a_finished_job_for_good(
     assert queue.stats(T0)["byState"]["completed"] == 0
     assert [j.job_id for j in queue.jobs()] == ["b"]
     store.close()
-    reopened = JsonFileStore(store_dir)
+    reopened = JsonFileStore(directory)
     reopened.open()
     assert [j.job_id for j in open_queue(reopened, clock).jobs()] == ["b"]
     reopened.close()
@@ -527,8 +522,8 @@ def test_stats(queue: LocalJobQueue, clock: Clock) -> None:
     assert queue.stats(clock.t + 61)["throughputPerMin"] == 0
 
 
-def test_every_field_survives_a_reload(store_dir: Path, clock: Clock) -> None:
-    store = JsonFileStore(store_dir)
+def test_every_field_survives_a_reload(directory: Path, clock: Clock) -> None:
+    store = JsonFileStore(directory)
     store.open()
     q = open_queue(store, clock)
     job = Job(
@@ -551,7 +546,7 @@ def test_every_field_survives_a_reload(store_dir: Path, clock: Clock) -> None:
     assert store.get("jobs", "j1") == job.to_json()  # the store encodes the Job itself
     store.close()
 
-    store = JsonFileStore(store_dir)
+    store = JsonFileStore(directory)
     store.open()
     try:
         again = open_queue(store, clock)
@@ -581,7 +576,7 @@ def test_load_puts_waiting_jobs_back_on_their_heaps(store: JsonFileStore, clock:
 
 
 def test_new_job_id_counts_on_from_the_persisted_counter(
-    store_dir: Path, store: JsonFileStore, queue: LocalJobQueue, clock: Clock
+    directory: Path, store: JsonFileStore, queue: LocalJobQueue, clock: Clock
 ) -> None:
     assert [queue.new_job_id() for _ in range(3)] == ["job_1", "job_2", "job_3"]
     assert store.get("counters", "job") == ID_BLOCK  # one write reserves a block of ids
