@@ -133,14 +133,14 @@ def call(obj: Ctx, method: str, params: str) -> None:
 
 
 def _register_subcommands() -> None:
-    """Add the commands of the other cli_* modules (they import this one: not at import)."""
+    """Add the commands of tcmctl.commands (they import this one: not at import)."""
     if "spawn" in cli.commands:
         return
-    from tcmctl import cli_daemon, cli_instances, cli_observe, cli_parallel, mcp_install
+    from tcmctl.commands import daemon, instances, mcp, observe, parallel
 
-    cli.add_command(cli_daemon.daemon)
-    cli.add_command(mcp_install.mcp)  # its server half (tcmctl.mcp, the SDK) loads on use only
-    for command in [*cli_instances.COMMANDS, *cli_parallel.COMMANDS, *cli_observe.COMMANDS]:
+    cli.add_command(daemon.daemon)
+    cli.add_command(mcp.mcp)  # its server half (tcmctl.mcp, the SDK) loads on use only
+    for command in [*instances.COMMANDS, *parallel.COMMANDS, *observe.COMMANDS]:
         cli.add_command(command)
 
 

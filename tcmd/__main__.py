@@ -1,3 +1,3 @@
-from tcmd.daemon import main
+from tcmd.server.daemon import main
 
 main()

@@ -100,7 +100,7 @@ def _command(var: str, raw: str) -> tuple[str, ...]:
 
 
 def _pattern_file(var: str, raw: str) -> Path:
-    from tcmd.health_patterns import with_overrides
+    from tcmd.health.patterns import with_overrides
 
     path = _dir(var, raw)
     with_overrides(path)  # a bad file stops the daemon at start, naming the variable

@@ -21,10 +21,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from tcmd.queue.base import Job, Priority
-from tcmd.queue.local import LocalJobQueue
 from tcmd.store.base import StateStore
 from tcmd.store.jsonfile import JsonFileStore
+from tcmd.work.queue.base import Job, Priority
+from tcmd.work.queue.local import LocalJobQueue
 
 N_JOBS = 50_000
 N_LATENCY = 10_000

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from tcmd.logs import configure
+from tcmd.observe.logs import configure
 from tcmd.store.jsonfile import JsonFileStore
 
 NS = "crash"

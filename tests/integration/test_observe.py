@@ -18,16 +18,16 @@ import orjson
 import pytest
 from click.testing import CliRunner
 
-from tcmctl import cli_observe
 from tcmctl.cli import Ctx
 from tcmctl.client import Client
+from tcmctl.commands import observe as cli_observe
 from tcmd.api import OPERATOR, Caller, Catalogue
 from tcmd.changes import Changes
 from tcmd.errors import Forbidden, InvalidParams
-from tcmd.events import EventLog
-from tcmd.metrics import Registry, StandardMetrics, standard
-from tcmd.observe_tools import ObserveTools
-from tcmd.rpc import RpcServer
+from tcmd.observe.events import EventLog
+from tcmd.observe.metrics import Registry, StandardMetrics, standard
+from tcmd.observe.tools import ObserveTools
+from tcmd.server.rpc import RpcServer
 from tcmd.store.jsonfile import JsonFileStore
 
 TOKENS = {"tok-s1": Caller("S1", "specialist")}

@@ -1,4 +1,4 @@
-"""The shell agent's runner (tcmd/agents/shell_runner.py) driven in a private tmux server.
+"""The shell agent's runner (tcmd/instances/agents/shell_runner.py) driven in a private tmux server.
 
 Prompts are delivered the way tcmd delivers them (load-buffer, bracketed paste-buffer, a
 separate Enter); the hooks it reports are collected by a small Unix-socket listener that
@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from tcmd.agents.shell_runner import command_line
+from tcmd.instances.agents.shell_runner import command_line
 
 T = TypeVar("T")
 REPO = Path(__file__).resolve().parents[2]

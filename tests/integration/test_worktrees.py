@@ -1,4 +1,4 @@
-"""tcmd.worktrees against real git: every test makes its own repositories under tmp_path."""
+"""tcmd.work.worktrees against real git: every test makes its own repositories under tmp_path."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from tcmd import worktrees
 from tcmd.errors import Conflict, InvalidParams, Unavailable
-from tcmd.worktrees import GitError, Worktree
+from tcmd.work import worktrees
+from tcmd.work.worktrees import GitError, Worktree
 
 
 def git(cwd: Path, *args: str) -> str:

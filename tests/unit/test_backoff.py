@@ -7,8 +7,8 @@ import statistics
 
 import pytest
 
-from tcmd.queue.backoff import retry_delay_s
-from tcmd.queue.base import RetryPolicy
+from tcmd.work.queue.backoff import retry_delay_s
+from tcmd.work.queue.base import RetryPolicy
 
 POLICY = RetryPolicy(attempts=10, base_ms=1000, cap_ms=60_000)
 

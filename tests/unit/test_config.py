@@ -101,7 +101,7 @@ def test_toml_errors_are_named(tmp_path: Path) -> None:
 
 
 def test_error_patterns_file(tmp_path: Path) -> None:
-    from tcmd.health_patterns import match_error, with_overrides
+    from tcmd.health.patterns import match_error, with_overrides
 
     good = tmp_path / "patterns.toml"
     good.write_text('quota = "quota exceeded"\ntraceback = "^Fatal:"\n')

@@ -5,7 +5,7 @@ from collections import Counter
 
 import pytest
 
-from tcmd.distribution import (
+from tcmd.work.distribution import (
     STRATEGIES,
     Assignment,
     ManagerLoad,

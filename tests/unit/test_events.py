@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tcmd.changes import Changes
-from tcmd.events import COUNTER_KEY, COUNTER_NS, NS, EventLog, event_key
+from tcmd.observe.events import COUNTER_KEY, COUNTER_NS, NS, EventLog, event_key
 from tcmd.store.jsonfile import JsonFileStore
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tcmd.metrics import Counter, Gauge, Histogram, Registry, standard
+from tcmd.observe.metrics import Counter, Gauge, Histogram, Registry, standard
 
 
 def test_prometheus_text_of_a_small_registry() -> None:

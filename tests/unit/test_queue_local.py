@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 
 from tcmd.errors import Conflict, NotFound, Unavailable
-from tcmd.queue.base import Job, JobQueue, JobState, Priority, RetryPolicy
-from tcmd.queue.local import ID_BLOCK, LocalJobQueue
 from tcmd.store.jsonfile import JsonFileStore
+from tcmd.work.queue.base import Job, JobQueue, JobState, Priority, RetryPolicy
+from tcmd.work.queue.local import ID_BLOCK, LocalJobQueue
 
 T0 = 1_700_000_000.0
 CRITICAL, HIGH, MEDIUM, LOW = Priority.CRITICAL, Priority.HIGH, Priority.MEDIUM, Priority.LOW

@@ -24,12 +24,12 @@ from typing import Any
 
 import structlog
 
-from tcmd.agents.base import LaunchEnv
-from tcmd.agents.registry import profile
 from tcmd.api import OPERATOR, Caller
 from tcmd.changes import Changes
 from tcmd.config import Settings
 from tcmd.errors import Conflict, Forbidden, NotFound, TcmError
+from tcmd.instances.agents.base import LaunchEnv
+from tcmd.instances.agents.registry import profile
 from tcmd.model import LIVE, Instance, Role, State, check_move, child_id
 from tcmd.store import StateStore
 from tcmd.tmux import NoServer, PaneInfo, Tmux

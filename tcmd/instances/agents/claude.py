@@ -17,8 +17,8 @@ import shlex
 from pathlib import Path
 
 from tcmctl.hook import command_line as hook_command_line
-from tcmd.agents.base import Launch, LaunchEnv, text_in_box
-from tcmd.agents.claude_json import mark_trusted
+from tcmd.instances.agents.base import Launch, LaunchEnv, text_in_box
+from tcmd.instances.agents.claude_json import mark_trusted
 from tcmd.model import Instance, Role, State
 
 HOOK_EVENTS = (

@@ -24,16 +24,16 @@ from typing import Any
 
 import structlog
 
-from tcmd import worktrees
-from tcmd.agents.registry import profile
 from tcmd.config import Settings
-from tcmd.delivery import Delivery
 from tcmd.errors import TcmError
-from tcmd.instances import Instances
+from tcmd.instances.agents.registry import profile
+from tcmd.instances.delivery import Delivery
+from tcmd.instances.registry import Instances
 from tcmd.model import IDLE, LIVE, Instance, Role, State
-from tcmd.queue.base import FINAL, Job, JobState
-from tcmd.queue.local import LocalJobQueue
 from tcmd.store import StateStore
+from tcmd.work import worktrees
+from tcmd.work.queue.base import FINAL, Job, JobState
+from tcmd.work.queue.local import LocalJobQueue
 
 log = structlog.get_logger(__name__)
 RUNS = "runs"

@@ -19,10 +19,10 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from tcmd.api import Caller, Params, Tool, result_schema
-from tcmd.authz import is_descendant
-from tcmd.events import Event, EventLog
-from tcmd.metrics import Registry
+from tcmd.instances.authz import is_descendant
 from tcmd.model import Instance
+from tcmd.observe.events import Event, EventLog
+from tcmd.observe.metrics import Registry
 
 Visible = Callable[[Caller, Event], bool]
 

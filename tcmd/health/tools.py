@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from tcmd.api import Caller, Params, Tool
-from tcmd.authz import check_target, is_descendant
-from tcmd.health import Health
+from tcmd.health.loop import Health
+from tcmd.instances.authz import check_target, is_descendant
 
 
 class HealthParams(Params):

@@ -8,14 +8,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tcmd import distribution, worktrees
-from tcmd.agents.registry import profile
 from tcmd.api import Caller, NoParams, Tool
-from tcmd.authz import check_target, is_descendant
 from tcmd.errors import Conflict, Forbidden, InvalidParams, NotFound
+from tcmd.instances.agents.registry import profile
+from tcmd.instances.authz import check_target, is_descendant
 from tcmd.model import LIVE, Instance, Role, State
-from tcmd.parallel import Parallel, Run
-from tcmd.parallel_params import (
+from tcmd.work import distribution, worktrees
+from tcmd.work.dispatcher import Parallel, Run
+from tcmd.work.params import (
     CancelParams,
     DistributeParams,
     ExecuteParallelParams,
@@ -25,7 +25,7 @@ from tcmd.parallel_params import (
     TaskSpec,
     WorktreesParams,
 )
-from tcmd.queue.base import FINAL, Job, JobState, Priority, RetryPolicy
+from tcmd.work.queue.base import FINAL, Job, JobState, Priority, RetryPolicy
 
 
 class ParallelTools:

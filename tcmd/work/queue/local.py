@@ -27,9 +27,9 @@ from collections.abc import Callable
 from typing import Any
 
 from tcmd.errors import Conflict, NotFound
-from tcmd.queue.backoff import retry_delay_s
-from tcmd.queue.base import FINAL, Job, JobState, Priority
 from tcmd.store.base import StateStore
+from tcmd.work.queue.backoff import retry_delay_s
+from tcmd.work.queue.base import FINAL, Job, JobState, Priority
 
 JOBS_NS, COUNTERS_NS, JOB_COUNTER = "jobs", "counters", "job"
 ID_BLOCK = 1000  # job ids reserved per counter write

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import re
 
-from tcmd.agents.base import Launch, LaunchEnv, text_in_box
-from tcmd.agents.shell_runner import command_line
+from tcmd.instances.agents.base import Launch, LaunchEnv, text_in_box
+from tcmd.instances.agents.shell_runner import command_line
 from tcmd.model import Instance, State
 
 _BUSY = re.compile(r"running… \(esc to interrupt\)")

@@ -1,6 +1,6 @@
 """The ``shell`` agent: a prompt in a tmux pane that runs each submitted text as a command.
 
-    python -m tcmd.agents.shell_runner [--shell PATH] [--session-id UUID] [--resume UUID]
+    python -m tcmd.instances.agents.shell_runner [--shell PATH] [--session-id UUID] [--resume UUID]
 
 It takes input the way Claude Code does, so tcmd drives it identically: a ``❯`` input
 line, raw keys and bracketed pastes, Enter to submit, Escape or Ctrl-C to interrupt, text
@@ -53,10 +53,12 @@ _OPTIONS = ("--shell", "--session-id", "--resume")
 
 def command_line(python: str) -> list[str]:
     """The fastest argv that starts this runner with ``python`` (options to be appended)."""
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    root = os.path.abspath(__file__)
+    for _ in range(4):  # tcmd/instances/agents/shell_runner.py -> the directory holding tcmd
+        root = os.path.dirname(root)
     code = (
-        f"import sys; sys.path.insert(0, {root!r}); from tcmd.agents.shell_runner import main; "
-        "sys.exit(main(sys.argv[1:]))"
+        f"import sys; sys.path.insert(0, {root!r}); "
+        "from tcmd.instances.agents.shell_runner import main; sys.exit(main(sys.argv[1:]))"
     )
     return [python, "-I", "-S", "-c", code]
 

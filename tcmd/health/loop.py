@@ -32,14 +32,14 @@ from typing import Any
 
 import structlog
 
-from tcmd import sdnotify
-from tcmd.agents.registry import profile
 from tcmd.config import Settings
-from tcmd.delivery import Delivery
 from tcmd.errors import TcmError, Unavailable
-from tcmd.health_patterns import match_error, rate_limit_reset, with_overrides
-from tcmd.instances import Instances
+from tcmd.health.patterns import match_error, rate_limit_reset, with_overrides
+from tcmd.instances.agents.registry import profile
+from tcmd.instances.delivery import Delivery
+from tcmd.instances.registry import Instances
 from tcmd.model import Instance, State
+from tcmd.server import sdnotify
 from tcmd.tmux import PaneInfo
 
 log = structlog.get_logger(__name__)

@@ -18,9 +18,9 @@ from typing import Any
 import structlog
 
 from tcmd.config import Settings
-from tcmd.instances import Instances
+from tcmd.instances.registry import Instances
 from tcmd.model import State
-from tcmd.parallel import Parallel
+from tcmd.work.dispatcher import Parallel
 
 log = structlog.get_logger(__name__)
 MAX_INTERVAL_S = 60.0

@@ -19,28 +19,29 @@ from typing import Any
 
 import structlog
 
-from tcmd import logs, sdnotify
 from tcmd.api import Catalogue
 from tcmd.changes import Changes
 from tcmd.config import Settings
-from tcmd.core import CoreTools
-from tcmd.delivery import Delivery
 from tcmd.errors import ConfigError, TcmError
-from tcmd.events import EventLog
-from tcmd.health import Health
-from tcmd.health_tools import HealthTools
-from tcmd.instance_tools import InstanceTools
-from tcmd.instances import Instances
-from tcmd.metrics import Registry, standard
+from tcmd.health.loop import Health
+from tcmd.health.tools import HealthTools
+from tcmd.instances.delivery import Delivery
+from tcmd.instances.registry import Instances
+from tcmd.instances.tools import InstanceTools
 from tcmd.model import Instance, Role
-from tcmd.observe_tools import ObserveTools, subtree_visibility
-from tcmd.parallel import Parallel
-from tcmd.parallel_tools import ParallelTools
-from tcmd.queue.local import LocalJobQueue
-from tcmd.retention import Retention
-from tcmd.rpc import RpcServer
+from tcmd.observe import logs
+from tcmd.observe.events import EventLog
+from tcmd.observe.metrics import Registry, standard
+from tcmd.observe.tools import ObserveTools, subtree_visibility
+from tcmd.server import sdnotify
+from tcmd.server.rpc import RpcServer
+from tcmd.server.tools import CoreTools
 from tcmd.store.jsonfile import JsonFileStore
 from tcmd.tmux import Tmux
+from tcmd.work.dispatcher import Parallel
+from tcmd.work.queue.local import LocalJobQueue
+from tcmd.work.retention import Retention
+from tcmd.work.tools import ParallelTools
 
 log = structlog.get_logger(__name__)
 SHUTDOWN_GRACE_S = 5.0

@@ -19,9 +19,9 @@ from typing import Any
 
 import structlog
 
-from tcmd.agents.registry import profile
 from tcmd.errors import Conflict, TcmError
-from tcmd.instances import Instances
+from tcmd.instances.agents.registry import profile
+from tcmd.instances.registry import Instances
 from tcmd.model import LIVE, Instance, State
 
 log = structlog.get_logger(__name__)

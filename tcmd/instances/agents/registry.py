@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from tcmd.agents.base import AgentProfile
-from tcmd.agents.claude import ClaudeProfile
-from tcmd.agents.shell import ShellProfile
 from tcmd.errors import InvalidParams
+from tcmd.instances.agents.base import AgentProfile
+from tcmd.instances.agents.claude import ClaudeProfile
+from tcmd.instances.agents.shell import ShellProfile
 
 PROFILES: dict[str, AgentProfile] = {p.name: p for p in (ClaudeProfile(), ShellProfile())}
 

@@ -12,12 +12,12 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field
 
-from tcmd.agents.registry import profile
 from tcmd.api import Caller, Params, Tool, result_schema
-from tcmd.authz import check_target, is_descendant, spawn_parent
-from tcmd.delivery import Delivery
 from tcmd.errors import Conflict, InvalidParams
-from tcmd.instances import Instances
+from tcmd.instances.agents.registry import profile
+from tcmd.instances.authz import check_target, is_descendant, spawn_parent
+from tcmd.instances.delivery import Delivery
+from tcmd.instances.registry import Instances
 from tcmd.model import IDLE, LIVE, Instance, Role, State
 
 RoleName = Literal["executive", "manager", "specialist"]

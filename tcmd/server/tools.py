@@ -14,7 +14,7 @@ from tcmd.api import Caller, NoParams, Params, Tool, result_schema
 from tcmd.errors import NotFound
 
 if TYPE_CHECKING:
-    from tcmd.daemon import Daemon
+    from tcmd.server.daemon import Daemon
 
 
 class PingResult(BaseModel):

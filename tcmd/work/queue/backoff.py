@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import random
 
-from tcmd.queue.base import RetryPolicy
+from tcmd.work.queue.base import RetryPolicy
 
 # 2**64 ms is far beyond any cap; stops a huge attempt number making a huge integer.
 _MAX_DOUBLINGS = 64

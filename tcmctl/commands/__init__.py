@@ -1,0 +1,1 @@
+"""tcmctl's click commands, one module per group of commands."""

@@ -1,0 +1,1 @@
+"""Watching the daemon: the event log, metrics, logging, and their tools."""

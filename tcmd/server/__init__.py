@@ -1,0 +1,1 @@
+"""The daemon itself: lifecycle, the socket server, its own tools, systemd notify."""

@@ -1,0 +1,1 @@
+"""Parallel work: the job queue, the dispatcher, distribution, worktrees, retention."""
