@@ -100,11 +100,26 @@ def _command(var: str, raw: str) -> tuple[str, ...]:
 
 
 def _pattern_file(var: str, raw: str) -> Path:
-    from tcmd.health.patterns import with_overrides
-
     path = _dir(var, raw)
-    with_overrides(path)  # a bad file stops the daemon at start, naming the variable
+    read_pattern_file(path)  # a bad file stops the daemon at start, naming the variable
     return path
+
+
+def read_pattern_file(path: Path) -> dict[str, re.Pattern[str]]:
+    """The ``name = "regex"`` entries of a TCM_ERROR_PATTERNS file, compiled (checked)."""
+    try:
+        extra = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError("TCM_ERROR_PATTERNS", f"cannot read {path}: {exc}") from None
+    table: dict[str, re.Pattern[str]] = {}
+    for name, regex in extra.items():
+        if not isinstance(regex, str):
+            raise ConfigError("TCM_ERROR_PATTERNS", f"{name}: must be a regex string")
+        try:
+            table[name] = re.compile(regex, re.I | re.M)
+        except re.error as exc:
+            raise ConfigError("TCM_ERROR_PATTERNS", f"{name}: bad regex ({exc})") from None
+    return table
 
 
 _MODES = ("default", "manual", "acceptEdits", "auto", "plan", "dontAsk", "bypassPermissions")

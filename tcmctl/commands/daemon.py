@@ -12,8 +12,8 @@ from pathlib import Path
 import click
 
 from tcmctl import render
-from tcmctl.cli import Ctx, json_option, pass_ctx
 from tcmctl.client import Client, DaemonUnreachable, start_daemon
+from tcmctl.context import Ctx, json_option, pass_ctx
 from tcmd.paths import socket_path_from_env, state_dir_from_env
 
 STOP_TIMEOUT_S = 15.0

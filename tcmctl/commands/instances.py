@@ -10,7 +10,7 @@ from typing import Any
 import click
 
 from tcmctl import render
-from tcmctl.cli import EXIT_FAILED, Ctx, json_option, pass_ctx
+from tcmctl.context import EXIT_FAILED, Ctx, json_option, pass_ctx
 
 ROLES = click.Choice(["executive", "manager", "specialist"])
 LIST_COLUMNS = [

@@ -20,7 +20,7 @@ from typing import Any
 import click
 import orjson
 
-from tcmctl.cli import Ctx, json_option, pass_ctx
+from tcmctl.context import Ctx, json_option, pass_ctx
 
 SERVER_NAME = "tcm"
 SCOPES = ("user", "project", "local")

@@ -9,7 +9,7 @@ import click
 import orjson
 
 from tcmctl import render
-from tcmctl.cli import Ctx, json_option, pass_ctx
+from tcmctl.context import Ctx, json_option, pass_ctx
 
 FOLLOW_WAIT_MS = 30_000  # one long poll; the daemon answers at once when there is news
 _FIXED = ("seq", "time", "kind")

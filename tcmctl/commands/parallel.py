@@ -14,7 +14,7 @@ from typing import Any
 import click
 
 from tcmctl import render
-from tcmctl.cli import EXIT_FAILED, Ctx, json_option, pass_ctx
+from tcmctl.context import EXIT_FAILED, Ctx, json_option, pass_ctx
 
 STRATEGIES = click.Choice(["round-robin", "least-loaded", "capacity-aware"])
 RESULT_COLUMNS = ["taskId", "status", "priority", "managerId", "attempts", "durationMs", "result"]

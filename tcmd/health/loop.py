@@ -39,7 +39,6 @@ from tcmd.instances.agents.registry import profile
 from tcmd.instances.delivery import Delivery
 from tcmd.instances.registry import Instances
 from tcmd.model import Instance, State
-from tcmd.server import sdnotify
 from tcmd.tmux import PaneInfo
 
 log = structlog.get_logger(__name__)
@@ -72,12 +71,16 @@ class Health:
         delivery: Delivery,
         busy_with_job: Callable[[str], bool],
         emit: Emit | None = None,
+        watchdog_s: float | None = None,
+        on_sweep: Callable[[], object] = lambda: None,
     ) -> None:
         self.settings = settings
         self.instances = instances
         self.delivery = delivery
         self.busy_with_job = busy_with_job
         self.emit: Emit = emit or (lambda kind, **fields: None)
+        self.watchdog_s = watchdog_s  # ping at least this often (systemd's WatchdogSec / 2)
+        self.on_sweep = on_sweep
         self.patterns = with_overrides(settings.error_patterns)
         self.checks: dict[str, Verdict] = {}
         self.streak: dict[str, int] = {}
@@ -120,14 +123,14 @@ class Health:
         """Sweep every interval; sooner while a verdict awaits confirmation or on a death."""
         interval = self.settings.health_check_interval_ms / 1000
         threshold = self.settings.unhealthy_threshold
-        watchdog = sdnotify.watchdog_interval_s()
+        watchdog = self.watchdog_s
         while True:
             self._wake.clear()
             try:
                 await self.sweep()
             except Exception:  # a bug in one sweep must not end health checking for good
                 log.exception("health sweep failed")
-            sdnotify.notify("WATCHDOG=1")  # a stalled sweep stops the pings: systemd restarts us
+            self.on_sweep()  # the watchdog ping: a stalled sweep stops it, systemd restarts us
             confirming = any(0 < n < threshold for n in self.streak.values())
             wait = interval / threshold if confirming else interval
             if watchdog is not None:

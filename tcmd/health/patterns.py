@@ -9,10 +9,9 @@ read once at start (``with_overrides``).
 from __future__ import annotations
 
 import re
-import tomllib
 from pathlib import Path
 
-from tcmd.errors import ConfigError
+from tcmd.config import read_pattern_file
 
 PATTERNS: list[tuple[str, re.Pattern[str]]] = [
     ("usage limit", re.compile(r"usage limit reached|limit will reset|rate limit", re.I)),
@@ -31,21 +30,9 @@ Patterns = list[tuple[str, re.Pattern[str]]]
 
 def with_overrides(path: Path | None) -> Patterns:
     """The table, with the entries of ``path`` replacing or added to it (checked)."""
-    table = dict(PATTERNS)
     if path is None:
         return PATTERNS
-    try:
-        extra = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise ConfigError("TCM_ERROR_PATTERNS", f"cannot read {path}: {exc}") from None
-    for name, regex in extra.items():
-        if not isinstance(regex, str):
-            raise ConfigError("TCM_ERROR_PATTERNS", f"{name}: must be a regex string")
-        try:
-            table[name] = re.compile(regex, re.I | re.M)
-        except re.error as exc:
-            raise ConfigError("TCM_ERROR_PATTERNS", f"{name}: bad regex ({exc})") from None
-    return list(table.items())
+    return list({**dict(PATTERNS), **read_pattern_file(path)}.items())
 
 
 def match_error(screen: str, last_lines: int = 15, patterns: Patterns = PATTERNS) -> str | None:

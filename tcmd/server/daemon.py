@@ -74,6 +74,8 @@ class Daemon:
             self.delivery,
             busy_with_job=self.parallel.specialists.__contains__,
             emit=self.emit,
+            watchdog_s=sdnotify.watchdog_interval_s(),
+            on_sweep=lambda: sdnotify.notify("WATCHDOG=1"),
         )
         self.retention = Retention(settings, self.instances, self.parallel, emit=self.emit)
         self.catalogue = Catalogue()

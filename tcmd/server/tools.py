@@ -5,16 +5,32 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from pydantic import BaseModel
 
 from tcmd import __version__
-from tcmd.api import Caller, NoParams, Params, Tool, result_schema
+from tcmd.api import Caller, Catalogue, NoParams, Params, Tool, result_schema
+from tcmd.config import Settings
 from tcmd.errors import NotFound
+from tcmd.store import StateStore
 
-if TYPE_CHECKING:
-    from tcmd.server.daemon import Daemon
+
+class Served(Protocol):
+    """What ``status`` reports of the daemon that serves it."""
+
+    @property
+    def settings(self) -> Settings: ...
+    @property
+    def started_at(self) -> float: ...
+    @property
+    def started_monotonic(self) -> float: ...
+    @property
+    def boots(self) -> int: ...
+    @property
+    def store(self) -> StateStore: ...
+    @property
+    def catalogue(self) -> Catalogue: ...
 
 
 class PingResult(BaseModel):
@@ -42,7 +58,7 @@ class DescribeParams(Params):
 class CoreTools:
     """Tools every daemon has, whatever services run in it."""
 
-    def __init__(self, daemon: Daemon, counts: Callable[[], dict[str, int]]) -> None:
+    def __init__(self, daemon: Served, counts: Callable[[], dict[str, int]]) -> None:
         self.daemon = daemon
         self.counts = counts
 

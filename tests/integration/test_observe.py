@@ -18,9 +18,9 @@ import orjson
 import pytest
 from click.testing import CliRunner
 
-from tcmctl.cli import Ctx
 from tcmctl.client import Client
 from tcmctl.commands import observe as cli_observe
+from tcmctl.context import Ctx
 from tcmd.api import OPERATOR, Caller, Catalogue
 from tcmd.changes import Changes
 from tcmd.errors import Forbidden, InvalidParams
