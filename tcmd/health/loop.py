@@ -188,7 +188,11 @@ class Health:
                 score=verdict.score,
                 reasons=verdict.reasons,
             )
-        if verdict.verdict == "rate-limited" and (old is None or old.verdict != "rate-limited"):
+        if (
+            verdict.verdict == "rate-limited"
+            and (old is None or old.verdict != "rate-limited")
+            and not self.busy_with_job(inst.id)  # a job's attempt: its retries and backoff decide
+        ):
             self._hold(inst, verdict)  # once per episode: an expired hold is not renewed
         if (
             bad

@@ -423,3 +423,29 @@ def test_worktrees_keep_parallel_edits_apart(agents: AgentDaemon, tmp_path: Path
     assert (repo / "shared.txt").read_text() == "base\n"  # the main checkout is untouched
     listed = agents.call("worktrees")["worktrees"]
     assert any(w["branch"] == f"tcm/{run_id}/c" for w in listed)
+
+
+def test_a_rate_limited_task_does_not_hold_the_next_tasks(agents: AgentDaemon) -> None:
+    """A specialist's rate limit inside a job is the job's to retry: it puts no hold on
+    every Claude instance, so the run's next task is delivered, not failed at once."""
+    agents.spawn("executive")
+    mgr = agents.spawn("manager", parent="exec_1")["instanceId"]
+    out = agents.call(
+        "executeParallel",
+        {
+            "managerId": mgr,
+            "workDir": str(agents.work_dir),
+            "agent": "claude",
+            "maxConcurrent": 1,
+            "retry": {"attempts": 1},
+            "tasks": [
+                {"id": "limited", "instruction": "@fail rate_limit"},
+                {"id": "next", "instruction": "@reply after the limit"},
+            ],
+        },
+    )
+    rows = {r["taskId"]: r for r in out["results"]}
+    assert rows["limited"]["error"] == "agent error: rate_limit"
+    assert (rows["next"]["status"], rows["next"]["result"]) == ("completed", "after the limit")
+    events = agents.call("events", {"since": 0, "limit": 10000})["events"]
+    assert [e for e in events if e["kind"] == "health.hold"] == []
