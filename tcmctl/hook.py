@@ -70,6 +70,11 @@ def _send(frame: bytes, env: Mapping[str, str]) -> bool:
         sock.connect(socket_path(env))
         sock.settimeout(SEND_TIMEOUT_S)
         sock.sendall(frame)
+        # Stay alive until tcmd has read the frame (it closes on our EOF): tcmd tells who
+        # calls from the calling process, and a process already gone cannot be told.
+        sock.shutdown(_socket.SHUT_WR)
+        while sock.recv(4096):
+            pass
     except OSError:  # daemon down or busy
         return False  # the health loop will notice what we could not say
     finally:

@@ -164,6 +164,7 @@ _SPEC: dict[str, tuple[str, Callable[[str, str], Any]]] = {
     "notify_parent_pane": ("TCM_NOTIFY_PARENT_PANE", _bool),
     "error_patterns": ("TCM_ERROR_PATTERNS", _pattern_file),
     "claude_permission_mode": ("TCM_CLAUDE_PERMISSION_MODE", _permission_mode),
+    "claude_sandbox": ("TCM_CLAUDE_SANDBOX", _bool),
     "retention_ms": ("TCM_RETENTION_MS", _int(0, 3_650 * 86_400_000)),
 }
 
@@ -195,6 +196,7 @@ class Settings:
     notify_parent_pane: bool = False  # also type a note into the parent's pane on give-up
     error_patterns: Path | None = None  # TOML file of extra health error patterns
     claude_permission_mode: str | None = None  # None: Claude's own default
+    claude_sandbox: bool = False  # Claude Code's own sandbox (bubblewrap) for its Bash tool
     retention_ms: int = 7 * 86_400_000  # finished runs, terminated instances: then forgotten
 
     @classmethod

@@ -228,9 +228,14 @@ class AgentDaemon:
         return result
 
     def token(self, instance_id: str) -> str:
-        """The instance's token, read where its agent finds it: its tmux environment."""
-        line = self.daemon.tmux("show-environment", "-t", f"={instance_id}:", "TCM_INSTANCE_TOKEN")
-        return line.strip().split("=", 1)[1]
+        """The instance's token, read where only it is: its agent's process environment."""
+        target = f"={instance_id}:"
+        pane = int(self.daemon.tmux("display-message", "-p", "-t", target, "#{pane_pid}"))
+        [agent] = Path(f"/proc/{pane}/task/{pane}/children").read_text().split()
+        for var in Path(f"/proc/{agent}/environ").read_bytes().split(b"\0"):
+            if var.startswith(b"TCM_INSTANCE_TOKEN="):
+                return var.split(b"=", 1)[1].decode()
+        raise AssertionError(f"no token in the environment of {instance_id}'s agent")
 
     def events(self, event: str | None = None, session: str | None = None) -> list[dict[str, Any]]:
         if not self.event_log.exists():

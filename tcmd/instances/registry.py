@@ -28,8 +28,10 @@ from tcmd.api import OPERATOR, Caller
 from tcmd.changes import Changes
 from tcmd.config import Settings
 from tcmd.errors import Conflict, Forbidden, NotFound, TcmError
+from tcmd.instances import launcher
 from tcmd.instances.agents.base import LaunchEnv
 from tcmd.instances.agents.registry import profile
+from tcmd.instances.identity import IN_TMUX, OUTSIDE, VANISHED, Identity, InPane, Who
 from tcmd.model import LIVE, Instance, Role, State, check_move, child_id
 from tcmd.store import StateStore
 from tcmd.tmux import NoServer, PaneInfo, Tmux
@@ -69,6 +71,7 @@ class Instances:
         # in flight: a tmux listing taken before then cannot speak about its pane
         self.pane_since: dict[str, float] = {}
         self.screen_checked: dict[str, float] = {}  # last screen fallback look, monotonic
+        self.identity = Identity()  # pane processes: who calls, from the kernel
 
     # -- start-up and adoption ------------------------------------------------------------
     async def start(self) -> None:
@@ -83,6 +86,7 @@ class Instances:
 
     async def ensure_tmux(self) -> None:
         await self.tmux.ensure_server()
+        self.identity.tmux_server = int(await self.tmux.run("display-message", "-p", "#{pid}"))
         await self.tmux.run("set-environment", "-g", "TCM_SOCKET", str(self.settings.socket_path))
         if _SAFE_PATH.match(self.python):
             # tmux tells us at once when an agent's process dies; reconcile is the safety net
@@ -103,6 +107,7 @@ class Instances:
             if pane is None or pane.dead:
                 self._exited(inst, pane)
                 continue
+            self.identity.pane_started(inst.id, pane.pid)
             screen = await self._screen(inst)
             seen = profile(inst.agent).screen_state(screen) or State.READY
             inst.pane_id = pane.pane_id
@@ -123,14 +128,42 @@ class Instances:
     def find(self, instance_id: str) -> Instance | None:
         return self.by_id.get(instance_id)
 
-    def resolve_caller(self, token: str | None) -> Caller:
-        """The operator without a token; the instance whose token it is; else refused."""
-        if token is None:
-            return OPERATOR
-        inst_id = self.by_token.get(token)
-        if inst_id is None:
+    def identify(self, pid: int | None) -> Who | None:
+        """What the peer process ``pid`` is to tcm (None: the channel has no peer pid)."""
+        return None if pid is None else self.identity.who(pid)
+
+    def resolve_caller(self, token: str | None, who: Who | None, method: str) -> Caller:
+        """Who calls: the kernel's word (``who``) first, the token second.
+
+        Inside an instance's pane tree the caller is that instance, with its own token or
+        none; another instance's token is refused. Outside every pane a caller is the
+        operator, or the instance whose token it presents. A process in tcm's tmux server
+        but in no known pane (a tmux job) may only poke ``hook``; a peer that vanished before
+        it was identified, or a channel without a peer pid and without a token, is refused.
+        """
+        owner = self.by_token.get(token) if token else None
+        if token and owner is None:
             raise Forbidden("unknown or revoked instance token")
-        return Caller(inst_id, self.by_id[inst_id].role.value)
+        if isinstance(who, InPane):
+            if owner is not None and owner != who.instance_id:
+                raise Forbidden(
+                    f"a process of {who.instance_id} presented the token of another instance"
+                )
+            inst = self.by_id.get(who.instance_id)
+            if inst is None or inst.status == State.TERMINATED:
+                raise Forbidden(f"instance {who.instance_id} is terminated")
+            return Caller(inst.id, inst.role.value)
+        if owner is not None and who is not VANISHED:
+            return Caller(owner, self.by_id[owner].role.value)
+        if who == OUTSIDE:
+            return OPERATOR
+        if who == IN_TMUX and method == "hook":
+            return OPERATOR  # tmux's pane-died hook: it only makes tcmd look at tmux
+        if who == IN_TMUX:
+            raise Forbidden("a process in tcm's tmux server outside every instance may not call")
+        if who is None:
+            raise Forbidden("this channel names no peer process: an instance token is required")
+        raise Forbidden("the calling process exited before it could be identified")
 
     def children(self, inst: Instance) -> list[Instance]:
         return [i for i in self.by_id.values() if i.parent_id == inst.id]
@@ -179,18 +212,32 @@ class Instances:
         idir.mkdir(mode=0o700, parents=True, exist_ok=True)
         env = self._agent_env(inst, launch=inst.launched + 1)
         spec = prof.launch(inst, LaunchEnv(self.settings, idir, self.python, env), resume=resume)
+        # The pane runs the agent under tcm's launcher, which starts it only once handed its
+        # token (never in argv or tmux) after its pid is recorded here (instances/launcher.py).
+        secret = {k: v for k, v in spec.env.items() if k == "TCM_INSTANCE_TOKEN"}
+        pane_env = {k: v for k, v in spec.env.items() if k not in secret}
+        handoff = idir / "handoff"
+        argv = [*launcher.command_line(self.python), str(handoff), "--", *spec.argv]
         cwd = Path(inst.work_dir)
         if inst.status != State.STARTING:
             self._set(inst, State.STARTING)
         self.pane_since[inst.id] = float("inf")
         inst.launched += 1  # before the process exists: its first hook names this launch
+        fd = launcher.open_handoff(handoff)
         try:
-            pane = await self._start_pane(inst, spec.argv, cwd, spec.env)
-        except NoServer:
-            await self.ensure_tmux()
-            pane = await self._start_pane(inst, spec.argv, cwd, spec.env)
-        finally:
-            self.pane_since[inst.id] = time.monotonic()
+            try:
+                pane = await self._start_pane(inst, argv, cwd, pane_env)
+            except NoServer:
+                await self.ensure_tmux()
+                pane = await self._start_pane(inst, argv, cwd, pane_env)
+            finally:
+                self.pane_since[inst.id] = time.monotonic()
+            self.identity.pane_started(inst.id, pane.pid)
+        except BaseException:
+            os.close(fd)  # the launcher, if any, reads nothing and does not start the agent
+            raise
+        launcher.hand_over(fd, secret)
+        asyncio.get_running_loop().call_later(launcher.HANDOFF_TIMEOUT_S, os.close, fd)
         inst.pane_id = pane.pane_id
         inst.exit_status = inst.exit_signal = None
         self._save(inst)
@@ -225,6 +272,7 @@ class Instances:
         """Kill its tmux session and mark it terminated (final; its token is revoked)."""
         with contextlib.suppress(TcmError):
             await self.tmux.kill_session(inst.id)
+        self.identity.pane_gone(inst.id)
         self.by_token.pop(inst.token, None)
         if inst.status != State.TERMINATED:
             self._set(inst, State.TERMINATED)

@@ -84,6 +84,7 @@ class Daemon:
             self.instances.resolve_caller,
             path=settings.socket_path,
             max_frame=settings.max_frame_bytes,
+            identify=self.instances.identify,
         )
         self.stopping = asyncio.Event()
         self._lock_fds: list[int] = []

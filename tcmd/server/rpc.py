@@ -27,17 +27,25 @@ from tcmd.protocol import RequestId
 log = structlog.get_logger(__name__)
 _PEERCRED = struct.Struct("3i")  # pid, uid, gid
 LINGER_S = 2.0
-ResolveCaller = Callable[[str | None], Caller]
+Identify = Callable[[int | None], Any]  # peer pid -> what the kernel says it is
+ResolveCaller = Callable[[str | None, Any, str], Caller]  # token, that verdict, method
 
 
 class RpcServer:
     """Owns the listening socket and every live connection."""
 
     def __init__(
-        self, catalogue: Catalogue, resolve_caller: ResolveCaller, *, path: Path, max_frame: int
+        self,
+        catalogue: Catalogue,
+        resolve_caller: ResolveCaller,
+        *,
+        path: Path,
+        max_frame: int,
+        identify: Identify = lambda pid: None,
     ) -> None:
         self.catalogue = catalogue
         self.resolve_caller = resolve_caller
+        self.identify = identify
         self.path = path
         self.max_frame = max_frame
         self.connections: set[Connection] = set()
@@ -84,6 +92,7 @@ class Connection(asyncio.Protocol):
         self.scanned = 0  # bytes of buffer already known to hold no newline
         self.tasks: set[asyncio.Task[None]] = set()
         self.peer_pid: int | None = None
+        self.peer: Any = None  # what the kernel says the peer is, decided once at accept
         self.discarding = False  # after an oversized frame: swallow input until we close
 
     # -- asyncio.Protocol -------------------------------------------------------------
@@ -94,6 +103,7 @@ class Connection(asyncio.Protocol):
             raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size)
             pid, uid, _gid = _PEERCRED.unpack(raw)
             self.peer_pid = pid
+            self.peer = self.server.identify(pid)  # now, while the peer surely lives
             if uid != os.getuid():
                 log.warning("peer refused", peer_uid=uid, peer_pid=pid)
                 err = Forbidden(f"peer uid {uid} is not the daemon's uid {os.getuid()}")
@@ -153,7 +163,7 @@ class Connection(asyncio.Protocol):
             req = protocol.decode_request(line)
             req_id, notification = req.id, req.notification
             tool = self.server.catalogue.get(req.method)
-            caller = self.server.resolve_caller(req.token)
+            caller = self.server.resolve_caller(req.token, self.peer, req.method)
             params = Catalogue.bind(tool, caller, req.params)
             if tool.inline:
                 result = tool.handler(caller, params)

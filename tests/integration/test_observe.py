@@ -77,7 +77,7 @@ async def served(tmp_path: Path) -> AsyncIterator[Served]:
     sock_dir = Path(tempfile.mkdtemp(prefix="tcm-obs-", dir="/tmp"))
     server = RpcServer(
         catalogue,
-        lambda token: OPERATOR if token is None else TOKENS[token],
+        lambda token, who, method: OPERATOR if token is None else TOKENS[token],
         path=sock_dir / "s.sock",
         max_frame=1 << 20,
     )

@@ -78,6 +78,12 @@ class ClaudeProfile:
             "hooks": hooks,
             "permissions": {"allow": ["mcp__tcm"]},  # tcm's own tools never stop on a dialog
         }
+        if env.settings.claude_sandbox:
+            # The agent's shell commands run under bubblewrap, where Unix sockets are blocked:
+            # no tmux, no tcm socket. tcm stays reachable through the MCP shim, which Claude
+            # starts outside the sandbox. A sandbox that cannot start is an error, not a
+            # silent fallback to no sandbox.
+            settings["sandbox"] = {"enabled": True, "failIfUnavailable": True}
         if env.settings.claude_permission_mode == "bypassPermissions":
             # the operator chose this mode: its start-up warning would block every launch
             settings["skipDangerousModePermissionPrompt"] = True

@@ -1,0 +1,189 @@
+"""The first process of every instance's pane: it keeps the agent's whole tree inside.
+
+tcmd decides who calls it from the kernel: a caller that descends from an instance's pane
+process is that instance (docs/operations.md). This launcher makes that ancestry hard to
+leave. It marks itself a child subreaper (``PR_SET_CHILD_SUBREAPER``), so a process of the
+agent that double-forks to shed its parent is re-parented here, not to init; it starts the
+agent, reaps every orphan, and when the agent ends it ends what the agent left running, then
+exits the way the agent did (tmux shows the agent's exit status or signal).
+
+The agent starts only after tcmd has recorded the pane's pid, so the agent's first hook is
+never mistaken for a stranger's: tcmd makes a FIFO (``HANDOFF``, 0600, in the instance's
+state directory) and holds it open before it creates the pane; once it knows the pane's pid
+it writes ``KEY=VALUE`` lines and an empty line into it (and keeps it open a while: a FIFO
+that nobody holds open forgets what was written). The launcher adds those lines (the
+instance's token) to the agent's environment only: the token is never in argv, never in
+tmux, never in a file of its own. Usage::
+
+    python -I -S -c "<command_line()>" HANDOFF -- AGENT_ARGV...
+
+Start-up matters (one per spawn): it imports little (os, sys, signal, select, ctypes).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+
+PR_SET_CHILD_SUBREAPER = 36
+HANDOFF_TIMEOUT_S = 60.0  # tcmd hands over within milliseconds; this is for a dead tcmd
+LEFTOVER_GRACE_S = 1.0  # SIGTERM, then this long, then SIGKILL for what the agent left behind
+_FORWARD = (signal.SIGHUP, signal.SIGTERM)  # tmux's kill: pass it on to the agent
+_IGNORE = (signal.SIGINT, signal.SIGQUIT, signal.SIGTSTP)  # keys on the pane: the agent's
+
+
+def command_line(python: str) -> list[str]:
+    """The argv prefix that starts this launcher with ``python`` (HANDOFF, --, ARGV follow)."""
+    root = os.path.abspath(__file__)
+    for _ in range(3):  # tcmd/instances/launcher.py -> the directory holding tcmd
+        root = os.path.dirname(root)
+    code = (
+        f"import sys; sys.path.insert(0, {root!r}); "
+        "from tcmd.instances.launcher import main; sys.exit(main(sys.argv[1:]))"
+    )
+    return [python, "-I", "-S", "-c", code]
+
+
+def open_handoff(path: Path) -> int:
+    """tcmd's side, before the pane exists: a fresh FIFO at ``path``, held open (O_RDWR, so
+    neither side blocks on open); the fd to ``hand_over`` to once the pane is recorded."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+    os.mkfifo(path, 0o600)
+    return os.open(path, os.O_RDWR | os.O_NONBLOCK)
+
+
+def hand_over(fd: int, env: Mapping[str, str]) -> None:
+    """tcmd's side: give the launcher its environment (``KEY=VALUE`` lines, an empty line).
+
+    The caller closes ``fd`` later (after HANDOFF_TIMEOUT_S): closed before the launcher
+    opened the FIFO, the pipe and what was written to it would be gone."""
+    os.write(fd, "".join(f"{k}={v}\n" for k, v in env.items()).encode() + b"\n")
+
+
+def read_handoff(path: str, timeout_s: float = HANDOFF_TIMEOUT_S) -> dict[str, str] | None:
+    """The launcher's side: the ``KEY=VALUE`` lines tcmd hands over; None if none came."""
+    import select
+    import time
+
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError:
+        return None
+    data = b""
+    deadline = time.monotonic() + timeout_s
+    try:
+        while (left := deadline - time.monotonic()) > 0:
+            if not select.select([fd], [], [], left)[0]:
+                return None
+            try:
+                chunk = os.read(fd, 65536)
+            except BlockingIOError:
+                continue
+            if not chunk:  # every writer gone before the empty line: tcmd gave up on us
+                return None
+            data += chunk
+            if data == b"\n" or data.endswith(b"\n\n"):
+                lines = data.decode("utf-8", "replace").splitlines()
+                return dict(line.split("=", 1) for line in lines if "=" in line)
+    finally:
+        os.close(fd)
+    return None
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) < 3 or argv[1] != "--":
+        sys.stderr.write("usage: launcher HANDOFF -- ARGV...\n")
+        return 2
+    handed = read_handoff(argv[0])
+    if handed is None:  # tcmd never confirmed this pane (it failed, or this is no pane of ours)
+        sys.stderr.write("tcm: the daemon did not hand this pane over; not starting the agent\n")
+        return 1
+    env = {**os.environ, **handed}
+    _become_subreaper()
+    child = os.fork()
+    if child == 0:  # the agent: default signal handling, then exec
+        try:
+            os.execvpe(argv[2], argv[2:], env)  # noqa: S606 (an argv, never a shell)
+        except OSError as exc:
+            sys.stderr.write(f"tcm: cannot start {argv[2]}: {exc.strerror}\n")
+        os._exit(127)
+    for sig in _FORWARD:
+        signal.signal(sig, lambda signum, frame: _kill(child, signum))
+    for sig in _IGNORE:  # caught, not ignored: an ignored signal would stay so in the child
+        signal.signal(sig, lambda signum, frame: None)
+    status = _wait_for(child)
+    _end_leftovers()
+    return _exit_like(status)
+
+
+def _become_subreaper() -> None:
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+    except (OSError, AttributeError):  # not Linux: the ancestry check still holds without it
+        return
+
+
+def _wait_for(child: int) -> int:
+    """Reap children (orphans included) until ``child`` ends; its wait status."""
+    while True:
+        try:
+            pid, status = os.waitpid(-1, 0)
+        except ChildProcessError:
+            return 0
+        if pid == child:
+            return status
+
+
+def _children() -> list[int]:
+    me = os.getpid()
+    try:
+        with open(f"/proc/{me}/task/{me}/children", encoding="ascii") as fh:
+            return [int(p) for p in fh.read().split()]
+    except OSError:
+        return []
+
+
+def _end_leftovers() -> None:
+    """SIGTERM what the agent left running (re-parented here), SIGKILL it after a grace."""
+    if not (kids := _children()):
+        return
+    import time
+
+    for pid in kids:
+        _kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + LEFTOVER_GRACE_S
+    while time.monotonic() < deadline:
+        try:
+            if os.waitpid(-1, os.WNOHANG)[0] == 0:
+                time.sleep(0.02)  # a bounded grace before SIGKILL, not a wait for a condition
+        except ChildProcessError:
+            return
+    while kids := _children():  # orphans of orphans keep arriving until the tree is gone
+        for pid in kids:
+            _kill(pid, signal.SIGKILL)
+        try:
+            os.waitpid(-1, 0)
+        except ChildProcessError:
+            return
+
+
+def _kill(pid: int, sig: int) -> None:
+    with contextlib.suppress(OSError):  # it ended meanwhile
+        os.kill(pid, sig)
+
+
+def _exit_like(status: int) -> int:
+    if os.WIFSIGNALED(status):
+        sig = os.WTERMSIG(status)
+        if sig != signal.SIGKILL:
+            signal.signal(sig, signal.SIG_DFL)
+        os.kill(os.getpid(), sig)
+    return os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else 128
