@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from enum import StrEnum
 from typing import Any
 
@@ -123,11 +123,39 @@ class Instance:
         return asdict(self)
 
     @classmethod
-    def from_json(cls, raw: dict[str, Any]) -> Instance:
-        raw = dict(raw)
-        raw["role"] = Role(raw["role"])
-        raw["status"] = State(raw["status"])
-        return cls(**raw)
+    def from_json(cls, raw: Any) -> Instance:
+        """Rebuild a stored instance; ValueError names the field that is missing or wrong."""
+        if not isinstance(raw, dict):
+            raise ValueError(f"not an object: {raw!r:.60}")
+        types = {f.name: str(f.type) for f in fields(cls)}
+        if unknown := sorted(raw.keys() - types.keys()):
+            raise ValueError(f"unknown field {unknown[0]!r}")
+        if missing := [name for name in _REQUIRED if name not in raw]:
+            raise ValueError(f"missing field {missing[0]!r}")
+        for name, value in raw.items():
+            if wanted := _misfit(value, types[name]):
+                raise ValueError(f"field {name!r} is {value!r:.60}, not {wanted}")
+        return cls(**raw | {"role": Role(raw["role"]), "status": State(raw["status"])})
+
+
+# Fields with a default came later and older records lack them; status was always stored.
+_REQUIRED = [
+    f.name for f in fields(Instance) if f.default is MISSING and f.default_factory is MISSING
+] + ["status"]
+_ENUMS: dict[str, type[StrEnum]] = {"Role": Role, "State": State}
+_PLAIN: dict[str, tuple[type, ...]] = {"str": (str,), "int": (int,), "float": (int, float)}
+
+
+def _misfit(value: Any, annotation: str) -> str | None:
+    """What a stored field should have been, or None when ``value`` fits ``annotation``."""
+    name, _, rest = annotation.partition(" | ")
+    if value is None:
+        return None if rest == "None" else annotation
+    if enum := _ENUMS.get(name):
+        fits = isinstance(value, str) and value in enum._value2member_map_
+        return None if fits else f"one of {', '.join(enum)}"
+    fits = isinstance(value, _PLAIN.get(name, (object,))) and not isinstance(value, bool)
+    return None if fits else annotation
 
 
 def number_of(instance_id: str) -> str:

@@ -33,7 +33,7 @@ from tcmd.instances.agents.base import LaunchEnv
 from tcmd.instances.agents.registry import profile
 from tcmd.instances.identity import IN_TMUX, OUTSIDE, VANISHED, Identity, InPane, Who
 from tcmd.model import LIVE, Instance, Role, State, check_move, child_id
-from tcmd.store import StateStore
+from tcmd.store import StateDamaged, StateStore
 from tcmd.tmux import NoServer, PaneInfo, Tmux
 
 log = structlog.get_logger(__name__)
@@ -76,8 +76,12 @@ class Instances:
     # -- start-up and adoption ------------------------------------------------------------
     async def start(self) -> None:
         """Load instances from the store, make sure tmux runs, re-adopt what still lives."""
-        for raw in self.store.items(NS).values():
-            inst = Instance.from_json(raw)
+        for key, raw in self.store.items(NS).items():
+            try:
+                inst = Instance.from_json(raw)
+            except ValueError as exc:
+                message = f"stored instance {NS}/{key} is unusable: {exc}"
+                raise StateDamaged(message, data={"ns": NS, "key": key}) from None
             self.by_id[inst.id] = inst
             if inst.status != State.TERMINATED:
                 self.by_token[inst.token] = inst.id

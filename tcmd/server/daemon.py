@@ -36,6 +36,7 @@ from tcmd.observe.tools import ObserveTools, subtree_visibility
 from tcmd.server import sdnotify
 from tcmd.server.rpc import RpcServer
 from tcmd.server.tools import CoreTools
+from tcmd.store import StateDamaged
 from tcmd.store.jsonfile import JsonFileStore
 from tcmd.tmux import Tmux
 from tcmd.work.dispatcher import Parallel
@@ -245,6 +246,9 @@ async def serve(settings: Settings) -> int:
     except AlreadyRunning as exc:
         log.error("refusing to start", reason=exc.message)
         return 1
+    except StateDamaged as exc:  # nothing served yet: exit as found, no final snapshot
+        log.error("refusing to start", reason=exc.message, store=str(daemon.store.directory))
+        return 3
     try:
         daemon.install_signal_handlers()
         await daemon.stopping.wait()

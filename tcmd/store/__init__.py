@@ -1,5 +1,5 @@
 """State stores: the StateStore protocol and its backends."""
 
-from tcmd.store.base import JSON, StateStore
+from tcmd.store.base import JSON, StateDamaged, StateStore
 
-__all__ = ["JSON", "StateStore"]
+__all__ = ["JSON", "StateDamaged", "StateStore"]

@@ -9,8 +9,18 @@ from __future__ import annotations
 
 from typing import Any, Protocol, runtime_checkable
 
+from tcmd.errors import Unavailable
+
 JSON = Any  # a value orjson can serialise: dict, list, str, int, float, bool, None, and
 # dataclasses and enums, stored as the JSON they encode to
+
+
+class StateDamaged(Unavailable):
+    """Persisted state cannot be read as it stands; the daemon refuses to start, naming why.
+
+    Raised by ``open`` for a damaged snapshot and by a service decoding a stored document
+    (``data`` names the file, or the namespace and key). Nothing is guessed or rewritten.
+    """
 
 
 @runtime_checkable

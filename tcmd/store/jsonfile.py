@@ -2,9 +2,12 @@
 
 Files, in one directory (0700; files 0600):
 
-``state.json``: ``{"version": 1, "seq": N, "data": {ns: {key: value}}}``, ``seq`` being the
-last journal record it includes. Replaced atomically: temp file in the same directory,
-write, fsync, ``os.replace``, fsync the directory.
+``state.json``: ``{"version": 1, "seq": N, "data": {ns: {key: value}}, "crc32": "<8 hex>"}``,
+``seq`` being the last journal record it includes and ``crc32`` the checksum of every byte
+before ``,"crc32":`` (so it is always the last field). A snapshot without ``crc32`` (written
+before it existed, or edited by hand and the field deleted) loads unchecked; older tcmds
+ignore the field. Replaced atomically: temp file in the same directory, write, fsync,
+``os.replace``, fsync the directory.
 
 ``journal.log``: the changes since the snapshot, one record per line, ``seq`` +1 per record
 and never restarting (orjson escapes control characters: no raw newline inside a record)::
@@ -28,16 +31,23 @@ Compaction: after ``snapshot_every`` records (or twice as many records as there 
 documents, if that is more), snapshot then truncate the journal. A crash
 in between leaves records the snapshot holds; replay skips ``seq <= snapshot seq``.
 
-Recovery on ``open``: a torn or checksum-failing *last* line (a crash mid-write) is
-dropped (debug log). A bad line with lines after it stops replay there, the journal is
-copied to ``journal.log.corrupt-<UTC time>`` and a warning logged. After either, or stale
-records, the store snapshots at once so new records never follow damaged ones. An
-unreadable snapshot is not guessed around: ``open`` raises ``Unavailable``.
+Recovery on ``open``: a torn last line (no newline: a crash mid-write) is dropped (debug
+log). A complete line that fails its checksum or does not parse is damage: replay stops
+there. A record whose ``seq`` is not above the last one met (a duplicated or misplaced
+line) is skipped and replay goes on. Damage of either kind copies the journal to
+``journal.log.corrupt-<UTC time>`` and logs one warning per kind, also in ``lastError``.
+After any of these, or stale records, the store snapshots at once so new records never
+follow damaged ones. A damaged snapshot is not guessed around: ``open`` raises
+``StateDamaged``, one line naming the file and the fault.
+
+Health: ``ok`` is false from the first failed write (``failingSince``, unix time) until a
+write succeeds again. A failed compaction leaves it true: every write is in the journal.
 """
 
 from __future__ import annotations
 
 import os
+import time
 import zlib
 from datetime import UTC, datetime
 from pathlib import Path
@@ -49,13 +59,16 @@ from orjson import Fragment
 
 from tcmd.atomic import replace_atomically
 from tcmd.errors import Conflict, Unavailable
-from tcmd.store.base import JSON
+from tcmd.store.base import JSON, StateDamaged
 
 log = structlog.get_logger(__name__)
 
 SNAPSHOT_NAME = "state.json"
 JOURNAL_NAME = "journal.log"
 FORMAT_VERSION = 1
+SEAL = b',"crc32":"%08x"}'  # a snapshot's last bytes (then optional whitespace)
+SEAL_SIZE = len(SEAL % 0)
+SEAL_START = SEAL[:10]
 
 Data = dict[str, dict[str, bytes]]  # ns → key → the document's JSON
 
@@ -82,6 +95,7 @@ class JsonFileStore:
         self._journal_bytes = 0  # journal size after the last good record
         self._compact_at = snapshot_every
         self._broken = False  # a failed append could not be rolled back
+        self._failing_since: float | None = None  # unix time of the first of failed writes
         self._last_error: str | None = None
 
     def open(self) -> None:
@@ -96,6 +110,7 @@ class JsonFileStore:
             self._seq = self._snapshot_seq
             self._journal_records = self._journal_bytes = 0
             self._broken = False
+            self._failing_since = None
             self._fd = os.open(self._journal_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
             if self._replay_journal():
                 self.snapshot()
@@ -130,10 +145,11 @@ class JsonFileStore:
         return {key: orjson.loads(doc) for key, doc in self._data.get(ns, {}).items()}
 
     def health(self) -> dict[str, JSON]:
-        """Figures for ``status``: open and writable, sizes, the last I/O problem."""
+        """Figures for ``status``: open and writable (since when not), sizes, the last problem."""
         return {
             "backend": self.backend,
-            "ok": self._fd is not None and not self._broken,
+            "ok": self._fd is not None and self._failing_since is None,
+            "failingSince": self._failing_since,
             "path": str(self.directory),
             "journalRecords": self._journal_records,
             "snapshotSeq": self._snapshot_seq,
@@ -158,7 +174,8 @@ class JsonFileStore:
         data = {
             ns: {k: Fragment(doc) for k, doc in docs.items()} for ns, docs in self._data.items()
         }
-        body = orjson.dumps({"version": FORMAT_VERSION, "seq": self._seq, "data": data})
+        body = orjson.dumps({"version": FORMAT_VERSION, "seq": self._seq, "data": data})[:-1]
+        body += SEAL % zlib.crc32(body)
         try:
             replace_atomically(self._snapshot_path, body)
             self._snapshot_seq = self._seq
@@ -199,12 +216,28 @@ class JsonFileStore:
 
     def _append(self, seq: int, body: bytes) -> None:
         fd = self._require_open()
-        if self._broken:
-            raise Unavailable(f"state journal unusable: {self._last_error}", data=self._where)
         line = b"%08x %b\n" % (zlib.crc32(body), body)
         try:
-            if os.write(fd, line) != len(line):
-                raise OSError(f"short write to {self._journal_path}")
+            if self._broken:  # a partial record may sit at the end: start the journal afresh
+                self.snapshot()
+            self._write_line(fd, line)
+        except Unavailable:
+            if self._failing_since is None:
+                self._failing_since = time.time()
+            raise
+        self._failing_since = None
+        self._seq = seq
+        self._journal_records += 1
+        self._journal_bytes += len(line)
+
+    def _write_line(self, fd: int, line: bytes) -> None:
+        """Append ``line`` whole, or cut off what got out of it and raise ``Unavailable``."""
+        try:
+            written = os.write(fd, line)
+            while written < len(line):  # a short write: the rest says why (ENOSPC, EFBIG)
+                if not (more := os.write(fd, line[written:])):
+                    raise OSError(f"no progress writing to {self._journal_path}")
+                written += more
             if self.fsync:
                 os.fsync(fd)
         except OSError as exc:
@@ -214,9 +247,6 @@ class JsonFileStore:
             except OSError:
                 self._broken = True
             raise self._failure("append", exc) from exc
-        self._seq = seq
-        self._journal_records += 1
-        self._journal_bytes += len(line)
 
     def _compact(self) -> None:
         try:
@@ -230,47 +260,56 @@ class JsonFileStore:
         except FileNotFoundError:
             return {}, 0
         try:
-            snap = orjson.loads(raw)
-            data, seq = snap["data"], snap["seq"]
-            valid = snap["version"] == FORMAT_VERSION and type(seq) is int
-            if valid and all(isinstance(docs, dict) for docs in data.values()):
-                encoded = {
-                    ns: {k: orjson.dumps(v) for k, v in docs.items()} for ns, docs in data.items()
-                }
-                return encoded, seq
-        except (orjson.JSONDecodeError, TypeError, KeyError, AttributeError):
-            pass
-        self._last_error = f"unreadable snapshot {self._snapshot_path}; move it aside to start"
-        raise Unavailable(self._last_error, data={"path": str(self._snapshot_path)})
+            return _decode_snapshot(raw)
+        except ValueError as exc:
+            self._last_error = (
+                f"state snapshot {self._snapshot_path} {exc}; restore it from a backup, or move"
+                f" {self.directory} aside to start with no state"
+            )
+        raise StateDamaged(self._last_error, data={"path": str(self._snapshot_path)})
 
     def _replay_journal(self) -> bool:
         """Apply records newer than the snapshot; True when the journal needs rewriting."""
         raw = self._journal_path.read_bytes()
         lines = raw.split(b"\n")
         torn = lines.pop()  # b"" when the file ends with a newline
-        previous_seq = -1
-        for index, line in enumerate(lines):
+        last_seq = -1  # the highest seq met so far
+        repeated: list[int] = []  # line numbers of records at or below it: skipped
+        damaged = 0  # the line number of the first undecodable line
+        for number, line in enumerate(lines, 1):
             record = _decode(line)
-            if record is None or record["seq"] <= previous_seq:
-                if index < len(lines) - 1:  # not a torn write: keep the evidence
-                    stamp = f"{datetime.now(UTC):%Y%m%dT%H%M%S.%fZ}"
-                    copy = self.directory / f"{JOURNAL_NAME}.corrupt-{stamp}"
-                    copy.write_bytes(raw)
-                    self._last_error = f"journal corrupt at line {index + 1}; copy in {copy}"
-                    log.warning("journal_corrupt", line=index + 1, seq=self._seq, copy=str(copy))
-                else:
-                    log.debug("journal_tail_dropped", path=str(self._journal_path), line=index + 1)
-                return True
-            previous_seq = record["seq"]
-            if previous_seq > self._snapshot_seq:  # older ones: a compaction cut short
+            if record is None:
+                damaged = number
+                break
+            if record["seq"] <= last_seq:
+                repeated.append(number)
+                continue
+            last_seq = record["seq"]
+            if last_seq > self._snapshot_seq:  # older ones: a compaction cut short
                 doc = orjson.dumps(record["value"]) if record["op"] == "put" else None
                 self._apply(record["ns"], record["key"], doc)
-                self._seq = previous_seq
+                self._seq = last_seq
                 self._journal_records += 1
+        if repeated or damaged:
+            self._report_damage(raw, repeated, damaged, len(lines) - damaged + 1 if damaged else 0)
         if torn:
             log.debug("journal_tail_dropped", path=str(self._journal_path), torn_bytes=len(torn))
         self._journal_bytes = len(raw)
         return bool(torn) or self._journal_records < len(lines)
+
+    def _report_damage(self, raw: bytes, repeated: list[int], damaged: int, lost: int) -> None:
+        """Copy the journal aside (the rewrite after replay empties it), warn, set lastError."""
+        copy = self.directory / f"{JOURNAL_NAME}.corrupt-{datetime.now(UTC):%Y%m%dT%H%M%S.%fZ}"
+        copy.write_bytes(raw)
+        problems = []
+        if repeated:
+            first, skipped = repeated[0], len(repeated)
+            log.warning("journal_duplicates", line=first, skipped=skipped, copy=str(copy))
+            problems.append(f"{skipped} repeated record(s) skipped, the first at line {first}")
+        if damaged:
+            log.warning("journal_corrupt", line=damaged, seq=self._seq, lost=lost, copy=str(copy))
+            problems.append(f"corrupt at line {damaged}: {lost} line(s) from there not replayed")
+        self._last_error = f"journal {'; '.join(problems)}; copy in {copy}"
 
     def _require_open(self) -> int:
         if self._fd is None:
@@ -281,6 +320,45 @@ class JsonFileStore:
         self._last_error = f"{action} failed: {exc}"
         log.warning("store_io_failed", action=action, path=str(self.directory), error=str(exc))
         return Unavailable(f"state store {self._last_error}", data=self._where)
+
+
+def _decode_snapshot(raw: bytes) -> tuple[Data, int]:
+    """The documents and seq a snapshot file holds; ValueError says what is wrong with it."""
+    body = raw.rstrip()
+    head, seal = body[:-SEAL_SIZE], body[-SEAL_SIZE:]
+    sealed = seal.startswith(SEAL_START)
+    if sealed and seal != SEAL % (crc := zlib.crc32(head)):
+        stored = seal[len(SEAL_START) : -2].decode(errors="replace")
+        raise ValueError(f"fails its checksum (crc32 {stored} stored, {crc:08x} computed)")
+    try:
+        snap = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise ValueError(f"is not JSON ({exc})") from None
+    if not isinstance(snap, dict):
+        raise ValueError(f"is malformed: its top level is {_kind(snap)}, not an object")
+    for field in ("version", "seq", "data"):
+        if field not in snap:
+            raise ValueError(f"is malformed: it has no {field!r} field")
+    version, seq, data = snap["version"], snap["seq"], snap["data"]
+    if "crc32" in snap and not sealed:
+        raise ValueError("has a crc32 field that is not its last: delete it to load it unchecked")
+    if version != FORMAT_VERSION:
+        raise ValueError(f"has format version {version!r:.20}; this tcmd reads {FORMAT_VERSION}")
+    if type(seq) is not int or seq < 0:
+        what = repr(seq) if type(seq) is int else _kind(seq)
+        raise ValueError(f"is malformed: 'seq' is {what}, not a record count")
+    if not isinstance(data, dict):
+        raise ValueError(f"is malformed: 'data' is {_kind(data)}, not an object")
+    for ns, docs in data.items():
+        if not isinstance(docs, dict):
+            raise ValueError(f"is malformed: namespace {ns!r} is {_kind(docs)}, not an object")
+    return {ns: {k: orjson.dumps(v) for k, v in docs.items()} for ns, docs in data.items()}, seq
+
+
+def _kind(value: object) -> str:
+    """A JSON value's kind as JSON names it, with its article: "an array", "null"."""
+    kinds = {dict: "an object", list: "an array", str: "a string", bool: "a boolean"}
+    return "null" if value is None else kinds.get(type(value), "a number")
 
 
 def _decode(line: bytes) -> dict[str, Any] | None:

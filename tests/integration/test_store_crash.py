@@ -1,14 +1,19 @@
-"""SIGKILL a real writer process mid-stream: every acknowledged write must survive.
+"""The store under real crashes, real failing writes and damaged files.
 
-Each round starts ``store_writer.py`` on the state the last round left, reads its acks,
-kills it at a random moment (a random number of acks, then a random pause of up to 5 ms;
-compactions run every 50 records and take much of the writer's time, so many kills land
-in one), then opens the store here and compares it with the acknowledged history. The
-seed is in every failure message.
+SIGKILL a real writer process mid-stream: every acknowledged write must survive. Each round
+starts ``store_writer.py`` on the state the last round left, reads its acks, kills it at a
+random moment (a random number of acks, then a random pause of up to 5 ms; compactions run
+every 50 records and take much of the writer's time, so many kills land in one), then opens
+the store here and compares it with the acknowledged history. The seed is in every failure
+message.
+
+A journal that cannot grow (``RLIMIT_FSIZE``) shows in ``health()`` until writes work again,
+and a real ``tcmd`` refuses damaged state with one line and exit status 3.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import selectors
@@ -19,6 +24,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+from tcmd.model import Instance, Role
 from tcmd.store.jsonfile import JsonFileStore
 from tests.integration.store_writer import DELETE_EVERY, NS, SNAPSHOT_EVERY, key_index, value_for
 
@@ -57,16 +65,150 @@ def test_acknowledged_writes_survive_sigkill(tmp_path: Path) -> None:
     assert total_acks > 2 * SNAPSHOT_EVERY  # compaction really ran under the kills
 
 
+def test_health_follows_a_journal_that_cannot_grow(tmp_path: Path) -> None:
+    """Writes past ``RLIMIT_FSIZE`` really fail (EFBIG, after a short write), in a child."""
+    directory = tmp_path / "state"
+    out = subprocess.run(
+        [sys.executable, "-c", FSIZE_CHILD, str(directory)],
+        env=child_env(),
+        capture_output=True,
+        timeout=ROUND_TIMEOUT_S,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr.decode()
+    failed, still_failing, recovered = json.loads(out.stdout)
+    assert "File too large" in failed["error"]
+    assert failed["health"]["ok"] is False
+    assert failed["health"]["failingSince"] >= failed["before"]
+    assert "File too large" in failed["health"]["lastError"]
+    assert still_failing["health"]["ok"] is False
+    assert still_failing["health"]["failingSince"] == failed["health"]["failingSince"]
+    assert recovered["health"]["ok"] is True
+    assert recovered["health"]["failingSince"] is None
+
+    store = JsonFileStore(directory)
+    store.open()
+    try:  # the record cut short by the limit was cut off, not left before the good one
+        assert store.items("ns") == {"before": 1, "after": 2}
+        assert store.health()["lastError"] is None
+    finally:
+        store.close()
+    assert not list(directory.glob("journal.log.corrupt-*"))
+
+
+FSIZE_CHILD = """
+import json, resource, signal, sys, time
+from pathlib import Path
+from tcmd.errors import Unavailable
+from tcmd.observe.logs import configure
+from tcmd.store.jsonfile import JsonFileStore
+
+configure("info", "json")  # to stderr: stdout carries the report
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG instead of death
+store = JsonFileStore(Path(sys.argv[1]))
+store.open()
+store.put("ns", "before", 1)
+size = (Path(sys.argv[1]) / "journal.log").stat().st_size
+soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+resource.setrlimit(resource.RLIMIT_FSIZE, (size + 50, hard))  # the next record crosses it
+report = []
+for key in ("big", "bigger"):
+    before = time.time()
+    try:
+        store.put("ns", key, "x" * 200)
+        error = None
+    except Unavailable as exc:
+        error = exc.message
+    report.append({"before": before, "error": error, "health": store.health()})
+resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+store.put("ns", "after", 2)
+report.append({"health": store.health()})
+store.close()
+print(json.dumps(report))
+"""
+
+
+def _snapshot_half_written(store: Path) -> None:
+    raw = (store / "state.json").read_bytes()
+    (store / "state.json").write_bytes(raw[: len(raw) // 2])
+
+
+def _snapshot_bit_flipped(store: Path) -> None:
+    raw = (store / "state.json").read_bytes()
+    (store / "state.json").write_bytes(raw.replace(b'"boots":1', b'"boots":7'))
+
+
+def _instance_without_role(store: Path) -> None:
+    s = JsonFileStore(store)
+    s.open()
+    record = Instance("exec_1", Role.EXECUTIVE, None, "/tmp", "shell", "", "t", "s").to_json()
+    del record["role"]
+    s.put("instances", "exec_1", record)
+    s.close()
+
+
+def _instance_with_a_bad_status(store: Path) -> None:
+    s = JsonFileStore(store)
+    s.open()
+    record = Instance("exec_1", Role.EXECUTIVE, None, "/tmp", "shell", "", "t", "s").to_json()
+    s.put("instances", "exec_1", record | {"status": "zombie"})
+    s.close()
+
+
+@pytest.mark.parametrize(
+    ("damage", "says"),
+    [
+        (_snapshot_half_written, ["state.json", "is not JSON"]),
+        (_snapshot_bit_flipped, ["state.json", "fails its checksum"]),
+        (_instance_without_role, ["instances/exec_1", "missing field 'role'"]),
+        (_instance_with_a_bad_status, ["instances/exec_1", "'status'", "'zombie'"]),
+    ],
+    ids=["half-written", "bit-flip", "no-role", "bad-status"],
+)
+def test_daemon_refuses_damaged_state_in_one_line(
+    tmp_path: Path, damage: Any, says: list[str]
+) -> None:
+    store = tmp_path / "state" / "store"
+    seed = JsonFileStore(store)
+    seed.open()
+    seed.put("meta", "boots", 1)
+    seed.close()
+    damage(store)
+    env = child_env() | {
+        "TCM_SOCKET": str(tmp_path / "s.sock"),
+        "TCM_STATE_DIR": str(tmp_path / "state"),
+        "TCM_TMUX_SOCKET": f"tcmtest-refuse-{os.getpid()}",
+        "TCM_LOG_FORMAT": "json",
+    }
+    env.pop("TCM_INSTANCE_TOKEN", None)
+    out = subprocess.run(
+        [sys.executable, "-m", "tcmd"], env=env, capture_output=True, timeout=20, check=False
+    )
+    stderr = out.stderr.decode()
+    assert out.returncode == 3, stderr
+    assert "Traceback" not in stderr
+    errors = [line for line in map(json.loads, stderr.splitlines()) if line["level"] == "error"]
+    assert [e["event"] for e in errors] == ["refusing to start"], stderr
+    for words in says:
+        assert words in errors[0]["reason"], errors[0]
+    assert errors[0]["store"] == str(store)
+    assert not (tmp_path / "s.sock").exists()
+
+
+def child_env() -> dict[str, str]:
+    """The environment for a child python that imports tcmd from this checkout."""
+    pythonpath = [str(REPO_ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(pythonpath)}
+
+
 def run_and_kill(directory: Path, acks: int, pause_s: float, stderr_path: Path) -> list[str]:
     """Start the writer, SIGKILL it ``pause_s`` after its ``acks``-th ack; its full lines."""
-    pythonpath = [str(REPO_ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(pythonpath)}
     with stderr_path.open("wb") as stderr:
         proc = subprocess.Popen(
             [sys.executable, str(WRITER), str(directory)],
             stdout=subprocess.PIPE,
             stderr=stderr,
-            env=env,
+            env=child_env(),
         )
     assert proc.stdout is not None
     fd = proc.stdout.fileno()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import time
 import zlib
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,7 @@ import pytest
 from structlog.testing import CapturingLogger
 
 from tcmd.errors import Conflict, Unavailable
-from tcmd.store import StateStore, jsonfile
+from tcmd.store import StateDamaged, StateStore, jsonfile
 from tcmd.store.jsonfile import JsonFileStore
 
 
@@ -53,6 +54,12 @@ def journal(directory: Path) -> list[dict[str, Any]]:
 def record_line(seq: int, key: str) -> bytes:
     body = orjson.dumps({"seq": seq, "op": "put", "ns": "ns", "key": key, "value": seq})
     return b"%08x %b\n" % (zlib.crc32(body), body)
+
+
+def crc_of(snapshot: bytes) -> str:
+    """The checksum a snapshot's bytes should carry: of everything before its crc32 field."""
+    head = snapshot[: snapshot.rindex(b',"crc32":')]
+    return f"{zlib.crc32(head):08x}"
 
 
 def test_satisfies_the_protocol(store: JsonFileStore) -> None:
@@ -128,17 +135,26 @@ def test_torn_last_record_is_dropped_and_seq_continues(directory: Path) -> None:
     third.close()
 
 
-def test_last_record_failing_its_checksum_is_dropped(directory: Path) -> None:
+def test_complete_last_record_failing_its_checksum_is_kept_aside(directory: Path) -> None:
     s = reopen(directory)
     s.put("ns", "a", 1)
     kill(s)
-    with (directory / "journal.log").open("ab") as f:
-        f.write(b"00000000" + record_line(2, "bad")[8:])
+    path = directory / "journal.log"
+    with path.open("ab") as f:
+        f.write(b"00000000" + record_line(2, "bad")[8:])  # whole line, newline and all
+    damaged = path.read_bytes()
 
-    again = reopen(directory)
+    capture = CapturingLogger()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(jsonfile, "log", capture)
+        again = reopen(directory)
     assert again.items("ns") == {"a": 1}
-    assert not list(directory.glob("journal.log.corrupt-*"))
-    assert again.health()["lastError"] is None
+    [copy] = directory.glob("journal.log.corrupt-*")
+    assert copy.read_bytes() == damaged
+    [warning] = [c for c in capture.calls if c.method_name == "warning"]
+    assert warning.args == ("journal_corrupt",)
+    assert warning.kwargs["line"] == 2
+    assert copy.name in str(again.health()["lastError"])
     again.close()
 
 
@@ -171,6 +187,69 @@ def test_corrupt_middle_record_stops_replay_and_keeps_a_copy(directory: Path) ->
     assert contents(directory) == {"k0": 0, "k1": 1, "k2": 2, "k9": 9}
 
 
+@pytest.mark.parametrize("where", ["next", "later", "stale", "whole-journal"])
+def test_duplicated_records_are_skipped_and_replay_goes_on(directory: Path, where: str) -> None:
+    s = reopen(directory)
+    s.put("ns", "old", 0)
+    s.snapshot()
+    for i in range(1, 9):
+        s.put("ns", f"k{i}", i)
+    kill(s)
+    path = directory / "journal.log"
+    lines = path.read_bytes().splitlines(keepends=True)  # seq 2..9
+    at, copied = {
+        "next": (3, [lines[2]]),
+        "later": (len(lines), [lines[4]]),
+        "stale": (5, [record_line(1, "old")]),  # older than the snapshot
+        "whole-journal": (len(lines), list(lines)),  # cat journal.log >> journal.log
+    }[where]
+    lines[at:at] = copied
+    path.write_bytes(b"".join(lines))
+
+    capture = CapturingLogger()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(jsonfile, "log", capture)
+        again = reopen(directory)
+    assert again.items("ns") == {"old": 0, **{f"k{i}": i for i in range(1, 9)}}
+    [warning] = [c for c in capture.calls if c.method_name == "warning"]
+    assert warning.args == ("journal_duplicates",)  # once, however many
+    assert warning.kwargs["skipped"] == len(copied)
+    assert warning.kwargs["line"] == at + 1
+    [copy] = directory.glob("journal.log.corrupt-*")
+    assert copy.read_bytes() == b"".join(lines)
+    assert copy.name in str(again.health()["lastError"])
+    again.put("ns", "k9", 9)
+    assert [r["seq"] for r in journal(directory)] == [10]
+    kill(again)
+    assert contents(directory)["k9"] == 9
+
+
+def test_duplicates_before_a_corrupt_record_are_both_reported(directory: Path) -> None:
+    s = reopen(directory)
+    for i in range(6):
+        s.put("ns", f"k{i}", i)
+    kill(s)
+    path = directory / "journal.log"
+    lines = path.read_bytes().splitlines(keepends=True)
+    lines[4] = lines[4].replace(b'"k4"', b'"kX"')  # seq 5
+    lines.insert(1, lines[0])  # seq 1 twice
+    path.write_bytes(b"".join(lines))
+
+    capture = CapturingLogger()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(jsonfile, "log", capture)
+        again = reopen(directory)
+    assert again.items("ns") == {"k0": 0, "k1": 1, "k2": 2, "k3": 3}
+    warnings = [c.args[0] for c in capture.calls if c.method_name == "warning"]
+    assert warnings == ["journal_duplicates", "journal_corrupt"]
+    [copy] = directory.glob("journal.log.corrupt-*")
+    last_error = str(again.health()["lastError"])
+    assert "1 repeated record(s) skipped, the first at line 2" in last_error
+    assert "corrupt at line 6: 2 line(s) from there not replayed" in last_error
+    assert copy.name in last_error
+    again.close()
+
+
 def test_compaction_at_snapshot_every(directory: Path) -> None:
     s = reopen(directory, snapshot_every=10)
     for i in range(25):  # at 10: 10 documents, so the next one 2 × 10 records later
@@ -180,6 +259,7 @@ def test_compaction_at_snapshot_every(directory: Path) -> None:
     assert s.health() == {
         "backend": "jsonfile",
         "ok": True,
+        "failingSince": None,
         "path": str(directory),
         "journalRecords": 15,
         "snapshotSeq": 10,
@@ -233,10 +313,12 @@ def test_snapshot_can_be_called_any_time(store: JsonFileStore, directory: Path) 
     store.snapshot()
     store.snapshot()
     assert journal(directory) == []
-    assert orjson.loads((directory / "state.json").read_bytes()) == {
+    raw = (directory / "state.json").read_bytes()
+    assert orjson.loads(raw) == {
         "version": 1,
         "seq": 1,
         "data": {"ns": {"a": 1}},
+        "crc32": crc_of(raw),
     }
 
 
@@ -325,13 +407,82 @@ def test_calls_on_a_store_that_is_not_open(directory: Path) -> None:
         s.delete("ns", "k")
 
 
-def test_unreadable_snapshot_refuses_to_open(directory: Path) -> None:
-    directory.mkdir()
-    (directory / "state.json").write_bytes(b'{"seq": 3, "data": ')
+def saved_snapshot(directory: Path) -> bytes:
+    """The bytes of a snapshot holding ``ns/a`` and ``ns/b``, written by the store."""
+    s = reopen(directory)
+    s.put("ns", "a", {"text": "abc"})
+    s.put("ns", "b", [1, 2])
+    s.close()
+    return (directory / "state.json").read_bytes()
+
+
+@pytest.mark.parametrize(
+    ("damage", "says"),
+    [
+        (lambda raw: raw[: len(raw) // 2], "is not JSON"),
+        (lambda raw: b"", "is not JSON"),
+        (lambda raw: raw.replace(b'"abc"', b'"abd"'), "fails its checksum"),
+        (lambda raw: raw.replace(b'"seq":2', b'"seq":7'), "fails its checksum"),
+        (lambda raw: b"[1, 2]", "its top level is an array"),
+        (lambda raw: b'{"version": 1, "seq": 3}', "has no 'data'"),
+        (lambda raw: b'{"version": 1, "data": {}}', "has no 'seq'"),
+        (lambda raw: b'{"seq": 3, "data": {}}', "has no 'version'"),
+        (lambda raw: b'{"version": 2, "seq": 3, "data": {}}', "format version 2"),
+        (lambda raw: b'{"version": 1, "seq": "3", "data": {}}', "'seq' is a string"),
+        (lambda raw: b'{"version": 1, "seq": -1, "data": {}}', "'seq' is -1"),
+        (lambda raw: b'{"version": 1, "seq": 3, "data": []}', "'data' is an array"),
+        (
+            lambda raw: b'{"version": 1, "seq": 3, "data": {"ns": [1]}}',
+            "namespace 'ns' is an array",
+        ),
+        (lambda raw: b'{"version":1,"seq":3,"crc32":"00000000","data":{}}', "crc32 field"),
+    ],
+    ids=[
+        "truncated",
+        "empty",
+        "bit-flip",
+        "seq-changed",
+        "array",
+        "no-data",
+        "no-seq",
+        "no-version",
+        "newer-version",
+        "seq-string",
+        "seq-negative",
+        "data-array",
+        "namespace-array",
+        "crc-moved",
+    ],
+)
+def test_damaged_snapshot_is_refused_in_one_line_naming_file_and_fault(
+    directory: Path, damage: Any, says: str
+) -> None:
+    snapshot = directory / "state.json"
+    snapshot.write_bytes(damage(saved_snapshot(directory)))
     s = JsonFileStore(directory)
-    with pytest.raises(Unavailable, match="unreadable snapshot"):
+    with pytest.raises(StateDamaged) as refused:
         s.open()
+    message = refused.value.message
+    assert says in message
+    assert str(snapshot) in message
+    assert "\n" not in message
+    assert isinstance(refused.value, Unavailable)  # -32005, as before
+    assert refused.value.data == {"path": str(snapshot)}
     assert s.health()["ok"] is False
+    assert s.health()["lastError"] == message
+
+
+def test_snapshot_without_a_checksum_still_loads(directory: Path) -> None:
+    """State dirs written before snapshots had a checksum, or edited by hand without it."""
+    directory.mkdir()
+    (directory / "state.json").write_bytes(b'{"version": 1, "seq": 2, "data": {"ns": {"a": 1}}}\n')
+    (directory / "journal.log").write_bytes(record_line(2, "stale") + record_line(3, "b"))
+    assert contents(directory) == {"a": 1, "b": 3}
+    raw = (directory / "state.json").read_bytes()  # close rewrote it: with a checksum now
+    assert orjson.loads(raw)["crc32"] == crc_of(raw)
+
+    (directory / "state.json").write_bytes(saved_snapshot(directory) + b"\n")  # an editor's
+    assert contents(directory) == {"a": {"text": "abc"}, "b": [1, 2]}
 
 
 def test_leftover_snapshot_temp_files_are_removed(directory: Path) -> None:
@@ -359,11 +510,49 @@ def test_failed_append_is_cut_off_and_the_store_goes_on(
     monkeypatch.undo()
     assert store.get("ns", "b") is None
     assert "No space left" in str(store.health()["lastError"])
+    assert store.health()["ok"] is False
     store.put("ns", "c", 3)
+    assert store.health()["ok"] is True
     assert [r["seq"] for r in journal(directory)] == [2, 3]
     kill(store)
     store.open()  # the fixture closes it
     assert store.items("ns") == {"old": 0, "a": 1, "c": 3}
+    assert not list(directory.glob("journal.log.corrupt-*"))
+
+
+def test_health_reports_failing_appends_until_a_write_succeeds(
+    store: JsonFileStore, directory: Path
+) -> None:
+    """A real ENOSPC: the journal's fd is pointed at /dev/full, then back."""
+    store.put("ns", "a", 1)
+    assert store._fd is not None
+    journal_fd = os.dup(store._fd)
+    full = os.open("/dev/full", os.O_WRONLY)
+    try:
+        os.dup2(full, store._fd)
+        before = time.time()
+        with pytest.raises(Unavailable, match="No space left"):
+            store.put("ns", "b", 2)
+        health = store.health()
+        assert health["ok"] is False
+        assert before <= health["failingSince"] <= time.time()
+        assert "No space left" in health["lastError"]
+        with pytest.raises(Unavailable):  # still failing: the start of it is kept
+            store.delete("ns", "a")
+        assert store.health()["ok"] is False
+        assert store.health()["failingSince"] == health["failingSince"]
+        os.dup2(journal_fd, store._fd)
+    finally:
+        os.close(full)
+        os.close(journal_fd)
+    store.put("ns", "c", 3)
+    health = store.health()
+    assert health["ok"] is True
+    assert health["failingSince"] is None
+    assert store.items("ns") == {"a": 1, "c": 3}
+    kill(store)
+    store.open()  # the fixture closes it
+    assert store.items("ns") == {"a": 1, "c": 3}
     assert not list(directory.glob("journal.log.corrupt-*"))
 
 
@@ -380,6 +569,7 @@ def test_failed_compaction_keeps_the_write_and_retries_later(
         s.put("ns", f"k{i}", i)  # the third one's compaction fails, quietly
     assert s.health()["journalRecords"] == 4
     assert "Read-only" in str(s.health()["lastError"])
+    assert s.health()["ok"] is True  # every write is safe in the journal
     monkeypatch.undo()
     for i in range(4, 6):
         s.put("ns", f"k{i}", i)  # a full period later: compacts
