@@ -1,8 +1,10 @@
 """Who may do what to whom: the role rules of DESIGN.md, as pure functions.
 
 The operator (no token) may do everything. An executive may spawn managers under itself,
-a manager specialists under itself, a specialist nothing. An instance may send to, read,
-wait on, terminate and restart only its own descendants.
+a manager specialists under itself, a specialist nothing. An instance may send to,
+terminate and restart only its own descendants; it may read and wait on them and itself,
+and it sees (in ``list``, ``status``, the jobs and runs of the parallel tools) only itself
+and its descendants.
 """
 
 from __future__ import annotations
@@ -30,11 +32,24 @@ def is_descendant(
     return False
 
 
+def may_see(caller: Caller, inst: Instance, lookup: Callable[[str], Instance | None]) -> bool:
+    """Whether ``caller`` is the operator, ``inst`` itself or an ancestor of it."""
+    if caller.instance_id is None:
+        return True
+    return inst.id == caller.instance_id or is_descendant(inst, caller.instance_id, lookup)
+
+
 def check_target(
-    caller: Caller, target: Instance, lookup: Callable[[str], Instance | None], action: str
+    caller: Caller,
+    target: Instance,
+    lookup: Callable[[str], Instance | None],
+    action: str,
+    *,
+    itself: bool = False,
 ) -> None:
-    """Refuse unless the caller is the operator or an ancestor of ``target``."""
-    if caller.is_operator:
+    """Refuse unless the caller is the operator or an ancestor of ``target`` (or, when
+    ``itself`` allows it, ``target`` itself)."""
+    if caller.is_operator or (itself and target.id == caller.instance_id):
         return
     assert caller.instance_id is not None
     if not is_descendant(target, caller.instance_id, lookup):

@@ -223,9 +223,11 @@ class InstanceTools:
             ),
         ]
 
-    def _target(self, caller: Caller, instance_id: str, action: str) -> Instance:
+    def _target(
+        self, caller: Caller, instance_id: str, action: str, *, itself: bool = False
+    ) -> Instance:
         inst = self.instances.get(instance_id)
-        check_target(caller, inst, self.instances.find, action)
+        check_target(caller, inst, self.instances.find, action, itself=itself)
         return inst
 
     async def spawn(self, caller: Caller, p: SpawnParams) -> dict[str, Any]:
@@ -260,7 +262,7 @@ class InstanceTools:
         return await self.delivery.send(inst, p.text, p.timeoutMs / 1000)
 
     async def read(self, caller: Caller, p: ReadParams) -> dict[str, Any]:
-        inst = self._target(caller, p.instanceId, "read")
+        inst = self._target(caller, p.instanceId, "read", itself=True)
         output = ""
         if inst.status != State.TERMINATED and await self.instances.tmux.has_session(inst.id):
             output = await self.instances.tmux.capture(inst.id, p.lines)
@@ -319,7 +321,9 @@ class InstanceTools:
         return {"instanceId": inst.id, "status": inst.status.value, "resumed": resumed}
 
     async def wait(self, caller: Caller, p: WaitParams) -> dict[str, Any]:
-        targets = [self._target(caller, i, "wait on") for i in dict.fromkeys(p.instanceIds)]
+        targets = [
+            self._target(caller, i, "wait on", itself=True) for i in dict.fromkeys(p.instanceIds)
+        ]
 
         def idle(inst: Instance) -> bool:
             return inst.status in IDLE and not self.delivery.pending(inst.id)

@@ -14,17 +14,19 @@ import os
 import signal
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import structlog
 
-from tcmd.api import Catalogue
+from tcmd.api import OPERATOR, Caller, Catalogue
 from tcmd.changes import Changes
 from tcmd.config import Settings
 from tcmd.errors import ConfigError, TcmError
 from tcmd.health.loop import Health
 from tcmd.health.tools import HealthTools
+from tcmd.instances.authz import may_see
 from tcmd.instances.delivery import Delivery
 from tcmd.instances.registry import Instances
 from tcmd.instances.tools import InstanceTools
@@ -133,7 +135,13 @@ class Daemon:
             return {}
         return {"parallelExecution": self.parallel.load_of(inst.id)}
 
-    def counts(self) -> dict[str, int]:
+    def counts(self, caller: Caller = OPERATOR) -> dict[str, int]:
+        """The operator's: connections, requests and instances by state. An instance's:
+        the instances of its own subtree (itself included) by state."""
+        if not caller.is_operator:
+            find = self.instances.find
+            mine = [i for i in self.instances.by_id.values() if may_see(caller, i, find)]
+            return {f"instances.{k}": v for k, v in Counter(i.status.value for i in mine).items()}
         counts = {"connections": len(self.rpc.connections), "requests": self.rpc.requests}
         counts.update({f"instances.{k}": v for k, v in self.instances.counts().items()})
         return counts

@@ -1,4 +1,9 @@
-"""The daemon's own tools: ping, status, tools."""
+"""The daemon's own tools: ping, status, tools.
+
+``status`` tells the operator everything. An instance gets the version, the uptime and
+the counts of its own subtree: no pid, paths, settings or store figures, and nothing of
+the other instances (docs/operations.md, "Who sees what").
+"""
 
 from __future__ import annotations
 
@@ -40,15 +45,16 @@ class PingResult(BaseModel):
 
 class StatusResult(BaseModel):
     version: str
-    pid: int
     uptimeS: float
-    startedAt: float
-    boots: int
-    socket: str
-    stateDir: str
-    store: dict[str, Any]
     counts: dict[str, int]
-    settings: dict[str, Any]
+    # the operator's only
+    pid: int | None = None
+    startedAt: float | None = None
+    boots: int | None = None
+    socket: str | None = None
+    stateDir: str | None = None
+    store: dict[str, Any] | None = None
+    settings: dict[str, Any] | None = None
 
 
 class DescribeParams(Params):
@@ -58,7 +64,7 @@ class DescribeParams(Params):
 class CoreTools:
     """Tools every daemon has, whatever services run in it."""
 
-    def __init__(self, daemon: Served, counts: Callable[[], dict[str, int]]) -> None:
+    def __init__(self, daemon: Served, counts: Callable[[Caller], dict[str, int]]) -> None:
         self.daemon = daemon
         self.counts = counts
 
@@ -75,7 +81,8 @@ class CoreTools:
             ),
             Tool(
                 "status",
-                "Version, pid, uptime, store health and counts of the daemon.",
+                "Version, uptime and counts (an instance: of its own subtree); for the "
+                "operator also pid, paths, store health and settings.",
                 NoParams,
                 self.status,
                 result_schema(StatusResult),
@@ -106,16 +113,21 @@ class CoreTools:
 
     def status(self, caller: Caller, params: NoParams) -> dict[str, Any]:
         d = self.daemon
-        return {
+        seen = {
             "version": __version__,
-            "pid": os.getpid(),
             "uptimeS": round(time.monotonic() - d.started_monotonic, 3),
+            "counts": self.counts(caller),
+        }
+        if not caller.is_operator:
+            return seen
+        return {
+            **seen,
+            "pid": os.getpid(),
             "startedAt": d.started_at,
             "boots": d.boots,
             "socket": str(d.settings.socket_path),
             "stateDir": str(d.settings.state_dir),
             "store": d.store.health(),
-            "counts": self.counts(),
             "settings": d.settings.describe(),
         }
 

@@ -8,13 +8,20 @@ free or fill a slot (a job added or finished, a retry due, a manager appearing o
 
 One job = one attempt in a fresh specialist: spawn under the manager, deliver the task,
 wait for the turn to end, judge the result, terminate the specialist, ack or fail the job
-(the queue decides retry or dead).
+(the queue decides retry or dead). The manager's slot is freed when the attempt's task is
+done, however it ended (an exception, or cancelled before it began).
+
+A stored run always has its jobs: ``submit`` stores the jobs before the run and
+``forget_run`` deletes the run before its jobs, so a crash or a failed write in between
+can only leave jobs whose run is gone. ``start`` fails those that had not finished (they
+could never run) and retention forgets them like a run's.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import re
 import time
 from collections.abc import Callable
@@ -39,6 +46,7 @@ log = structlog.get_logger(__name__)
 RUNS = "runs"
 SPAWN_TIMEOUT_S = 60.0
 DELIVERY_TIMEOUT_S = 30.0
+RUN_GONE = "its run {run_id} was lost (never stored, or its record is gone): the task cannot run"
 
 
 class TaskFailed(Exception):
@@ -85,6 +93,7 @@ class Parallel:
         self.limits: dict[str, int] = {}  # manager id -> its current maxConcurrent
         self.attempts: dict[str, asyncio.Task[None]] = {}  # job id -> running attempt
         self.specialists: set[str] = set()  # instances running an attempt (health leaves them)
+        self.runless: set[str] = set()  # jobs whose run is gone, until retention forgets them
         self.peak_per_manager: dict[str, int] = {}
         self.peak_managers = 0
         self.worktree_root = settings.state_dir / "worktrees"
@@ -94,12 +103,14 @@ class Parallel:
 
     # -- start-up ---------------------------------------------------------------------------
     async def start(self) -> None:
-        """Load runs and jobs; re-queue what was running when the daemon died."""
+        """Load runs and jobs; fail the jobs whose run is gone; re-queue what was running
+        when the daemon died."""
         for raw in self.store.items(RUNS).values():
             run = Run(**raw)
             self.runs[run.run_id] = run
         self.queue.load()
         orphans = [j.instance_id for j in self.queue.jobs(state=JobState.ACTIVE) if j.instance_id]
+        self._heal()
         for job in self.queue.recover():
             log.info("job re-queued after a restart", job_id=job.job_id, reruns=job.reruns)
         for instance_id in orphans:
@@ -107,6 +118,37 @@ class Parallel:
             if inst is not None and inst.status != State.TERMINATED:
                 await self.instances.terminate(inst)  # its attempt runs again from the start
         self.dispatch()
+
+    def _heal(self) -> None:
+        """Mend what a crash or a failed write left between runs and jobs: a job whose run
+        is gone fails with the reason (it would sit queued for ever, or die in every
+        attempt); a run forgets the ids of jobs that are gone (retention cut short); a run
+        whose jobs all ended is finished (the daemon died before it said so)."""
+        known: set[str] = set()
+        for job in self.queue.jobs():
+            known.add(job.job_id)
+            if job.run_id in self.runs:
+                continue
+            self.runless.add(job.job_id)
+            if job.state in FINAL:
+                continue
+            try:
+                self._emit_job(self.queue.give_up(job.job_id, RUN_GONE.format(run_id=job.run_id)))
+            except TcmError as exc:  # still queued: its attempt gives up when it is taken
+                log.warning("cannot fail a job whose run is gone", job_id=job.job_id,
+                            error=exc.message)  # fmt: skip
+                continue
+            log.warning("job failed: its run is gone", job_id=job.job_id, run_id=job.run_id)
+        for run in self.runs.values():
+            gone = [task for task, job_id in run.job_ids.items() if job_id not in known]
+            for task in gone:
+                del run.job_ids[task]
+            if gone:
+                log.warning("run lost jobs", run_id=run.run_id, tasks=gone)
+                with contextlib.suppress(TcmError):  # mended in memory; again at the next start
+                    self.store.put(RUNS, run.run_id, run.to_json())
+        with contextlib.suppress(TcmError):
+            self.finish_runs()
 
     async def timer(self) -> None:
         """Dispatch when a retry falls due or something changed (never a busy loop)."""
@@ -159,7 +201,7 @@ class Parallel:
                 self.peak_managers = max(self.peak_managers, len(busy))
                 task = asyncio.get_running_loop().create_task(self._attempt(job, mid))
                 self.attempts[job.job_id] = task
-                task.add_done_callback(self._attempt_done)
+                task.add_done_callback(functools.partial(self._attempt_done, job.job_id, mid))
         self.instances.changes.fire()
 
     def _emit_job(self, job: Job) -> None:
@@ -176,9 +218,19 @@ class Parallel:
         """Have the timer dispatch soon and re-read the next retry time."""
         self._wake.set()
 
-    def _attempt_done(self, task: asyncio.Task[None]) -> None:
+    def _attempt_done(self, job_id: str, manager_id: str, task: asyncio.Task[None]) -> None:
+        """The end of an attempt, however it ended (even cancelled before it began): free
+        the manager's slot, then fill it."""
+        if self.attempts.get(job_id) is task:
+            del self.attempts[job_id]
+        self.active[manager_id] -= 1
         if not task.cancelled() and (exc := task.exception()) is not None:
-            log.error("attempt crashed", exc_info=exc)
+            log.error("attempt crashed", job_id=job_id, exc_info=exc)
+        try:
+            self.dispatch()
+        except Exception:  # e.g. the store refused a write: the timer tries again
+            log.exception("dispatch failed")
+        self.kick()  # a retry may now be due later than the timer knows
 
     def _on_instance(self, inst: Instance, old: State) -> None:
         if inst.role != Role.MANAGER:
@@ -195,7 +247,11 @@ class Parallel:
 
     # -- one attempt --------------------------------------------------------------------------
     async def _attempt(self, job: Job, manager_id: str) -> None:
-        run = self.runs[job.run_id]
+        run = self.runs.get(job.run_id)
+        if run is None:  # start() fails such jobs; this holds should one still come by
+            self.runless.add(job.job_id)
+            self._emit_job(self.queue.give_up(job.job_id, RUN_GONE.format(run_id=job.run_id)))
+            return
         spec: Instance | None = None
         wt: worktrees.Worktree | None = None
         started = time.monotonic()
@@ -230,15 +286,11 @@ class Parallel:
         except Exception as exc:  # a bug must not leave the job active forever
             log.exception("attempt failed unexpectedly", job_id=job.job_id)
             self._emit_job(self.queue.fail(job.job_id, f"internal error: {exc!r}", time.time()))
-        finally:
-            self.attempts.pop(job.job_id, None)
+        finally:  # the slot is freed by _attempt_done, whatever happens here
             await self._release(spec, run)
             if spec is not None:
                 self.specialists.discard(spec.id)
-            self.active[manager_id] -= 1
             self._finish_run_if_done(run)
-            self.dispatch()
-            self.kick()  # a retry may now be due later than the timer knows
 
     async def _release(self, spec: Instance | None, run: Run) -> None:
         """Terminate the attempt's specialist (unless the run keeps them for inspection)."""
@@ -321,15 +373,56 @@ class Parallel:
             log.info("run finished", run_id=run.run_id)
 
     def forget_run(self, run: Run) -> None:
-        """Drop a finished run and its jobs for good (retention)."""
-        for job_id in run.job_ids.values():
-            self.queue.forget(job_id)
+        """Drop a finished run and its jobs for good (retention): the run first, so a
+        failure or a crash half-way leaves jobs without a run, forgotten later."""
         self.store.delete(RUNS, run.run_id)
         del self.runs[run.run_id]
+        jobs = list(run.job_ids.values())
+        self.runless.update(jobs)  # what a failure below leaves, forget_runless takes later
+        for job_id in jobs:
+            self.queue.forget(job_id)
+            self.runless.discard(job_id)
+
+    def forget_runless(self, ended_before: float) -> int:
+        """Forget the finished jobs whose run is gone that ended before ``ended_before``."""
+        old = [
+            job_id
+            for job_id in self.runless
+            if (job := self.queue.get(job_id)).state in FINAL
+            and (job.finished_at or 0.0) < ended_before
+        ]
+        for job_id in old:
+            self.queue.forget(job_id)
+            self.runless.discard(job_id)
+        return len(old)
+
+    def submit(self, run: Run, jobs: list[Job]) -> None:
+        """Queue a new run's jobs, then store the run: all of it or nothing.
+
+        When a write fails, the jobs already queued are discarded and the error says
+        that nothing was queued. Nothing is dispatched in between (no ``await``)."""
+        queued: list[Job] = []
+        try:
+            for job in jobs:
+                self.queue.put(job)
+                queued.append(job)
+                run.job_ids[job.task_id] = job.job_id
+            self.save_run(run)
+        except Exception as exc:
+            for job in queued:
+                with contextlib.suppress(TcmError):  # left in the store: start() fails it
+                    self.queue.discard(job.job_id)
+            run.job_ids.clear()
+            if not isinstance(exc, TcmError):
+                raise
+            raise type(exc)(
+                f"{run.run_id} could not be stored, none of its tasks was queued: {exc.message}",
+                data={"runId": run.run_id, **(exc.data or {})},
+            ) from exc
 
     def save_run(self, run: Run) -> None:
-        self.runs[run.run_id] = run
         self.store.put(RUNS, run.run_id, run.to_json())
+        self.runs[run.run_id] = run
 
     def new_run_id(self) -> str:
         n = int(self.store.get("counters", "run") or 0) + 1

@@ -1,7 +1,8 @@
 """Retention: what has ended is kept for ``TCM_RETENTION_MS``, then forgotten.
 
-A finished run goes with its jobs; a terminated instance goes once none of its children
-is remembered (children first, so a remembered instance's parent is always there).
+A finished run goes with its jobs (a job whose run is gone, by its own end time); a
+terminated instance goes once none of its children is remembered (children first, so a
+remembered instance's parent is always there).
 Forgetting drops the memory, the store records and the instance's files, so a daemon
 that runs for months stays as small and as fast as one that runs for a week. Ids are
 never reused: their counters (the executive counter, each parent's ``next_child``, the
@@ -48,6 +49,8 @@ class Retention:
         ]
         for run in runs:
             self.parallel.forget_run(run)
+        if runless := self.parallel.forget_runless(now - self.keep_s):
+            log.info("forgotten jobs whose run is gone", jobs=runless)
         forgotten = 0
         while old := self._old_leaves(now):  # a parent becomes a leaf once its children go
             for inst in old:

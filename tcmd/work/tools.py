@@ -11,7 +11,7 @@ from typing import Any
 from tcmd.api import Caller, NoParams, Tool
 from tcmd.errors import Conflict, Forbidden, InvalidParams, NotFound
 from tcmd.instances.agents.registry import profile
-from tcmd.instances.authz import check_target, is_descendant
+from tcmd.instances.authz import check_target, may_see
 from tcmd.model import LIVE, Instance, Role, State
 from tcmd.work import distribution, worktrees
 from tcmd.work.dispatcher import Parallel, Run
@@ -25,7 +25,7 @@ from tcmd.work.params import (
     TaskSpec,
     WorktreesParams,
 )
-from tcmd.work.queue.base import FINAL, Job, JobState, Priority, RetryPolicy
+from tcmd.work.queue.base import FINAL, Job, JobState, Priority, RetryPolicy, stats_of
 
 
 class ParallelTools:
@@ -140,8 +140,8 @@ class ParallelTools:
                 else {}
             )
         )
-        for task in tasks:
-            job = Job(
+        jobs = [
+            Job(
                 job_id=self.p.queue.new_job_id(),
                 run_id=run.run_id,
                 task_id=task.id,
@@ -150,9 +150,9 @@ class ParallelTools:
                 manager_id=assignment[task.id],
                 retry=retry,
             )
-            run.job_ids[task.id] = job.job_id
-            self.p.queue.put(job)
-        self.p.save_run(run)
+            for task in tasks
+        ]
+        self.p.submit(run, jobs)
         for manager_id in run.manager_ids:
             if opts.maxConcurrent is not None:
                 self.p.limits[manager_id] = opts.maxConcurrent
@@ -185,8 +185,7 @@ class ParallelTools:
 
     async def execute_parallel(self, caller: Caller, p: ExecuteParallelParams) -> dict[str, Any]:
         manager = self.p.instances.get(p.managerId)
-        if caller.instance_id != manager.id:
-            check_target(caller, manager, self.p.instances.find, "run tasks under")
+        check_target(caller, manager, self.p.instances.find, "run tasks under", itself=True)
         if manager.role != Role.MANAGER:
             raise InvalidParams(f"managerId: {manager.id} is {manager.role.value}, not a manager")
         if manager.status not in LIVE:
@@ -284,24 +283,28 @@ class ParallelTools:
 
     # -- observing ----------------------------------------------------------------------------
     async def status(self, caller: Caller, p: StatusParams) -> dict[str, Any]:
-        changes = self.p.instances.changes
-        if p.sinceChange is not None and p.waitMs:
-            since = p.sinceChange
-            await changes.wait_for(lambda: changes.count != since, p.waitMs / 1000)
+        """A run's or a manager's progress, for the operator or the manager (or an ancestor
+        of it; of a run: of each of its managers)."""
+        run = None
         if p.runId:
             run = self.p.runs.get(p.runId)
             if run is None:
                 raise NotFound(f"no run {p.runId!r}")
-            jobs = self.p.run_jobs(run)
-            limit = sum(self.p.limit_for(m) for m in run.manager_ids)
+            if not self._run_is_mine(caller, run):
+                raise Forbidden(f"{caller.instance_id} may not watch {run.run_id}: not its run")
         elif p.managerId:
             manager = self.p.instances.get(p.managerId)
-            if caller.instance_id != manager.id:
-                check_target(caller, manager, self.p.instances.find, "watch")
-            jobs = self.p.queue.jobs(manager_id=manager.id)
-            limit = self.p.limit_for(manager.id)
+            check_target(caller, manager, self.p.instances.find, "watch", itself=True)
         else:
             raise InvalidParams("params: give managerId or runId")
+        changes = self.p.instances.changes
+        if p.sinceChange is not None and p.waitMs:
+            since = p.sinceChange
+            await changes.wait_for(lambda: changes.count != since, p.waitMs / 1000)
+        if run is not None:
+            jobs, managers = self.p.run_jobs(run), run.manager_ids
+        else:
+            jobs, managers = self.p.queue.jobs(manager_id=p.managerId), [str(p.managerId)]
         by = {s: sum(j.state == s for j in jobs) for s in JobState}
         return {
             "runId": p.runId,
@@ -311,15 +314,8 @@ class ParallelTools:
             "completedTasks": by[JobState.COMPLETED],
             "failedTasks": by[JobState.FAILED],
             "cancelledTasks": by[JobState.CANCELLED],
-            "maxConcurrent": limit,
-            "peakActive": max(
-                (
-                    self.p.peak_per_manager.get(m, 0)
-                    for m in ({p.managerId} if p.managerId else set())
-                    | set(self.p.runs[p.runId].manager_ids if p.runId else [])
-                ),
-                default=0,
-            ),
+            "maxConcurrent": sum(self.p.limit_for(m) for m in managers),
+            "peakActive": max((self.p.peak_per_manager.get(m, 0) for m in managers), default=0),
             "done": all(j.state in FINAL for j in jobs),
             "change": changes.count,
             "tasks": [_task_row(j) for j in jobs],
@@ -328,13 +324,19 @@ class ParallelTools:
     def _mine(self, caller: Caller, job: Job) -> bool:
         """Whether ``caller`` may see and cancel ``job``: the operator; an instance for the
         jobs of its own runs (it is the manager, or the manager is below it)."""
+        return caller.is_operator or self._manages(caller, job.manager_id)
+
+    def _run_is_mine(self, caller: Caller, run: Run) -> bool:
+        """Whether ``caller`` may watch ``run``: the operator; an instance that is each of
+        the run's managers or above each of them."""
         if caller.is_operator:
             return True
-        manager = self.p.instances.find(job.manager_id) if job.manager_id else None
-        return manager is not None and (
-            manager.id == caller.instance_id
-            or is_descendant(manager, str(caller.instance_id), self.p.instances.find)
-        )
+        return bool(run.manager_ids) and all(self._manages(caller, m) for m in run.manager_ids)
+
+    def _manages(self, caller: Caller, manager_id: str | None) -> bool:
+        """Whether the manager is known and ``caller`` is it or above it."""
+        manager = self.p.instances.find(manager_id) if manager_id else None
+        return manager is not None and may_see(caller, manager, self.p.instances.find)
 
     def jobs(self, caller: Caller, p: JobsParams) -> list[dict[str, Any]]:
         state = JobState(p.state) if p.state else None
@@ -347,9 +349,18 @@ class ParallelTools:
         return [j.public() for j in found if self._mine(caller, j)][: p.limit]
 
     def queue_stats(self, caller: Caller, p: NoParams) -> dict[str, Any]:
-        stats = self.p.queue.stats(time.time())
-        stats["peakManagers"] = self.p.peak_managers
-        stats["peakPerManager"] = dict(self.p.peak_per_manager)
+        """The whole queue for the operator; for an instance, the same figures over the
+        jobs of its own runs (and no daemon-wide ``peakManagers``)."""
+        now = time.time()
+        if caller.is_operator:
+            stats = self.p.queue.stats(now)
+            stats["peakManagers"] = self.p.peak_managers
+            stats["peakPerManager"] = dict(self.p.peak_per_manager)
+            return stats
+        stats = stats_of([j for j in self.p.queue.jobs() if self._mine(caller, j)], now)
+        stats["peakPerManager"] = {
+            m: n for m, n in self.p.peak_per_manager.items() if self._manages(caller, m)
+        }
         return stats
 
     async def cancel(self, caller: Caller, p: CancelParams) -> dict[str, Any]:

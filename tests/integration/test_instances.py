@@ -149,6 +149,26 @@ def test_role_matrix(agents: AgentDaemon) -> None:
         agents.call("spawn", {**base, "role": "executive", "workDir": "rel/dir"})
 
 
+def test_an_instance_reads_and_waits_on_itself_but_not_its_kin(agents: AgentDaemon) -> None:
+    agents.spawn("executive", agent="shell")
+    agents.spawn("manager", parent="exec_1", agent="shell")
+    agents.spawn("specialist", parent="mgr_1_1", agent="shell")
+    agents.spawn("specialist", parent="mgr_1_1", agent="shell")
+    for me in ("spec_1_1_1", "mgr_1_1"):
+        token = agents.token(me)
+        assert agents.call("read", {"instanceId": me}, token=token)["status"] == "ready"
+        out = agents.call("wait", {"instanceIds": [me], "timeoutMs": 1000}, token=token)
+        assert (out["done"], [i["instanceId"] for i in out["instances"]]) == (True, [me])
+    spec_t = agents.token("spec_1_1_1")
+    for kin in ("spec_1_1_2", "mgr_1_1", "exec_1"):  # a sibling, the parent, an ancestor
+        with pytest.raises(Forbidden, match=f"spec_1_1_1 may not read {kin}"):
+            agents.call("read", {"instanceId": kin}, token=spec_t)
+        with pytest.raises(Forbidden, match=f"spec_1_1_1 may not wait on {kin}"):
+            agents.call("wait", {"instanceIds": ["spec_1_1_1", kin]}, token=spec_t)
+    with pytest.raises(Forbidden, match="spec_1_1_1 may not send to spec_1_1_1"):
+        agents.call("send", {"instanceId": "spec_1_1_1", "text": "x"}, token=spec_t)
+
+
 def test_terminate_refuses_live_children_then_cascades_children_first(
     agents: AgentDaemon,
 ) -> None:

@@ -7,12 +7,14 @@ and end time to a shared file, and the peak is computed from those intervals.
 from __future__ import annotations
 
 import subprocess
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tcmd.errors import Forbidden
+from tcmd.store.jsonfile import JsonFileStore
 from tests.fakes import FAKE_CLAUDE
 from tests.support import AgentDaemon, DaemonProcess, wait_until
 
@@ -449,3 +451,92 @@ def test_a_rate_limited_task_does_not_hold_the_next_tasks(agents: AgentDaemon) -
     assert (rows["next"]["status"], rows["next"]["result"]) == ("completed", "after the limit")
     events = agents.call("events", {"since": 0, "limit": 10000})["events"]
     assert [e for e in events if e["kind"] == "health.hold"] == []
+
+
+def test_jobs_whose_run_is_gone_fail_on_load_and_the_manager_runs_on(
+    agents: AgentDaemon,
+) -> None:
+    """A run's record lost between two daemon runs (a crash between storing the jobs and
+    the run): its jobs fail with the reason at the next start, and die in no attempt that
+    would keep the manager's slots (they used to: the manager never ran anything again)."""
+    [mgr] = team(agents)
+    tasks = [{"id": f"t{i}", "instruction": "sleep 30"} for i in range(5)]
+    run = run_parallel(agents, mgr, tasks, wait=False, maxConcurrent=1)
+    run_id = run["runId"]
+    wait_until(
+        lambda: agents.call("getParallelStatus", {"runId": run_id})["activeSpecialists"] == 1, 10
+    )
+    assert agents.daemon.terminate() == 0
+    store = JsonFileStore(agents.daemon.state_dir / "store")
+    store.open()
+    try:
+        assert store.get("runs", run_id) is not None
+        store.delete("runs", run_id)
+    finally:
+        store.close()
+    agents.daemon.start()
+
+    jobs = agents.call("jobs", {"runId": run_id})
+    assert [(j["taskId"], j["state"]) for j in jobs] == [(t["id"], "failed") for t in tasks]
+    assert all(f"its run {run_id} was lost" in j["lastError"] for j in jobs)
+    after = run_parallel(agents, mgr, [{"id": "after", "instruction": "echo fine"}], wait=False)
+    status = wait_until(
+        lambda: (s := agents.call("getParallelStatus", {"runId": after["runId"]}))["done"] and s,
+        15,
+        what="a run after the restart to finish",
+    )
+    assert [(t["status"], t["result"]) for t in status["tasks"]] == [("completed", "fine")]
+    wait_until(
+        lambda: [r["role"] for r in agents.call("list")] == ["executive", "manager"],
+        10,
+        what="the lost run's specialist to be terminated",
+    )
+
+
+def one_run_and_onlookers(agents: AgentDaemon) -> tuple[str, str, dict[str, str]]:
+    """exec_1 > mgr_1_1 > spec_1_1_1, and exec_2; a finished run of one task under
+    mgr_1_1. The manager, the run id, and every instance's token."""
+    [mgr] = team(agents)
+    spec = agents.spawn("specialist", parent=mgr, agent="shell")["instanceId"]
+    outsider = agents.spawn("executive", agent="shell")["instanceId"]
+    out = run_parallel(agents, mgr, [{"id": "x", "instruction": "echo secret"}])
+    return mgr, out["runId"], {who: agents.token(who) for who in ("exec_1", mgr, spec, outsider)}
+
+
+def test_a_runs_status_is_for_its_manager_and_above(agents: AgentDaemon) -> None:
+    """getParallelStatus {runId} follows the rule of {managerId}: run ids are sequential,
+    and any instance could read any run's results."""
+    mgr, run_id, token = one_run_and_onlookers(agents)
+    for who in ("exec_1", mgr):
+        seen = agents.call("getParallelStatus", {"runId": run_id}, token=token[who])
+        assert [t["result"] for t in seen["tasks"]] == ["secret"]
+    for who in ("exec_2", "spec_1_1_1"):
+        with pytest.raises(Forbidden, match=f"{who} may not watch {run_id}"):
+            agents.call("getParallelStatus", {"runId": run_id}, token=token[who])
+        with pytest.raises(Forbidden, match=f"{who} may not watch {mgr}"):
+            agents.call("getParallelStatus", {"managerId": mgr}, token=token[who])
+
+
+def test_status_and_queue_stats_show_an_instance_its_own_subtree(agents: AgentDaemon) -> None:
+    """status: version, uptime and the counts of its own subtree, the rest (pid, paths,
+    settings, store, connections) is the operator's; queueStats: the jobs of its runs."""
+    mgr, _, token = one_run_and_onlookers(agents)
+    outsider, spec = "exec_2", "spec_1_1_1"
+    operator = agents.call("status")
+    assert {"pid", "socket", "stateDir", "store", "settings"} <= operator.keys()
+    assert operator["counts"]["connections"] >= 1
+    for who in token:
+        st = agents.call("status", token=token[who])
+        assert set(st) == {"version", "uptimeS", "counts"}, who
+        rows = agents.call("list", {"includeTerminated": True}, token=token[who])
+        assert st["counts"] == dict(Counter(f"instances.{r['status']}" for r in rows)), who
+    assert agents.call("status", token=token[outsider])["counts"] == {"instances.ready": 1}
+    stats = {who: agents.call("queueStats", token=token[who]) for who in token}
+    assert stats["exec_1"]["byState"]["completed"] == stats[mgr]["byState"]["completed"] == 1
+    assert stats["exec_1"]["peakPerManager"] == {mgr: 1}
+    assert stats["exec_1"]["avgRunMs"] is not None
+    for who in (outsider, spec):
+        assert set(stats[who]["byState"].values()) == {0}, who
+        assert (stats[who]["peakPerManager"], stats[who]["avgRunMs"]) == ({}, None)
+        assert "peakManagers" not in stats[who]
+    assert agents.call("queueStats")["peakManagers"] == 1

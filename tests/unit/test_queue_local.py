@@ -352,6 +352,65 @@ def test_cancel_leaves_final_jobs_unchanged(queue: LocalJobQueue, clock: Clock) 
         assert job.to_json() == snapshot
 
 
+def test_give_up_fails_a_job_at_once_whatever_its_state(
+    queue: LocalJobQueue, store: JsonFileStore, clock: Clock
+) -> None:
+    queue.put(new_job("queued", manager="m1"))
+    queue.put(new_job("retrying"))
+    queue.put(new_job("active"))
+    queue.take("m1", T0)  # queued: mine, seq 1
+    queue.take("m1", T0)  # retrying: the pool's, seq 2
+    queue.fail("retrying", "x", T0)
+    queue.cancel("queued")
+    queue.put(new_job("waiting", manager="m1"))
+    assert queue.take("m1", T0) is queue.get("active")
+    clock.advance(2)
+    for job_id in ("waiting", "retrying", "active"):
+        job = queue.give_up(job_id, "its run is gone")
+        assert (job.state, job.last_error, job.finished_at) == (
+            JobState.FAILED,
+            "its run is gone",
+            T0 + 2,
+        )
+        assert persisted(store, job_id) == job
+    assert queue.get("active").duration_ms == pytest.approx(2000)
+    assert queue.get("retrying").next_retry_at is None
+    assert (queue.waiting("m1"), queue.waiting(None), queue.next_wakeup()) == (0, 0, None)
+    assert queue.take("m1", T0 + 1000) is None
+    assert queue.stats(T0)["byState"]["failed"] == 3
+    cancelled = queue.get("queued")
+    assert queue.give_up("queued", "later") is cancelled and cancelled.state is JobState.CANCELLED
+    with pytest.raises(Conflict, match="job waiting is failed, cannot become failed"):
+        queue.fail("waiting", "x", T0)  # fail() is for attempts; a waiting job never had one
+
+
+def test_discard_drops_a_job_that_never_started(queue: LocalJobQueue, store: JsonFileStore) -> None:
+    queue.put(new_job("a", manager="m1"))
+    queue.put(new_job("b", manager="m1"))
+    queue.discard("a")
+    assert store.get("jobs", "a") is None
+    with pytest.raises(NotFound):
+        queue.get("a")
+    assert queue.waiting("m1") == 1
+    assert queue.stats(T0)["byState"]["queued"] == 1
+    assert ids([queue.take("m1", T0), queue.take("m1", T0)]) == ["b", None]
+    with pytest.raises(Conflict, match="has started"):
+        queue.discard("b")
+    queue.discard("nope")  # unknown: ignored
+
+
+def test_discard_forgets_the_job_in_memory_even_when_the_store_fails(
+    queue: LocalJobQueue, store: FlakyStore
+) -> None:
+    queue.put(new_job("a"))
+    crash(store)  # every write now fails
+    with pytest.raises(Conflict, match="not open"):
+        queue.discard("a")
+    assert queue.jobs() == [] and queue.waiting(None) == 0
+    store.open()
+    assert store.get("jobs", "a") is not None  # left behind: a job of no run, failed on load
+
+
 def test_recover_after_a_crash_requeues_active_jobs(directory: Path, clock: Clock) -> None:
     store = JsonFileStore(directory)
     store.open()

@@ -5,6 +5,7 @@ Priorities critical > high > medium > low, FIFO within a priority. Lifecycle:
     queued → active → completed
                     → retrying (backoff) → active → … → failed (dead, last error kept)
     queued / retrying / active → cancelled
+    queued / retrying / active → failed (given up: its run is gone)
 
 A job is either assigned to one manager (``manager_id``) or waits in the shared pool
 (``manager_id is None``) for whichever manager frees a slot first.
@@ -13,6 +14,7 @@ A job is either assigned to one manager (``manager_id``) or waits in the shared 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from enum import IntEnum, StrEnum
 from typing import Any, Protocol
@@ -43,6 +45,7 @@ class JobState(StrEnum):
 
 
 FINAL = frozenset({JobState.COMPLETED, JobState.FAILED, JobState.CANCELLED})
+THROUGHPUT_WINDOW_S = 60
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +128,12 @@ class JobQueue(Protocol):
     def cancel(self, job_id: str) -> Job:
         """queued/retrying/active → cancelled (final jobs are returned unchanged)."""
 
+    def give_up(self, job_id: str, error: str) -> Job:
+        """queued/retrying/active → failed at once, attempts left or not (final: unchanged)."""
+
+    def discard(self, job_id: str) -> None:
+        """Drop a job that never started (its run could not be stored), memory then store."""
+
     def recover(self) -> list[Job]:
         """After a daemon crash: active jobs → queued again, ``reruns`` + 1."""
 
@@ -158,3 +167,28 @@ class JobQueue(Protocol):
 
     def stats(self, now: float) -> dict[str, Any]:
         """``{byState, byPriority, avgWaitMs, avgRunMs, throughputPerMin}``."""
+
+
+def stats_of(jobs: Iterable[Job], now: float) -> dict[str, Any]:
+    """``JobQueue.stats`` figures over ``jobs`` alone (what an instance sees of its own
+    runs): the waits and run times of their last attempts, completions in the last minute."""
+    by_state = dict.fromkeys((state.value for state in JobState), 0)
+    by_priority = dict.fromkeys((priority.label for priority in Priority), 0)
+    waits, runs, completed = [], [], 0
+    for job in jobs:
+        by_state[job.state.value] += 1
+        if job.state in (JobState.QUEUED, JobState.RETRYING):
+            by_priority[job.priority.label] += 1
+        if job.started_at is not None:
+            waits.append((job.started_at - job.queued_at) * 1000)
+        if job.duration_ms is not None:
+            runs.append(job.duration_ms)
+        if job.state is JobState.COMPLETED and (job.finished_at or 0) > now - THROUGHPUT_WINDOW_S:
+            completed += 1
+    return {
+        "byState": by_state,
+        "byPriority": by_priority,
+        "avgWaitMs": sum(waits) / len(waits) if waits else None,
+        "avgRunMs": sum(runs) / len(runs) if runs else None,
+        "throughputPerMin": completed,
+    }

@@ -29,21 +29,20 @@ from typing import Any
 from tcmd.errors import Conflict, NotFound
 from tcmd.store.base import StateStore
 from tcmd.work.queue.backoff import retry_delay_s
-from tcmd.work.queue.base import FINAL, Job, JobState, Priority
+from tcmd.work.queue.base import FINAL, THROUGHPUT_WINDOW_S, Job, JobState, Priority
 
 JOBS_NS, COUNTERS_NS, JOB_COUNTER = "jobs", "counters", "job"
 ID_BLOCK = 1000  # job ids reserved per counter write
 STATS_WINDOW = 1000  # starts / finished attempts that avgWaitMs / avgRunMs average over
-THROUGHPUT_WINDOW_S = 60
 _COMPACT_MIN_DEAD = 64  # fewer dead heap entries than this are not worth a rebuild
 
 QUEUED, ACTIVE, RETRYING = JobState.QUEUED, JobState.ACTIVE, JobState.RETRYING
 COMPLETED, FAILED, CANCELLED = JobState.COMPLETED, JobState.FAILED, JobState.CANCELLED
 WAITING = frozenset({QUEUED, RETRYING})
 _MOVES: dict[JobState, frozenset[JobState]] = {
-    QUEUED: frozenset({ACTIVE, CANCELLED}),
+    QUEUED: frozenset({ACTIVE, CANCELLED, FAILED}),  # failed: give_up()
     ACTIVE: frozenset({COMPLETED, RETRYING, FAILED, CANCELLED, QUEUED}),  # queued: recover()
-    RETRYING: frozenset({QUEUED, CANCELLED}),
+    RETRYING: frozenset({QUEUED, CANCELLED, FAILED}),
     **{state: frozenset() for state in FINAL},
 }
 
@@ -208,7 +207,12 @@ class LocalJobQueue:
     def fail(self, job_id: str, error: str, now: float) -> Job:
         """active → retrying after a jittered backoff, or failed once out of attempts."""
         job = self.get(job_id)
-        if job.state is ACTIVE and job.attempts < job.retry.attempts:
+        if job.state is not ACTIVE:  # _MOVES lets a waiting job fail only through give_up
+            raise Conflict(
+                f"job {job_id} is {job.state.value}, cannot become failed",
+                data={"jobId": job_id, "state": job.state.value},
+            )
+        if job.attempts < job.retry.attempts:
             retry_at = now + retry_delay_s(job.retry, job.attempts, self._rng)
             self._end_attempt(job, now, state=RETRYING, next_retry_at=retry_at, last_error=error)
             self._enqueue(job)
@@ -228,6 +232,35 @@ class LocalJobQueue:
             self._commit(job, state=CANCELLED, finished_at=now, next_retry_at=None)
             self._dequeue(job)
         return job
+
+    def give_up(self, job_id: str, error: str) -> Job:
+        """queued/retrying/active → failed at once with ``error``, whatever attempts are
+        left (its run is gone: no attempt can run); a final job is returned unchanged."""
+        job = self.get(job_id)
+        if job.state in FINAL:
+            return job
+        now = self._clock()
+        if job.state is ACTIVE:
+            self._end_attempt(job, now, state=FAILED, finished_at=now, last_error=error)
+        else:
+            self._commit(job, state=FAILED, finished_at=now, next_retry_at=None, last_error=error)
+            self._dequeue(job)
+        return job
+
+    def discard(self, job_id: str) -> None:
+        """Drop a job that never started (the run it was put for could not be stored):
+        gone from memory whatever happens, then deleted from the store. A store error
+        propagates; the record it leaves belongs to no run, and the dispatcher fails such
+        jobs when it loads them. Unknown ids are ignored."""
+        job = self._jobs.get(job_id)
+        if job is None:
+            return
+        if job.state is not QUEUED or job.attempts:
+            raise Conflict(f"job {job_id} has started: only a job that never ran is discarded")
+        self._dequeue(job)
+        del self._jobs[job_id]
+        self._count(job, -1)
+        self._store.delete(JOBS_NS, job_id)
 
     def recover(self) -> list[Job]:
         """After a daemon crash: active jobs → queued, ``reruns`` + 1, attempts kept."""
