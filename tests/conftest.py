@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from tests.fakes import FAKE_CLAUDE
+from tests.redis_server import RedisServer
 from tests.support import AgentDaemon, DaemonProcess
 
 
@@ -34,3 +35,11 @@ def daemon(daemon_factory: type[DaemonProcess]) -> DaemonProcess:
 def agents(tmp_path: Path, daemon_factory: type[DaemonProcess]) -> AgentDaemon:
     """A running tcmd whose `claude` profile launches the fake Claude Code."""
     return AgentDaemon.start_in(tmp_path, daemon_factory, FAKE_CLAUDE)
+
+
+@pytest.fixture
+def redis_server() -> Iterator[RedisServer]:
+    """A fresh real redis-server on a free port, killed (by pid) after the test."""
+    server = RedisServer().start()
+    yield server
+    server.cleanup()
