@@ -54,16 +54,11 @@ def status(st: Mapping[str, Any]) -> str:
     if store.get("lastError"):
         store_text += f" ({store['lastError']})"
     counts = " ".join(f"{k}={v}" for k, v in sorted(st.get("counts", {}).items()))
-    return pairs(
-        [
-            (
-                "tcmd",
-                f"{st.get('version')}  pid {st.get('pid')}  up {duration(st.get('uptimeS', 0))}"
-                f"  boots {st.get('boots')}",
-            ),
-            ("socket", st.get("socket")),
-            ("state", st.get("stateDir")),
-            ("store", store_text),
-            ("counts", counts),
-        ]
-    )
+    head = f"{st.get('version')}  up {duration(st.get('uptimeS', 0))}"
+    if "pid" in st:  # the operator's view; an instance sees version, uptime, its counts
+        head = f"{st.get('version')}  pid {st['pid']}  up {duration(st.get('uptimeS', 0))}"
+        head += f"  boots {st.get('boots')}"
+    rows: list[tuple[str, Any]] = [("tcmd", head)]
+    if "socket" in st:
+        rows += [("socket", st["socket"]), ("state", st.get("stateDir")), ("store", store_text)]
+    return pairs([*rows, ("counts", counts)])

@@ -200,7 +200,9 @@ def attach(obj: Ctx, instance_id: str, ro: bool) -> None:
     """Attach this terminal to an instance's tmux session (detach: C-b d)."""
     st = obj.call("status")
     obj.call("read", {"instanceId": instance_id, "lines": 1})  # exists, and we may see it
-    argv = ["tmux", "-L", st["settings"]["tmux_socket"], "attach-session", "-t", f"={instance_id}"]
+    # an instance's status has no settings: then the server named where tcmctl runs
+    name = st.get("settings", {}).get("tmux_socket") or os.environ.get("TCM_TMUX_SOCKET", "tcm")
+    argv = ["tmux", "-L", name, "attach-session", "-t", f"={instance_id}"]
     if ro:
         argv.append("-r")
     env = {k: v for k, v in os.environ.items() if k != "TMUX"}  # allow attaching from tmux

@@ -143,7 +143,8 @@ class Instances:
         none; another instance's token is refused. Outside every pane a caller is the
         operator, or the instance whose token it presents. A process in tcm's tmux server
         but in no known pane (a tmux job) may only poke ``hook``; a peer that vanished before
-        it was identified, or a channel without a peer pid and without a token, is refused.
+        it was identified is refused, unless it sent a hook with a valid token; a channel
+        without a peer pid needs a token.
         """
         owner = self.by_token.get(token) if token else None
         if token and owner is None:
@@ -157,7 +158,10 @@ class Instances:
             if inst is None or inst.status == State.TERMINATED:
                 raise Forbidden(f"instance {who.instance_id} is terminated")
             return Caller(inst.id, inst.role.value)
-        if owner is not None and who is not VANISHED:
+        if owner is not None and (who is not VANISHED or method == "hook"):
+            # A hook's sender may be gone before tcmd gets to it (a loaded machine): its
+            # token still names it. Hooks only report state; every other call needs a peer
+            # that is still there to be identified.
             return Caller(owner, self.by_id[owner].role.value)
         if who == OUTSIDE:
             return OPERATOR
