@@ -70,7 +70,7 @@ async def served(tmp_path: Path) -> AsyncIterator[Served]:
     changes = WatchedChanges()
     log = EventLog(store, changes)
     log.load()
-    registry = Registry()
+    registry = Registry(node="n1")
     catalogue = Catalogue()
     mine = ObserveTools(log, registry, visible=lambda c, e: e.get("instanceId") == c.instance_id)
     catalogue.extend(mine.tools())
@@ -172,7 +172,7 @@ async def test_metrics_in_both_formats(served: Served) -> None:
 
     text = (await call(served.path, "metrics", {"format": "prometheus"}))["text"]
     assert text == served.registry.prometheus()
-    assert 'tcm_instance_health_score{instance="S1"} 0.5\n' in text
+    assert 'tcm_instance_health_score{instance="S1",node="n1"} 0.5\n' in text
 
 
 # -- the click commands, against the same server ----------------------------------------------
