@@ -30,7 +30,7 @@ from tcmd.instances.authz import may_see
 from tcmd.instances.delivery import Delivery
 from tcmd.instances.registry import Instances
 from tcmd.instances.tools import InstanceTools
-from tcmd.model import Instance, Role
+from tcmd.model import Instance, Role, State
 from tcmd.observe import logs
 from tcmd.observe.events import EventLog
 from tcmd.observe.metrics import Registry, standard
@@ -124,9 +124,11 @@ class Daemon:
             self.metrics.instances.clear()
             for state, n in self.instances.counts().items():
                 self.metrics.instances.set(n, state=state)
-            self.metrics.health_score.clear()
+            self.metrics.health_score.clear()  # live instances only: the text stays bounded
             for instance_id, verdict in self.health.checks.items():
-                self.metrics.health_score.set(verdict.score, instance=instance_id)
+                inst = self.instances.find(instance_id)
+                if inst is not None and inst.status != State.TERMINATED:
+                    self.metrics.health_score.set(verdict.score, instance=instance_id)
 
         self.registry.before_collect(collect)
 
