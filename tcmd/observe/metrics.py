@@ -14,12 +14,11 @@ label, and keep tcm's call style, label values as keyword arguments kept as stri
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import math
 import re
 import socket
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
 
@@ -52,14 +51,22 @@ class Metric:
         if len(set(self.labelnames)) != len(self.labelnames):
             raise ValueError(f"duplicate label names in {name}: {self.labelnames}")
         self.prom = self._make((NODE, *self.labelnames))
+        # prometheus_client's labels() validates and locks on every call: ours are kept
+        self._children: dict[LabelValues, Any] = {}
         if not self.labelnames:  # an unlabelled metric shows its zero from the start
-            self.prom.labels(node)
+            self._get(())
 
     def _make(self, labelnames: tuple[str, ...]) -> Any:
         raise NotImplementedError
 
     def _child(self, labels: dict[str, Any]) -> Any:
-        return self.prom.labels(self.node, *self._key(labels))
+        return self._get(self._key(labels))
+
+    def _get(self, key: LabelValues) -> Any:
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = self.prom.labels(self.node, *key)
+        return child
 
     def _key(self, labels: dict[str, Any]) -> LabelValues:
         try:
@@ -72,12 +79,14 @@ class Metric:
 
     def remove(self, **labels: Any) -> None:
         """Forget one sample (an instance that is gone, say)."""
-        with contextlib.suppress(KeyError):  # never set: nothing to forget
-            self.prom.remove(self.node, *self._key(labels))
+        key = self._key(labels)
+        if self._children.pop(key, None) is not None:  # never set: nothing to forget
+            self.prom.remove(self.node, *key)
 
     def clear(self) -> None:
-        """Forget every labelled sample: a collector then sets the live ones afresh."""
+        """Forget every labelled sample."""
         if self.labelnames:
+            self._children.clear()
             self.prom.clear()
 
     def family(self) -> Family:
@@ -92,14 +101,14 @@ class Metric:
         samples = sorted(self._samples(self.family().samples), key=lambda s: s[0])
         return {"type": self.type, "help": self.help, "samples": [s for _, s in samples]}
 
-    def _labels(self, sample: Sample) -> tuple[LabelValues, dict[str, str]]:
-        key = tuple(sample.labels[n] for n in self.labelnames)
-        return key, dict(zip(self.labelnames, key, strict=True))
+    def _key_of(self, sample: Sample) -> LabelValues:
+        return tuple([sample.labels[n] for n in self.labelnames])
 
     def _samples(self, samples: list[Sample]) -> Iterator[tuple[LabelValues, dict[str, Any]]]:
+        names = self.labelnames
         for s in samples:
-            key, labels = self._labels(s)
-            yield key, {"labels": labels, "value": _plain(s.value)}
+            key = self._key_of(s)
+            yield key, {"labels": dict(zip(names, key, strict=True)), "value": _plain(s.value)}
 
 
 class _Scalar(Metric):
@@ -107,7 +116,7 @@ class _Scalar(Metric):
         """The current value of one sample (0 when never touched)."""
         key = self._key(labels)
         for s in self.family().samples:
-            if self._labels(s)[0] == key:
+            if self._key_of(s) == key:
                 return float(s.value)
         return 0.0
 
@@ -144,6 +153,17 @@ class Gauge(_Scalar):
     def inc(self, amount: float = 1, **labels: Any) -> None:
         self._child(labels).inc(amount)
 
+    def set_all(self, values: Mapping[LabelValues, float]) -> None:
+        """Make these the gauge's only samples (label values in order -> value): for a
+        collector reading live state, which sets the live ones and forgets the others."""
+        for key in self._children.keys() - values.keys():
+            del self._children[key]
+            self.prom.remove(self.node, *key)
+        for key, value in values.items():
+            if len(key) != len(self.labelnames):
+                raise ValueError(f"{self.name} takes labels {self.labelnames}, got {key}")
+            self._get(tuple(map(str, key))).set(value)
+
 
 class Histogram(Metric):
     """Observations counted into buckets (upper bounds, ``le``), with their sum and count."""
@@ -177,8 +197,11 @@ class Histogram(Metric):
     def _samples(self, samples: list[Sample]) -> Iterator[tuple[LabelValues, dict[str, Any]]]:
         by_key: dict[LabelValues, dict[str, Any]] = {}
         for s in samples:
-            key, labels = self._labels(s)
-            one = by_key.setdefault(key, {"labels": labels, "buckets": {}, "count": 0, "sum": 0.0})
+            key = self._key_of(s)
+            one = by_key.get(key)
+            if one is None:
+                labels = dict(zip(self.labelnames, key, strict=True))
+                one = by_key[key] = {"labels": labels, "buckets": {}, "count": 0, "sum": 0.0}
             if s.name.endswith("_bucket"):
                 one["buckets"][number(float(s.labels["le"]))] = int(s.value)
             elif s.name.endswith("_count"):

@@ -121,14 +121,16 @@ class Daemon:
         )
 
         def collect() -> None:  # gauges are read when asked for
-            self.metrics.instances.clear()
-            for state, n in self.instances.counts().items():
-                self.metrics.instances.set(n, state=state)
-            self.metrics.health_score.clear()  # live instances only: the text stays bounded
-            for instance_id, verdict in self.health.checks.items():
-                inst = self.instances.find(instance_id)
-                if inst is not None and inst.status != State.TERMINATED:
-                    self.metrics.health_score.set(verdict.score, instance=instance_id)
+            counts = self.instances.counts()
+            self.metrics.instances.set_all({(state,): n for state, n in counts.items()})
+            find = self.instances.find
+            self.metrics.health_score.set_all(  # live instances only: the text stays bounded
+                {
+                    (iid,): verdict.score
+                    for iid, verdict in self.health.checks.items()
+                    if (inst := find(iid)) is not None and inst.status != State.TERMINATED
+                }
+            )
 
         self.registry.before_collect(collect)
 

@@ -45,12 +45,8 @@ def filled_registry() -> Registry:
     states = {"ready": 120, "busy": 70, "waiting": 6, "exited": 4}
 
     def collect() -> None:  # what the daemon's collector does at each call
-        m.instances.clear()
-        for state, n in states.items():
-            m.instances.set(n, state=state)
-        m.health_score.clear()
-        for iid, score in scores.items():
-            m.health_score.set(score, instance=iid)
+        m.instances.set_all({(state,): n for state, n in states.items()})
+        m.health_score.set_all({(iid,): score for iid, score in scores.items()})
 
     registry.before_collect(collect)
     for _ in range(1000):

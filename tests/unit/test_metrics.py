@@ -188,6 +188,14 @@ def test_gauge_set_inc_and_remove() -> None:
     assert [s["labels"] for s in g.snapshot()["samples"]] == [{"instance": "S1"}]
     g.clear()
     assert g.snapshot()["samples"] == []
+    g.set_all({("S1",): 1, ("S2",): 2})
+    g.set_all({("S2",): 3, ("S3",): 4})  # what a collector does: S1 is gone
+    assert [(s["labels"]["instance"], s["value"]) for s in g.snapshot()["samples"]] == [
+        ("S2", 3),
+        ("S3", 4),
+    ]
+    with pytest.raises(ValueError, match="takes labels"):
+        g.set_all({("S1", "x"): 1})
 
 
 def test_collectors_run_before_each_export() -> None:
