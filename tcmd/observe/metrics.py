@@ -1,37 +1,48 @@
-"""Metrics without a dependency: counters, gauges, histograms, and their two exports.
+"""Metrics on prometheus_client: counters, gauges, histograms, and their two faces.
 
-``Registry.snapshot()`` is the JSON face (the ``metrics`` tool); ``Registry.prometheus()``
-the text exposition format 0.0.4, for a scraper (``tcmctl metrics --prometheus``).
-Everything runs in the event loop's thread, so there are no locks. Label values are
-given as keyword arguments and kept as strings: ``m.tasks.inc(outcome="completed")``.
+Each daemon has its own ``Registry`` (a prometheus_client ``CollectorRegistry``, never the
+process-global one) and its node id; every series carries a ``node`` label with it.
+``Registry.snapshot()`` is the JSON face (the ``metrics`` tool): it leaves the node label
+out, as it always did, since one daemon answers for its own node.
+``Registry.prometheus()`` is prometheus_client's text exposition format 0.0.4.
+
+The metric types here are thin: they hold a prometheus_client metric, bind the node
+label, and keep tcm's call style, label values as keyword arguments kept as strings:
+``m.tasks.inc(outcome="completed")``. Everything runs in the event loop's thread.
 ``standard(registry)`` creates the metrics tcm reports.
 """
 
 from __future__ import annotations
 
-import bisect
 import itertools
 import math
 import re
-from collections.abc import Callable, Iterable, Sequence
+import socket
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
 
+import prometheus_client
+from prometheus_client.registry import Collector, CollectorRegistry
+from prometheus_client.samples import Sample
+
 DEFAULT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
-_NAME = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
+NODE = "node"  # the label every series carries
+_NAME = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")  # text format 0.0.4 names, no UTF-8 ones
 _LABEL = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 
 LabelValues = tuple[str, ...]
+Family = prometheus_client.Metric
 
 
 class Metric:
-    """One named family of samples, one per combination of label values."""
+    """One named family of samples, one per combination of label values (and the node)."""
 
     type: ClassVar[str]
-    reserved: ClassVar[frozenset[str]] = frozenset()  # label names its methods' arguments take
+    reserved: ClassVar[frozenset[str]] = frozenset({NODE})  # also its methods' argument names
 
-    def __init__(self, name: str, help: str, labels: Iterable[str] = ()) -> None:
-        self.name, self.help, self.labelnames = name, help, tuple(labels)
+    def __init__(self, name: str, help: str, labels: Iterable[str] = (), *, node: str) -> None:
+        self.name, self.help, self.labelnames, self.node = name, help, tuple(labels), node
         if not _NAME.match(name):
             raise ValueError(f"invalid metric name {name!r}")
         for label in self.labelnames:
@@ -39,11 +50,23 @@ class Metric:
                 raise ValueError(f"invalid label name {label!r} for {self.type} {name}")
         if len(set(self.labelnames)) != len(self.labelnames):
             raise ValueError(f"duplicate label names in {name}: {self.labelnames}")
-        # an unlabelled metric shows its zero from the start, as Prometheus clients do
-        self._values: dict[LabelValues, Any] = {} if self.labelnames else {(): self._zero()}
+        self.prom = self._make((NODE, *self.labelnames))
+        # prometheus_client's labels() validates and locks on every call: ours are kept
+        self._children: dict[LabelValues, Any] = {}
+        if not self.labelnames:  # an unlabelled metric shows its zero from the start
+            self._get(())
 
-    def _zero(self) -> Any:
-        return 0
+    def _make(self, labelnames: tuple[str, ...]) -> Any:
+        raise NotImplementedError
+
+    def _child(self, labels: dict[str, Any]) -> Any:
+        return self._get(self._key(labels))
+
+    def _get(self, key: LabelValues) -> Any:
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = self.prom.labels(self.node, *key)
+        return child
 
     def _key(self, labels: dict[str, Any]) -> LabelValues:
         try:
@@ -56,75 +79,97 @@ class Metric:
 
     def remove(self, **labels: Any) -> None:
         """Forget one sample (an instance that is gone, say)."""
-        self._values.pop(self._key(labels), None)
+        key = self._key(labels)
+        if self._children.pop(key, None) is not None:  # never set: nothing to forget
+            self.prom.remove(self.node, *key)
 
     def clear(self) -> None:
-        """Forget every labelled sample: a collector then sets the live ones afresh."""
+        """Forget every labelled sample."""
         if self.labelnames:
-            self._values.clear()
+            self._children.clear()
+            self.prom.clear()
+
+    def family(self) -> Family:
+        """This metric as prometheus_client collects it (``_created`` samples left out)."""
+        family: Family
+        [family] = self.prom.collect()
+        family.samples = [s for s in family.samples if not s.name.endswith("_created")]
+        return family
 
     def snapshot(self) -> dict[str, Any]:
-        samples = [
-            {"labels": dict(zip(self.labelnames, k, strict=True)), **self._sample(v)}
-            for k, v in sorted(self._values.items())
-        ]
-        return {"type": self.type, "help": self.help, "samples": samples}
+        """``{type, help, samples}``; samples sorted by label values, without the node."""
+        samples = sorted(self._samples(self.family().samples), key=lambda s: s[0])
+        return {"type": self.type, "help": self.help, "samples": [s for _, s in samples]}
 
-    def _sample(self, value: Any) -> dict[str, Any]:
-        return {"value": value}
+    def _key_of(self, sample: Sample) -> LabelValues:
+        return tuple([sample.labels[n] for n in self.labelnames])
 
-    def exposition(self) -> list[str]:
-        return [
-            f"{self.name}{_braces(self.labelnames, k)} {_number(v)}"
-            for k, v in sorted(self._values.items())
-        ]
+    def _samples(self, samples: list[Sample]) -> Iterator[tuple[LabelValues, dict[str, Any]]]:
+        names = self.labelnames
+        for s in samples:
+            key = self._key_of(s)
+            yield key, {"labels": dict(zip(names, key, strict=True)), "value": _plain(s.value)}
 
 
 class _Scalar(Metric):
     def value(self, **labels: Any) -> float:
         """The current value of one sample (0 when never touched)."""
-        return float(self._values.get(self._key(labels), 0))
+        key = self._key(labels)
+        for s in self.family().samples:
+            if self._key_of(s) == key:
+                return float(s.value)
+        return 0.0
 
 
 class Counter(_Scalar):
-    """A count that only goes up."""
+    """A count that only goes up. Its name ends in ``_total``, as Prometheus wants."""
 
     type = "counter"
-    reserved = frozenset({"amount"})
+    reserved = frozenset({NODE, "amount"})
+
+    def _make(self, labelnames: tuple[str, ...]) -> Any:
+        if not self.name.endswith("_total"):
+            raise ValueError(f"a counter's name ends in _total: {self.name}")
+        return prometheus_client.Counter(self.name, self.help, labelnames, registry=None)
 
     def inc(self, amount: float = 1, **labels: Any) -> None:
         if amount < 0:
             raise ValueError(f"{self.name}: a counter cannot decrease (inc by {amount})")
-        key = self._key(labels)
-        self._values[key] = self._values.get(key, 0) + amount
+        self._child(labels).inc(amount)
 
 
 class Gauge(_Scalar):
     """A value that goes up and down."""
 
     type = "gauge"
-    reserved = frozenset({"amount", "value"})
+    reserved = frozenset({NODE, "amount", "value"})
+
+    def _make(self, labelnames: tuple[str, ...]) -> Any:
+        return prometheus_client.Gauge(self.name, self.help, labelnames, registry=None)
 
     def set(self, value: float, **labels: Any) -> None:
-        self._values[self._key(labels)] = value
+        self._child(labels).set(value)
 
     def inc(self, amount: float = 1, **labels: Any) -> None:
-        key = self._key(labels)
-        self._values[key] = self._values.get(key, 0) + amount
+        self._child(labels).inc(amount)
 
-
-@dataclass(slots=True)
-class _Buckets:
-    counts: list[int]  # per bucket, not cumulative; the last one is +Inf
-    sum: float = 0.0
-    count: int = 0
+    def set_all(self, values: Mapping[LabelValues, float]) -> None:
+        """Make these the gauge's only samples (label values in order -> value): for a
+        collector reading live state, which sets the live ones and forgets the others."""
+        for key in self._children.keys() - values.keys():
+            del self._children[key]
+            self.prom.remove(self.node, *key)
+        for key, value in values.items():
+            if len(key) != len(self.labelnames):
+                raise ValueError(f"{self.name} takes labels {self.labelnames}, got {key}")
+            self._get(tuple(map(str, key))).set(value)
 
 
 class Histogram(Metric):
     """Observations counted into buckets (upper bounds, ``le``), with their sum and count."""
 
     type = "histogram"
-    reserved = frozenset({"value", "le"})
+    reserved = frozenset({NODE, "value", "le"})
 
     def __init__(
         self,
@@ -132,58 +177,58 @@ class Histogram(Metric):
         help: str,
         buckets: Sequence[float] = DEFAULT_BUCKETS,
         labels: Iterable[str] = (),
+        *,
+        node: str,
     ) -> None:
         bounds = [float(b) for b in buckets if not math.isinf(b)]
         if not bounds or any(b >= c for b, c in itertools.pairwise(bounds)):
             raise ValueError(f"{name}: buckets must be increasing and not empty: {buckets}")
         self.buckets = tuple(bounds)
-        super().__init__(name, help, labels)
+        super().__init__(name, help, labels, node=node)
 
-    def _zero(self) -> _Buckets:
-        return _Buckets([0] * (len(self.buckets) + 1))
+    def _make(self, labelnames: tuple[str, ...]) -> Any:
+        return prometheus_client.Histogram(
+            self.name, self.help, labelnames, buckets=self.buckets, registry=None
+        )
 
     def observe(self, value: float, **labels: Any) -> None:
-        key = self._key(labels)
-        sample = self._values.get(key) or self._values.setdefault(key, self._zero())
-        sample.counts[bisect.bisect_left(self.buckets, value)] += 1  # le: value <= bound
-        sample.sum += value
-        sample.count += 1
+        self._child(labels).observe(value)
 
-    def _cumulative(self, sample: _Buckets) -> list[tuple[str, int]]:
-        bounds = [*map(_number, self.buckets), "+Inf"]
-        return list(zip(bounds, itertools.accumulate(sample.counts), strict=True))
-
-    def _sample(self, value: _Buckets) -> dict[str, Any]:
-        return {"buckets": dict(self._cumulative(value)), "count": value.count, "sum": value.sum}
-
-    def exposition(self) -> list[str]:
-        lines: list[str] = []
-        names = (*self.labelnames, "le")
-        for k, s in sorted(self._values.items()):
-            lines.extend(
-                f"{self.name}_bucket{_braces(names, (*k, bound))} {n}"
-                for bound, n in self._cumulative(s)
-            )
-            lines.append(f"{self.name}_sum{_braces(self.labelnames, k)} {_number(s.sum)}")
-            lines.append(f"{self.name}_count{_braces(self.labelnames, k)} {s.count}")
-        return lines
+    def _samples(self, samples: list[Sample]) -> Iterator[tuple[LabelValues, dict[str, Any]]]:
+        by_key: dict[LabelValues, dict[str, Any]] = {}
+        for s in samples:
+            key = self._key_of(s)
+            one = by_key.get(key)
+            if one is None:
+                labels = dict(zip(self.labelnames, key, strict=True))
+                one = by_key[key] = {"labels": labels, "buckets": {}, "count": 0, "sum": 0.0}
+            if s.name.endswith("_bucket"):
+                one["buckets"][number(float(s.labels["le"]))] = int(s.value)
+            elif s.name.endswith("_count"):
+                one["count"] = int(s.value)
+            elif s.name.endswith("_sum"):
+                one["sum"] = float(s.value)
+        yield from by_key.items()
 
 
 M = TypeVar("M", bound=Metric)
 
 
 class Registry:
-    """The metrics of one daemon, in the order they were created."""
+    """The metrics of one daemon (one node), in the order they were created."""
 
-    def __init__(self) -> None:
+    def __init__(self, node: str | None = None) -> None:
+        self.node = node or socket.gethostname()
+        self.prom = CollectorRegistry(auto_describe=False)
         self._metrics: dict[str, Metric] = {}
         self._collectors: list[Callable[[], None]] = []
+        self.prom.register(_Families(self._metrics.values))
 
     def counter(self, name: str, help: str, labels: Iterable[str] = ()) -> Counter:
-        return self._add(Counter(name, help, labels))
+        return self._add(name, lambda: Counter(name, help, labels, node=self.node))
 
     def gauge(self, name: str, help: str, labels: Iterable[str] = ()) -> Gauge:
-        return self._add(Gauge(name, help, labels))
+        return self._add(name, lambda: Gauge(name, help, labels, node=self.node))
 
     def histogram(
         self,
@@ -192,17 +237,18 @@ class Registry:
         buckets: Sequence[float] = DEFAULT_BUCKETS,
         labels: Iterable[str] = (),
     ) -> Histogram:
-        return self._add(Histogram(name, help, buckets, labels))
+        return self._add(name, lambda: Histogram(name, help, buckets, labels, node=self.node))
 
-    def _add(self, metric: M) -> M:
-        """Register ``metric``, or return the same-shaped one registered before."""
-        existing = self._metrics.get(metric.name)
+    def _add(self, name: str, make: Callable[[], M]) -> M:
+        """Register a new metric, or return the same-shaped one registered before."""
+        metric = make()
+        existing = self._metrics.get(name)
         if existing is None:
-            self._metrics[metric.name] = metric
+            self._metrics[name] = metric
             return metric
         same = type(existing) is type(metric) and existing.labelnames == metric.labelnames
         if not same or getattr(existing, "buckets", None) != getattr(metric, "buckets", None):
-            raise ValueError(f"metric {metric.name} already exists with another shape")
+            raise ValueError(f"metric {name} already exists with another shape")
         return existing  # type: ignore[return-value]  # same type, checked above
 
     def before_collect(self, collect: Callable[[], None]) -> None:
@@ -214,43 +260,38 @@ class Registry:
             collect()
 
     def snapshot(self) -> dict[str, Any]:
-        """``{name: {type, help, samples: [...]}}``, JSON-ready."""
+        """``{name: {type, help, samples: [...]}}``, JSON-ready (no node label)."""
         self._collect()
         return {name: m.snapshot() for name, m in self._metrics.items()}
 
     def prometheus(self) -> str:
-        """The Prometheus text exposition format, version 0.0.4."""
+        """The Prometheus text exposition format, version 0.0.4, every series with its node."""
         self._collect()
-        lines = []
-        for m in self._metrics.values():
-            lines.append(f"# HELP {m.name} {_escape(m.help)}")
-            lines.append(f"# TYPE {m.name} {m.type}")
-            lines.extend(m.exposition())
-        return "".join(f"{line}\n" for line in lines)
+        return prometheus_client.generate_latest(self.prom).decode()
 
 
-def _escape(text: str, *, quote: bool = False) -> str:
-    """Backslash, newline and (in label values) the double quote, backslash-escaped."""
-    text = text.replace("\\", "\\\\").replace("\n", "\\n")
-    return text.replace('"', '\\"') if quote else text
+class _Families(Collector):
+    """The registry's metrics as one collector: registered once, in creation order."""
+
+    def __init__(self, metrics: Callable[[], Iterable[Metric]]) -> None:
+        self.metrics = metrics
+
+    def collect(self) -> Iterable[Family]:
+        return [m.family() for m in self.metrics()]
 
 
-def _braces(names: Sequence[str], values: Sequence[str]) -> str:
-    if not names:
-        return ""
-    pairs = ",".join(f'{n}="{_escape(v, quote=True)}"' for n, v in zip(names, values, strict=True))
-    return "{" + pairs + "}"
-
-
-def _number(value: float) -> str:
-    """A sample value as Prometheus writes it: 3, 0.25, +Inf, NaN."""
-    if math.isnan(value):
-        return "NaN"
+def number(value: float) -> str:
+    """A bound as the JSON face writes it: 3, 0.25, +Inf."""
     if math.isinf(value):
         return "+Inf" if value > 0 else "-Inf"
     if float(value).is_integer() and abs(value) < 1e15:
         return str(int(value))
     return repr(float(value))
+
+
+def _plain(value: float) -> float | int:
+    """A whole number as an int, as the JSON face always showed counts."""
+    return int(value) if float(value).is_integer() and abs(value) < 1e15 else value
 
 
 # -- the metrics tcm reports ---------------------------------------------------------------

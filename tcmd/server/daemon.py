@@ -30,7 +30,7 @@ from tcmd.instances.authz import may_see
 from tcmd.instances.delivery import Delivery
 from tcmd.instances.registry import Instances
 from tcmd.instances.tools import InstanceTools
-from tcmd.model import Instance, Role
+from tcmd.model import Instance, Role, State
 from tcmd.observe import logs
 from tcmd.observe.events import EventLog
 from tcmd.observe.metrics import Registry, standard
@@ -121,12 +121,16 @@ class Daemon:
         )
 
         def collect() -> None:  # gauges are read when asked for
-            self.metrics.instances.clear()
-            for state, n in self.instances.counts().items():
-                self.metrics.instances.set(n, state=state)
-            self.metrics.health_score.clear()
-            for instance_id, verdict in self.health.checks.items():
-                self.metrics.health_score.set(verdict.score, instance=instance_id)
+            counts = self.instances.counts()
+            self.metrics.instances.set_all({(state,): n for state, n in counts.items()})
+            find = self.instances.find
+            self.metrics.health_score.set_all(  # live instances only: the text stays bounded
+                {
+                    (iid,): verdict.score
+                    for iid, verdict in self.health.checks.items()
+                    if (inst := find(iid)) is not None and inst.status != State.TERMINATED
+                }
+            )
 
         self.registry.before_collect(collect)
 

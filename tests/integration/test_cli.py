@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -207,8 +208,8 @@ def test_distribute_quickstart_waits_and_reports(daemon: DaemonProcess, tmp_path
     stats = json.loads(run(["queue", "--json"], daemon.env).stdout)
     assert stats["byState"]["completed"] == 12
     prom = run(["metrics", "--prometheus"], daemon.env).stdout
-    assert 'tcm_tasks_total{outcome="completed"} 12' in prom
-    assert "tcm_task_duration_seconds_count 12" in prom
+    assert re.search(r'^tcm_tasks_total\{node="[^"]+",outcome="completed"\} 12\.0$', prom, re.M)
+    assert re.search(r'^tcm_task_duration_seconds_count\{node="[^"]+"\} 12\.0$', prom, re.M)
     events = [
         json.loads(line) for line in run(["events", "--json"], daemon.env).stdout.splitlines()
     ]

@@ -260,8 +260,8 @@ def test_events_stream_in_order_and_resume_from_since(healthy: AgentDaemon) -> N
     assert more["events"]
     assert all(e["seq"] > last for e in more["events"])
     prom = healthy.call("metrics", {"format": "prometheus"})["text"]
-    assert 'tcm_hook_events_total{event="Stop"}' in prom
-    assert 'tcm_instance_health_score{instance="exec_1"}' in prom
+    assert 'tcm_hook_events_total{event="Stop",node="' in prom
+    assert 'tcm_instance_health_score{instance="exec_1",node="' in prom
 
 
 def test_the_same_prompt_submitted_again_and_again_is_stuck(healthy: AgentDaemon) -> None:

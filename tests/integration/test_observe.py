@@ -1,7 +1,7 @@
 """events and metrics over a real socket: an RpcServer with ObserveTools, real clients.
 
-Not yet the daemon itself (wired in separately): the tools are served by the same
-RpcServer the daemon uses, and called through tcmctl's Client and its click commands.
+Most tests serve the tools with the same RpcServer the daemon uses and call them through
+tcmctl's Client and its click commands; the last one runs the real daemon.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from tcmd.observe.metrics import Registry, StandardMetrics, standard
 from tcmd.observe.tools import ObserveTools
 from tcmd.server.rpc import RpcServer
 from tcmd.store.jsonfile import JsonFileStore
+from tests.support import DaemonProcess, wait_until
 
 TOKENS = {"tok-s1": Caller("S1", "specialist")}
 
@@ -70,7 +71,7 @@ async def served(tmp_path: Path) -> AsyncIterator[Served]:
     changes = WatchedChanges()
     log = EventLog(store, changes)
     log.load()
-    registry = Registry()
+    registry = Registry(node="n1")
     catalogue = Catalogue()
     mine = ObserveTools(log, registry, visible=lambda c, e: e.get("instanceId") == c.instance_id)
     catalogue.extend(mine.tools())
@@ -172,7 +173,7 @@ async def test_metrics_in_both_formats(served: Served) -> None:
 
     text = (await call(served.path, "metrics", {"format": "prometheus"}))["text"]
     assert text == served.registry.prometheus()
-    assert 'tcm_instance_health_score{instance="S1"} 0.5\n' in text
+    assert 'tcm_instance_health_score{instance="S1",node="n1"} 0.5\n' in text
 
 
 # -- the click commands, against the same server ----------------------------------------------
@@ -254,3 +255,40 @@ async def test_cli_metrics(served: Served) -> None:
         invoke, cli_observe.metrics, ["--json"], Ctx(served.path, autostart=False)
     )
     assert orjson.loads(as_json.output)["metrics"] == served.registry.snapshot()
+
+
+# -- the real daemon ---------------------------------------------------------------------------
+def health_series(daemon: DaemonProcess) -> dict[str, str]:
+    """instance id -> its tcm_instance_health_score line in the Prometheus text."""
+    text: str = daemon.call("metrics", {"format": "prometheus"})["text"]
+    lines = [ln for ln in text.splitlines() if ln.startswith("tcm_instance_health_score{")]
+    return {ln.split('instance="')[1].split('"')[0]: ln for ln in lines}
+
+
+def test_a_terminated_instance_leaves_the_metrics_but_the_counts_stay(
+    daemon_factory: type[DaemonProcess], tmp_path: Path
+) -> None:
+    daemon = daemon_factory(extra_env={"HEALTH_CHECK_INTERVAL": "200"}).start()
+    for _ in range(2):
+        daemon.call(
+            "spawn",
+            {"role": "executive", "agent": "shell", "workDir": str(tmp_path), "context": "t"},
+        )
+    series = wait_until(
+        lambda: (s := health_series(daemon)).keys() == {"exec_1", "exec_2"} and s,
+        15,
+        what="a health score series for each instance",
+    )
+    assert all('node="' in line for line in series.values())
+    before = daemon.call("metrics")["metrics"]["tcm_hook_events_total"]["samples"]
+    assert sum(s["value"] for s in before) > 0
+
+    daemon.call("terminate", {"instanceId": "exec_1"})
+    assert health_series(daemon).keys() == {"exec_2"}  # gone at once, not at retention
+    json_face = daemon.call("metrics")["metrics"]
+    scored = [s["labels"]["instance"] for s in json_face["tcm_instance_health_score"]["samples"]]
+    assert scored == ["exec_2"]
+    after = {
+        s["labels"]["event"]: s["value"] for s in json_face["tcm_hook_events_total"]["samples"]
+    }
+    assert all(after[s["labels"]["event"]] >= s["value"] for s in before)  # counts kept
