@@ -5,9 +5,12 @@ tmux 3.3a facts this module relies on (found by experiment; most pinned by its t
 - An argument ending in ``;`` separates commands even inside an argv list (``\\;`` at
   the end is a literal ``;``): `run` escapes every argument.
 - new-session/respawn-pane exec two or more arguments directly (no shell) but give a
-  lone argument to ``sh -c``: a one-element argv runs as ``env -- ARG``.
-- ``-c DIR`` is format-expanded (``#{…}``, even ``#(cmd)``) and a missing DIR silently
-  falls back to another one: cwd is checked and its ``#`` doubled.
+  lone argument to ``sh -c``: every argv runs as ``env -C DIR -- ARGV`` (never alone).
+- ``-c DIR`` is format-expanded (``#{…}``, even ``#(cmd)``; ``##[`` stays as written, so
+  no escaping makes ``#[`` safe) and a missing DIR silently falls back to another one:
+  the pane starts in ``/`` and ``env -C`` changes into the checked cwd, which tmux never
+  reads. ``-e K=V`` values are not expanded.
+- new-session with a name in use fails with "duplicate session: NAME" (SessionExists).
 - ``-t NAME`` matches session names by prefix (``exec_1`` finds ``exec_10``): bare names
   become ``=NAME:`` targets. display-message ignores a bad target: lookups use list-panes.
   With no session at all, any target fails with "no current target".
@@ -62,6 +65,7 @@ _SESSION_NAME = re.compile(r"[A-Za-z0-9_-]+")
 # C0 controls except \t and \n, plus DEL (CR is normalised to LF before this runs).
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 _GONE = ("can't find", "no current target")
+_DUPLICATE = "duplicate session"
 _NO_SERVER = ("no server running", "error connecting to", "server exited unexpectedly")
 
 
@@ -81,6 +85,10 @@ class TmuxError(Unavailable):
 
 class NoServer(TmuxError):
     """No tmux server is listening on our socket."""
+
+
+class SessionExists(TmuxError):
+    """new-session was refused: a session of that name exists (nothing was created)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,17 +129,21 @@ def _target(target: str) -> str:
 
 
 def _spawn_args(argv: Sequence[str], cwd: Path, env: Mapping[str, str]) -> list[str]:
-    """``-c DIR -e K=V … -- ARGV`` for new-session/respawn-pane; ARGV never meets a shell."""
+    """``-c / -e K=V … -- env -C CWD -- ARGV`` for new-session/respawn-pane.
+
+    ARGV never meets a shell, and CWD never meets tmux's format expansion: ``env`` changes
+    into it (and fails loudly, status 125, if it vanished meanwhile).
+    """
     if not argv:
         raise InvalidParams("argv must not be empty", data={"field": "argv"})
     if not cwd.is_dir():
         raise InvalidParams(f"cwd {cwd} is not a directory", data={"field": "cwd"})
-    out = ["-c", str(cwd).replace("#", "##")]
+    out = ["-c", "/"]
     for key, value in env.items():
         if not key or "=" in key:
             raise InvalidParams(f"bad environment variable name {key!r}", data={"field": "env"})
         out += ["-e", f"{key}={value}"]
-    return [*out, "--", *(["env", "--", argv[0]] if len(argv) == 1 else argv)]
+    return [*out, "--", "env", "-C", str(cwd), "--", *argv]
 
 
 def _parse_pane(line: str) -> PaneInfo:
@@ -218,7 +230,12 @@ class Tmux:
         log.debug("tmux", command=command, rc=rc, ms=round((time.monotonic() - started) * 1e3, 1))
         if rc != 0 or stderr:
             stderr = stderr or f"exit status {rc}"
-            raise (NoServer if stderr.startswith(_NO_SERVER) else TmuxError)(command, stderr)
+            kind = (
+                NoServer if stderr.startswith(_NO_SERVER)
+                else SessionExists if stderr.startswith(_DUPLICATE)
+                else TmuxError
+            )  # fmt: skip
+            raise kind(command, stderr)
         return stdout
 
     async def ensure_server(self) -> None:

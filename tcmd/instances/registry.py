@@ -4,7 +4,8 @@ Each instance is one agent process in its own tmux session (named by its id) on 
 private tmux server. The daemon learns its state from hook events (``on_hook``), from
 tmux (pane death, via a ``pane-died`` tmux hook and a periodic reconcile) and, only for
 what no event reports, from the screen. Prompt delivery lives in ``delivery.py``; the
-catalogue entries and the role checks in ``instance_tools.py`` and ``authz.py``.
+catalogue entries and the role checks in ``tools.py`` and ``authz.py``; the sessions no
+instance owns (orphans, names in use, doomed sessions) in ``sessions.py``.
 """
 
 from __future__ import annotations
@@ -32,9 +33,10 @@ from tcmd.instances import launcher
 from tcmd.instances.agents.base import LaunchEnv
 from tcmd.instances.agents.registry import profile
 from tcmd.instances.identity import IN_TMUX, OUTSIDE, VANISHED, Identity, InPane, Who
+from tcmd.instances.sessions import Sessions
 from tcmd.model import LIVE, Instance, Role, State, check_move, child_id
 from tcmd.store import StateDamaged, StateStore
-from tcmd.tmux import NoServer, PaneInfo, Tmux
+from tcmd.tmux import NoServer, PaneInfo, SessionExists, Tmux
 
 log = structlog.get_logger(__name__)
 NS = "instances"
@@ -72,6 +74,8 @@ class Instances:
         self.pane_since: dict[str, float] = {}
         self.screen_checked: dict[str, float] = {}  # last screen fallback look, monotonic
         self.identity = Identity()  # pane processes: who calls, from the kernel
+        self.sessions = Sessions(tmux)  # names in use, orphans, doomed sessions
+        self.unsaved: set[str] = set()  # ids whose last change the store refused: retried
 
     # -- start-up and adoption ------------------------------------------------------------
     async def start(self) -> None:
@@ -103,7 +107,10 @@ class Instances:
 
     async def adopt(self) -> None:
         """Re-derive the state of every non-terminated instance from tmux (after a restart)."""
-        panes = {p.session: p for p in await self.tmux.panes()}
+        panes = self.sessions.saw(await self.tmux.panes())
+        if orphans := [p.session for p in self.sessions.orphans(panes, self.find)]:
+            log.warning("orphan tmux sessions: no instance owns them (see `orphans`)",
+                        sessions=orphans)  # fmt: skip
         for inst in self.by_id.values():
             if inst.status == State.TERMINATED:
                 continue
@@ -190,28 +197,90 @@ class Instances:
 
     # -- lifecycle ------------------------------------------------------------------------
     def create(self, role: Role, parent: Instance | None, **fields: Any) -> Instance:
-        """Allocate the next id under ``parent`` (persisted counter) and register."""
-        if parent is None:
-            n = int(self.store.get("counters", "exec") or 0) + 1
-            self.store.put("counters", "exec", n)
-        else:
-            n = parent.next_child
-            parent.next_child += 1
-            self._save(parent)
+        """Allocate the next free id under ``parent`` (persisted counter) and register.
+
+        A terminated parent takes no children: a cascade marks a whole subtree terminated
+        in one step, so nothing slips in under it while its sessions are killed.
+        """
+        if parent is not None and parent.status == State.TERMINATED:
+            raise Conflict(f"parentId: {parent.id} has terminated", data={"parentId": parent.id})
         inst = Instance(
-            id=child_id(parent, role, n),
+            id=self._next_id(role, parent),
             role=role,
             parent_id=parent.id if parent else None,
             token=secrets.token_urlsafe(32),
             session_id=str(uuid.uuid4()),
             **fields,
         )
-        if inst.id in self.by_id:  # only a hand-edited store could get here
-            raise Conflict(f"instance id {inst.id} already exists")
         self.by_id[inst.id] = inst
         self.by_token[inst.token] = inst.id
-        self._save(inst)
+        try:
+            self._save(inst)
+        except BaseException:  # not in the store: not at all (its id stays used up)
+            del self.by_id[inst.id]
+            self.by_token.pop(inst.token, None)
+            raise
         return inst
+
+    def _next_id(self, role: Role, parent: Instance | None) -> str:
+        """The next id from the counter whose name is free: no record, no tmux session.
+
+        After state loss (a state dir moved away, a journal cut short) the counters may
+        be behind the sessions that survived in tmux; their names are skipped, not reused.
+        """
+        n = parent.next_child if parent else int(self.store.get("counters", "exec") or 0) + 1
+        taken = self.sessions.in_use
+        while (new_id := child_id(parent, role, n)) in self.by_id or new_id in taken:
+            log.warning("id skipped: its name is in use", instance_id=new_id)
+            n += 1
+        if parent is None:
+            self.store.put("counters", "exec", n)
+        else:
+            parent.next_child = n + 1
+            self._save(parent)
+        return new_id
+
+    async def spawn(self, role: Role, parent: Instance | None, **fields: Any) -> Instance:
+        """Create and launch a new instance; on any failure it ends terminated, no duplicate.
+
+        A failed spawn is rolled back whatever failed (tmux, the store, a cancellation):
+        the record is terminated with the reason in ``last_error`` and its session killed,
+        so a caller that retries gets exactly one new instance. The error it gets carries
+        ``instanceId`` (the id rolled back) in its data.
+        """
+        inst = self.create(role, parent, **fields)
+        try:
+            await self.launch(inst, resume=False)
+        except BaseException as exc:
+            await self._roll_back(inst, exc)
+            if isinstance(exc, SessionExists):  # raced by someone else's session: not ours
+                raise Conflict(
+                    f"{inst.id}: a tmux session of that name exists that tcm does not know "
+                    "(see `orphans`); a retry takes the next free id",
+                    data={"instanceId": inst.id},
+                ) from exc
+            if isinstance(exc, TcmError):
+                exc.data = {**(exc.data or {}), "instanceId": inst.id}
+            raise
+        if inst.status == State.TERMINATED:  # a cascade got it while its pane was made
+            await self._kill(inst)
+            raise Conflict(
+                f"{inst.id} was terminated while it started", data={"instanceId": inst.id}
+            )
+        return inst
+
+    async def _roll_back(self, inst: Instance, exc: BaseException) -> None:
+        reason = (
+            exc.message if isinstance(exc, TcmError)
+            else "cancelled" if isinstance(exc, asyncio.CancelledError)
+            else repr(exc)
+        )  # fmt: skip
+        log.warning("spawn failed: rolled back", instance_id=inst.id, error=reason)
+        self._end(inst, f"spawn failed: {reason}")
+        if isinstance(exc, SessionExists):
+            self.sessions.in_use.add(inst.id)  # someone else's: never kill it, never take it
+        else:
+            await self._kill(inst)
 
     async def launch(self, inst: Instance, *, resume: bool) -> bool:
         """Start (or restart in place) the agent process of ``inst``; whether it resumed."""
@@ -277,13 +346,46 @@ class Instances:
         }
 
     async def terminate(self, inst: Instance) -> None:
-        """Kill its tmux session and mark it terminated (final; its token is revoked)."""
-        with contextlib.suppress(TcmError):
-            await self.tmux.kill_session(inst.id)
+        """Mark it terminated (final; its token is revoked), then kill its tmux session."""
+        self._end(inst)
+        await self._kill(inst)
+
+    async def terminate_tree(self, root: Instance) -> list[Instance]:
+        """Terminate ``root`` and all its descendants; those ended, children first.
+
+        Every one is marked terminated before the first await, so no spawn can add a child
+        anywhere in the tree meanwhile (``create`` refuses a terminated parent); the loop
+        re-reads the tree until nothing in it lives. Then the sessions are killed.
+        """
+        ended: list[Instance] = []
+        while below := [i for i in self.subtree(root) if i.status != State.TERMINATED]:
+            for inst in below:
+                self._end(inst)
+            ended += below
+        if root.status != State.TERMINATED:
+            self._end(root)
+        ended.append(root)
+        await asyncio.gather(*(self._kill(inst) for inst in ended))
+        return ended
+
+    def _end(self, inst: Instance, reason: str | None = None) -> None:
+        """Terminated now, in memory first: its token revoked, its hooks and new children
+        refused. A store that refuses the record gets it again on the next reconcile."""
         self.identity.pane_gone(inst.id)
         self.by_token.pop(inst.token, None)
-        if inst.status != State.TERMINATED:
+        if inst.status == State.TERMINATED:
+            return
+        if reason is not None:
+            inst.last_error = reason
+        try:
             self._set(inst, State.TERMINATED)
+        except TcmError as exc:
+            self.unsaved.add(inst.id)
+            log.warning("terminated record not stored yet", instance_id=inst.id, error=exc.message)
+
+    async def _kill(self, inst: Instance) -> None:
+        launching = self.pane_since.get(inst.id) == float("inf")  # its pane is being made
+        await self.sessions.kill(inst.id, launching=launching)
 
     def forget(self, inst: Instance) -> None:
         """Drop a terminated instance for good (retention): memory, store record, files."""
@@ -294,6 +396,7 @@ class Instances:
         for per_instance in (self.last_event, self.acks, self.repeats, self.pane_since,
                              self.tool_running, self.screen_checked):  # fmt: skip
             per_instance.pop(inst.id, None)
+        self.unsaved.discard(inst.id)
         shutil.rmtree(self.settings.state_dir / "instances" / inst.id, ignore_errors=True)
         for forgot in self.forget_listeners:
             forgot(inst.id)
@@ -309,12 +412,14 @@ class Instances:
             check_move(old, new)
         inst.status = new
         inst.updated = time.time()
-        self._save(inst)
-        if old != new:
-            log.debug("state", instance_id=inst.id, old=old, new=new)
-            for listener in self.listeners:
-                listener(inst, old)
-        self.changes.fire()
+        try:
+            self._save(inst)
+        finally:  # memory moved even if the store refused: the listeners must know
+            if old != new:
+                log.debug("state", instance_id=inst.id, old=old, new=new)
+                for listener in self.listeners:
+                    listener(inst, old)
+            self.changes.fire()
 
     def _save(self, inst: Instance) -> None:
         # the dataclass itself: orjson encodes it as to_json() would, without asdict's copy
@@ -430,15 +535,18 @@ class Instances:
             return ""
 
     async def reconcile(self) -> None:
-        """One batched tmux query: dead or vanished panes → exited; busy screens re-read."""
+        """One batched tmux query: dead or vanished panes → exited; busy screens re-read;
+        sessions of terminated instances killed; records the store refused written again."""
+        self._save_unsaved()
         live = [i for i in self.by_id.values() if i.status in LIVE]
-        if not live:
+        if not live and not self.sessions.doomed:
             return
         listed_at = time.monotonic()
         try:
-            panes = {p.session: p for p in await self.tmux.panes()}
+            panes = self.sessions.saw(await self.tmux.panes())
         except NoServer:
-            panes = {}
+            panes = self.sessions.saw([])
+        await self.sessions.bury(panes, listed_at, self.pane_since)
         now = time.monotonic()
         for inst in live:
             if self.pane_since.get(inst.id, 0) >= listed_at or inst.status not in LIVE:
@@ -457,6 +565,20 @@ class Instances:
                 if profile(inst.agent).screen_state(screen) == State.READY:
                     log.info("screen shows ready", instance_id=inst.id)
                     self._set(inst, State.READY)
+
+    def _save_unsaved(self) -> None:
+        for instance_id in list(self.unsaved):
+            inst = self.by_id.get(instance_id)
+            if inst is not None:
+                try:
+                    self._save(inst)
+                except TcmError:
+                    return  # the store still refuses: next time
+            self.unsaved.discard(instance_id)
+
+    async def orphans(self) -> list[PaneInfo]:
+        """Sessions on the private tmux server that no live instance owns, one pane each."""
+        return self.sessions.orphans(self.sessions.saw(await self.tmux.panes()), self.find)
 
 
 def _text(value: Any) -> str | None:

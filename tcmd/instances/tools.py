@@ -1,7 +1,8 @@
-"""Catalogue entries for instances: spawn, send, read, list, terminate, restart, wait, hook.
+"""Catalogue entries for instances: spawn, send, read, list, terminate, restart, wait, hook,
+orphans.
 
-Names and parameters are the original system's; ``wait`` and ``hook`` are new beside
-them. Every handler checks the caller's role first (``authz.py``).
+Names and parameters are the original system's; ``wait``, ``hook`` and ``orphans`` are new
+beside them. Every handler checks the caller's role first (``authz.py``).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, Field
 
 from tcmd.api import Caller, Params, Tool, result_schema
-from tcmd.errors import Conflict, InvalidParams
+from tcmd.errors import Conflict, InvalidParams, NotFound
 from tcmd.instances.agents.registry import profile
 from tcmd.instances.authz import check_target, is_descendant, spawn_parent
 from tcmd.instances.delivery import Delivery
@@ -145,6 +146,25 @@ class HookParams(Params):
     launch: int | None = None
 
 
+class OrphansParams(Params):
+    kill: list[Annotated[str, Field(min_length=1, max_length=256)]] = Field(
+        default=[], max_length=1000, description="Orphan sessions to kill (all or none)"
+    )
+
+
+class OrphanRow(BaseModel):
+    session: str
+    pid: int
+    dead: bool
+    command: str
+    instanceStatus: str | None  # "terminated": a terminated instance's; None: no record
+
+
+class OrphansResult(BaseModel):
+    orphans: list[OrphanRow]
+    killed: list[str]
+
+
 class InstanceTools:
     """The instance tools, bound to the registry and the outboxes."""
 
@@ -221,6 +241,16 @@ class InstanceTools:
                 self.hook,
                 inline=True,
             ),
+            Tool(
+                "orphans",
+                "tmux sessions no live instance owns (left by lost state); kill=[names] "
+                "kills those named.",
+                OrphansParams,
+                self.orphans,
+                result_schema(OrphansResult),
+                destructive=True,
+                operator_only=True,
+            ),
         ]
 
     def _target(
@@ -241,10 +271,9 @@ class InstanceTools:
         if not work_dir.is_dir():
             raise InvalidParams(f"workDir: {p.workDir} is not a directory")
         profile(p.agent)  # refuse an unknown agent before allocating an id
-        inst = self.instances.create(
+        inst = await self.instances.spawn(
             role, parent, work_dir=str(work_dir), agent=p.agent, context=p.context, model=p.model
         )
-        await self.instances.launch(inst, resume=False)
         if p.wait:
             await self.instances.changes.wait_for(
                 lambda: inst.status != State.STARTING, p.timeoutMs / 1000
@@ -302,10 +331,12 @@ class InstanceTools:
         if below and not p.cascade and not p.force:
             names = ", ".join(c.id for c in below[:10])
             raise Conflict(f"{inst.id} has live descendants ({names}); use cascade or force")
-        order = [*below, inst] if p.cascade else [inst]
-        for target in order:
-            await self.instances.terminate(target)
-        return {"instanceId": inst.id, "terminated": [t.id for t in order]}
+        if p.cascade:
+            ended = await self.instances.terminate_tree(inst)
+        else:
+            await self.instances.terminate(inst)
+            ended = [inst]
+        return {"instanceId": inst.id, "terminated": [t.id for t in ended]}
 
     async def restart(self, caller: Caller, p: RestartParams) -> dict[str, Any]:
         inst = self._target(caller, p.instanceId, "restart")
@@ -349,3 +380,29 @@ class InstanceTools:
 
     def hook(self, caller: Caller, p: HookParams) -> dict[str, Any]:
         return self.instances.on_hook(caller, p.payload, p.launch)
+
+    async def orphans(self, caller: Caller, p: OrphansParams) -> dict[str, Any]:
+        found = {o.session: o for o in await self.instances.orphans()}
+        for name in p.kill:  # every name checked before any is killed
+            if name in found:
+                continue
+            owner = self.instances.find(name)
+            if owner is not None and owner.status != State.TERMINATED:
+                raise Conflict(f"kill: {name} is the session of a {owner.status.value} "
+                               "instance; use terminate")  # fmt: skip
+            raise NotFound(f"kill: no orphan session {name!r}")
+        killed = list(dict.fromkeys(p.kill))
+        for name in killed:
+            await self.instances.tmux.kill_session(name)
+            del found[name]
+        rows = [
+            {
+                "session": o.session,
+                "pid": o.pid,
+                "dead": o.dead,
+                "command": o.command,
+                "instanceStatus": "terminated" if self.instances.find(o.session) else None,
+            }
+            for o in found.values()
+        ]
+        return {"orphans": rows, "killed": killed}

@@ -136,6 +136,22 @@ async def test_argv_env_cwd_arrive_verbatim_without_shell(tmux: Tmux, tmp_path: 
     assert json.loads(text) == [hostile, str(cwd), env]
 
 
+@pytest.mark.parametrize("name", ["j #[fg=red]", "r#[#(touch${IFS}X)]", "t##[#{pane_pid}]"])
+async def test_cwd_tmux_would_read_as_a_format_or_style_arrives_as_is(
+    tmux: Tmux, tmp_path: Path, name: str
+) -> None:
+    # tmux 3.3a keeps "##[" as written: no escaping of -c makes these safe, env -C does
+    cwd = tmp_path / name
+    cwd.mkdir()
+    code = "import os, sys; open(sys.argv[1], 'w').write(os.getcwd())"
+    first, again = tmp_path / "first.txt", tmp_path / "again.txt"
+    await tmux.new_session("exec_11", [PY, "-c", code, str(first)], cwd=cwd, env={})
+    assert await until(lambda: file_text(first), "cwd of new-session") == str(cwd)
+    await tmux.respawn("exec_11", [PY, "-c", code, str(again)], cwd=cwd, env={})
+    assert await until(lambda: file_text(again), "cwd of respawn-pane") == str(cwd)
+    assert not list(tmp_path.rglob("X")) and not (Path.cwd() / "X").exists()
+
+
 async def test_single_argument_is_not_given_to_a_shell(tmux: Tmux, tmp_path: Path) -> None:
     # tmux 3.3a runs a lone argument with `sh -c`; we exec it, so this is "no such program".
     await tmux.new_session("exec_3", ["echo hi; exit 5"], cwd=tmp_path, env={})
