@@ -58,12 +58,14 @@ async def make_locks(request: pytest.FixtureRequest) -> AsyncIterator[Factory]:
         await c.aclose()
 
 
-async def test_twenty_contenders_exclusive(make_locks: Factory) -> None:
+@pytest.mark.parametrize("one_daemon", [True, False], ids=["one-daemon", "many-nodes"])
+async def test_twenty_contenders_exclusive(make_locks: Factory, one_daemon: bool) -> None:
     counter = {"n": 0}
     intervals: list[tuple[float, float, int]] = []
+    shared = make_locks()
 
     async def contender() -> None:
-        locks = make_locks()
+        locks = shared if one_daemon else make_locks()
         async with locks.hold("counter", ttl_ms=2000, wait_ms=20_000) as lease:
             start = time.monotonic()
             seen = counter["n"]  # read, yield, write: lost updates unless exclusive
@@ -159,11 +161,26 @@ async def test_wait_is_bounded(make_locks: Factory) -> None:
     await locks.release(lease)
 
 
+async def test_cancelled_waiter_leaves_the_lock_usable(make_locks: Factory) -> None:
+    locks = make_locks()
+    lease = await locks.acquire("q", ttl_ms=2000)
+    waiter = asyncio.create_task(locks.acquire("q", ttl_ms=2000, wait_ms=10_000))
+    await asyncio.sleep(0.01)  # let it queue
+    waiter.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    await locks.release(lease)
+    again = await locks.acquire("q", ttl_ms=2000, wait_ms=0)
+    assert again.fence > lease.fence
+    await locks.release(again)
+
+
 async def test_takeover_tells_the_holder(redis_server: RedisServer) -> None:
     client = client_for(redis_server)
     backend = RedisLockBackend(client)
     holder = Locks(backend)
     lease = await holder.acquire("adopt", ttl_ms=300)
+    queued = asyncio.create_task(holder.acquire("adopt", ttl_ms=300, wait_ms=5000))
     await client.delete(backend.lock_key("adopt"))  # as if it expired during a pause
     taker = Locks(RedisLockBackend(client))
     other = await taker.acquire("adopt", ttl_ms=5000)
@@ -172,6 +189,10 @@ async def test_takeover_tells_the_holder(redis_server: RedisServer) -> None:
     with pytest.raises(LockLost):
         lease.check()
     assert await client.get(backend.lock_key("adopt")) == other.token.encode()
+    # the lost lease no longer blocks this process's queue: the next waits on the taker
+    await taker.release(other)
+    mine = await queued
+    assert mine.fence > other.fence
     await holder.close()
     await taker.close()
     await client.aclose()

@@ -28,8 +28,8 @@ from tcmd.errors import Conflict, InvalidParams, Unavailable
 
 log = structlog.get_logger(__name__)
 
-# Backoff while waiting for a busy lock: full jitter between 0 and base * 2**attempt,
-# capped. A release by this process wakes its own waiters at once (see Locks._wake).
+# Backoff while another node holds a lock: full jitter between 0 and base * 2**attempt,
+# capped. Waiters of this process queue on an asyncio.Lock instead (see Locks).
 BACKOFF_BASE_S = 0.002
 BACKOFF_CAP_S = 0.1
 MIN_TTL_MS = 30  # renewal every ttl/3 needs room for a round-trip
@@ -132,48 +132,80 @@ def check_name(name: str) -> None:
         raise InvalidParams(f"lock name {name!r}: must be non-empty, without braces or spaces")
 
 
+@dataclass(eq=False)
+class _Turn:
+    """This process's queue for one name: FIFO, so at most one task asks the store."""
+
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    users: int = 0  # tasks holding or waiting; the entry goes when it drops to 0
+
+
 class Locks:
-    """The LockService over a backend: waiting, automatic renewal, loss detection."""
+    """The LockService over a backend: waiting, automatic renewal, loss detection.
+
+    Tasks of this process wanting the same name queue on an asyncio.Lock first (FIFO, a
+    release hands over at once, no herd); only the head of that queue asks the backend,
+    retrying with jittered backoff while another node holds the lock.
+    """
 
     def __init__(self, backend: LockBackend, *, renew: bool = True) -> None:
         self._backend = backend
         self.backend = backend.backend
         self._renew = renew  # False only in tests: a holder that stops renewing
-        self._wakes: dict[str, asyncio.Event] = {}
-        self._leases: set[Lease] = set()  # held by this process: released by close()
+        self._turns: dict[str, _Turn] = {}
+        self._leases: dict[Lease, _Turn] = {}  # held by this process: close() releases them
 
     async def acquire(self, name: str, ttl_ms: int, wait_ms: int = 0) -> Lease:
         check_name(name)
         if ttl_ms < MIN_TTL_MS:
             raise InvalidParams(f"ttl_ms: at least {MIN_TTL_MS}, not {ttl_ms}")
         loop = asyncio.get_running_loop()
-        token = secrets.token_urlsafe(16)
         deadline = loop.time() + max(wait_ms, 0) / 1000
+        turn = self._turns.setdefault(name, _Turn())
+        turn.users += 1
+        try:
+            try:
+                async with asyncio.timeout_at(deadline):
+                    await turn.lock.acquire()
+            except TimeoutError:
+                raise self._busy(name, wait_ms) from None
+            try:
+                lease = await self._take(name, ttl_ms, deadline, wait_ms)
+            except BaseException:
+                turn.lock.release()
+                raise
+        except BaseException:
+            self._leave(name, turn)
+            raise
+        self._leases[lease] = turn
+        if self._renew:
+            lease.renewer = asyncio.create_task(self._renew_loop(lease), name=f"lock-renew:{name}")
+        return lease
+
+    async def _take(self, name: str, ttl_ms: int, deadline: float, wait_ms: int) -> Lease:
+        """Ask the backend until it grants the lock or the deadline passes."""
+        loop = asyncio.get_running_loop()
+        token = secrets.token_urlsafe(16)
         attempt = 0
         while True:
             sent = loop.time()
             fence, retry_ms = await self._backend.try_acquire(name, token, ttl_ms)
             if fence is not None:
-                lease = Lease(name, token, fence, ttl_ms, sent + ttl_ms / 1000)
-                self._leases.add(lease)
-                if self._renew:
-                    lease.renewer = asyncio.create_task(
-                        self._renew_loop(lease), name=f"lock-renew:{name}"
-                    )
-                return lease
+                return Lease(name, token, fence, ttl_ms, sent + ttl_ms / 1000)
             remaining = deadline - loop.time()
             if remaining <= 0:
-                raise LockBusy(
-                    f"lock {name!r} is held by another; waited {wait_ms} ms",
-                    data={"lock": name, "waitedMs": wait_ms},
-                )
+                raise self._busy(name, wait_ms)
             backoff = random.uniform(0, min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2**attempt))  # noqa: S311
-            delay = min(backoff, (retry_ms + 1) / 1000, remaining)
             attempt += 1
-            wake = self._wakes.setdefault(name, asyncio.Event())
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(delay):
-                    await wake.wait()
+            # another node holds it: nothing here can tell us sooner, so this is a timer
+            await asyncio.sleep(min(backoff, (retry_ms + 1) / 1000, remaining))
+
+    @staticmethod
+    def _busy(name: str, wait_ms: int) -> LockBusy:
+        return LockBusy(
+            f"lock {name!r} is held by another; waited {wait_ms} ms",
+            data={"lock": name, "waitedMs": wait_ms},
+        )
 
     @contextlib.asynccontextmanager
     async def hold(self, name: str, ttl_ms: int, wait_ms: int = 0) -> AsyncIterator[Lease]:
@@ -185,18 +217,17 @@ class Locks:
 
     async def release(self, lease: Lease) -> bool:
         self._stop_renewing(lease)
-        self._leases.discard(lease)
         if lease.released:
             return False
         lease.released = True
         try:
-            freed = await self._backend.release(lease.name, lease.token)
+            return await self._backend.release(lease.name, lease.token)
         except Unavailable as exc:
             # the lock frees itself when its TTL runs out; a finally block must not raise
             log.warning("lock_release_failed", lock=lease.name, error=exc.message)
             return False
-        self._wake(lease.name)
-        return freed
+        finally:
+            self._end_turn(lease)  # after the store's release: the next one gets it at once
 
     async def extend(self, lease: Lease, ttl_ms: int) -> None:
         lease.check()
@@ -263,14 +294,20 @@ class Locks:
         if not lease.lost.is_set():
             log.warning("lock_lost", lock=lease.name, fence=lease.fence, reason=why)
             lease.lost.set()
+        self._end_turn(lease)  # the store's lock is gone: this process's next may try
+
+    def _end_turn(self, lease: Lease) -> None:
+        turn = self._leases.pop(lease, None)
+        if turn is not None:
+            turn.lock.release()
+            self._leave(lease.name, turn)
+
+    def _leave(self, name: str, turn: _Turn) -> None:
+        turn.users -= 1
+        if turn.users == 0 and self._turns.get(name) is turn:
+            del self._turns[name]
 
     def _stop_renewing(self, lease: Lease) -> None:
         if lease.renewer is not None and lease.renewer is not asyncio.current_task():
             lease.renewer.cancel()
         lease.renewer = None
-
-    def _wake(self, name: str) -> None:
-        """Wake this process's waiters for ``name`` (others find out by backoff)."""
-        wake = self._wakes.pop(name, None)
-        if wake is not None:
-            wake.set()
