@@ -280,9 +280,8 @@ class Locks:
                         ok = await self._backend.extend(lease.name, lease.token, lease.ttl_ms)
                 except (Unavailable, TimeoutError) as exc:
                     log.warning("lock_renew_failed", lock=lease.name, error=str(exc))
-                    with contextlib.suppress(TimeoutError):
-                        async with asyncio.timeout(min(interval / 4, max(left, 0.001))):
-                            await lease.lost.wait()
+                    # retry soon, and be back by valid_until to declare the loss on time
+                    await asyncio.sleep(min(interval / 4, max(left, 0.001)))
                     continue
                 if not ok:
                     self._lose(lease, "taken over or expired")
