@@ -5,7 +5,9 @@
 - uncontended acquire → release, sequential: per-cycle latency (p50, p99) and cycles/s;
 - 20 contenders taking one lock 25 times each: hand-overs/s when they share one Locks
   (one daemon: a release wakes the waiters at once) and when each has its own client and
-  Locks (20 nodes: waiters find out by jittered backoff).
+  Locks (20 nodes: waiters find out by jittered backoff);
+- fail-closed: how long acquire takes to raise Unavailable with Redis stopped, with
+  redis-py's default retries and with one retry.
 """
 
 from __future__ import annotations
@@ -16,7 +18,10 @@ import time
 from collections.abc import Callable
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
+from tcmd.errors import Unavailable
 from tcmd.store.locks import EmbeddedLockBackend, Locks, RedisLockBackend
 from tests.redis_server import RedisServer
 
@@ -71,6 +76,16 @@ async def main() -> None:
         print(f"redis     {CONTENDERS} contenders, {CONTENDERS} nodes: {nodes:,.0f} hand-overs/s")
         emb = await contended(lambda: embedded)
         print(f"embedded  {CONTENDERS} contenders: {emb:,.0f} hand-overs/s")
+        quick = aioredis.Redis.from_url(server.url, retry=Retry(NoBackoff(), 1))
+        clients.append(quick)
+        server.stop()
+        for label, c in (("default retries", clients[0]), ("one retry", quick)):
+            t = time.perf_counter()
+            try:
+                await Locks(RedisLockBackend(c)).acquire("down", ttl_ms=1000)
+            except Unavailable:
+                took = (time.perf_counter() - t) * 1000
+                print(f"redis     stopped, acquire → Unavailable ({label}): {took:.0f} ms")
     finally:
         for c in clients:
             await c.aclose()
