@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import os
+import signal
 import time
 from collections.abc import AsyncIterator, Callable
 
@@ -220,4 +222,22 @@ async def test_redis_down_fails_closed_then_recovers(redis_server: RedisServer) 
     # Redis lost its data; fences still grow (the counter restarts from Redis TIME)
     assert again.fence > held.fence
     await locks.release(again)
+    await client.aclose()
+
+
+async def test_hung_redis_holder_told_within_ttl(redis_server: RedisServer) -> None:
+    """A Redis that stops answering (SIGSTOP) but keeps the socket: loss by the TTL."""
+    client = client_for(redis_server)  # socket timeout 1 s, longer than the TTL
+    locks = Locks(RedisLockBackend(client))
+    lease = await locks.acquire("hung", ttl_ms=300)
+    assert redis_server.proc is not None
+    os.kill(redis_server.proc.pid, signal.SIGSTOP)
+    try:
+        began = time.monotonic()
+        async with asyncio.timeout(2):
+            await lease.lost.wait()
+        assert time.monotonic() - began < 0.9  # by the TTL (0.3 s), not the socket timeout (1 s)
+    finally:
+        os.kill(redis_server.proc.pid, signal.SIGCONT)
+    await locks.close()
     await client.aclose()
