@@ -70,6 +70,22 @@ def _redis_url(var: str, raw: str) -> str | None:
     return value
 
 
+def _redis_prefix(var: str, raw: str) -> str:
+    value = raw.strip()
+    if not re.fullmatch(r"[A-Za-z0-9_.:-]{1,64}", value):
+        raise ConfigError(var, f"must be 1-64 of A-Z a-z 0-9 _ . : -, got {raw!r}")
+    return value
+
+
+def _node_id(var: str, raw: str) -> str | None:
+    value = raw.strip()
+    if not value:
+        return None
+    if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", value):
+        raise ConfigError(var, f"must be 1-64 of A-Z a-z 0-9 _ . -, got {raw!r}")
+    return value
+
+
 def _socket(var: str, raw: str) -> Path:
     path = Path(raw).expanduser().absolute()
     if len(os.fsencode(path)) > SOCKET_PATH_MAX:
@@ -143,6 +159,9 @@ def _log_format(var: str, raw: str) -> str | None:
 _SPEC: dict[str, tuple[str, Callable[[str, str], Any]]] = {
     "phase": ("PHASE", lambda v, r: int(_choice("2", "3")(v, r))),
     "redis_url": ("REDIS_URL", _redis_url),
+    "redis_prefix": ("TCM_REDIS_PREFIX", _redis_prefix),
+    "redis_outbox": ("TCM_REDIS_OUTBOX", _int(100, 10_000_000)),
+    "node_id": ("TCM_NODE_ID", _node_id),
     "max_manager_concurrency": ("MAX_MANAGER_CONCURRENCY", _int(1, 1000)),
     "max_specialists_per_manager": ("MAX_SPECIALISTS_PER_MANAGER", _int(1, 1000)),
     "health_check_interval_ms": ("HEALTH_CHECK_INTERVAL", _int(50, 86_400_000)),
@@ -177,6 +196,9 @@ class Settings:
     state_dir: Path
     phase: int = 3
     redis_url: str | None = None
+    redis_prefix: str = "tcm:"  # every key tcm writes starts with it
+    redis_outbox: int = 50_000  # documents waiting for Redis; past it: a full resync
+    node_id: str | None = None  # None: hostname + a suffix kept in the state dir
     max_manager_concurrency: int = 5
     max_specialists_per_manager: int = 3
     health_check_interval_ms: int = 10_000

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from enum import StrEnum
 from typing import Any
@@ -91,6 +92,7 @@ class Instance:
     restarts: int = 0
     launched: int = 0  # how many times its process was started (resume needs > 0)
     next_child: int = 1
+    node: str | None = None  # the node (daemon) that runs it; None: made before nodes
 
     def move(self, new: State) -> bool:
         """Change state if legal; True when it changed."""
@@ -103,21 +105,7 @@ class Instance:
 
     def public(self) -> dict[str, Any]:
         """What ``list`` shows (never the token)."""
-        return {
-            "instanceId": self.id,
-            "role": self.role.value,
-            "parentId": self.parent_id,
-            "workDir": self.work_dir,
-            "status": self.status.value,
-            "created": self.created,
-            "agent": self.agent,
-            "model": self.model,
-            "lastResult": self.last_result,
-            "lastError": self.last_error,
-            "lastExitCode": self.last_exit_code,
-            "turns": self.turns,
-            "restarts": self.restarts,
-        }
+        return public_row(lambda name: getattr(self, name, None))
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -169,3 +157,25 @@ def child_id(parent: Instance | None, role: Role, n: int) -> str:
     if parent is None:
         return f"{prefix}_{n}"
     return f"{prefix}_{number_of(parent.id)}_{n}"
+
+
+def public_row(get: Callable[[str], Any]) -> dict[str, Any]:
+    """What ``list`` shows of an instance, its fields read by ``get`` (an Instance's
+    attributes, or a stored record's keys: another node's, from the Redis mirror)."""
+    status, role = get("status"), get("role")
+    return {
+        "instanceId": get("id"),
+        "role": getattr(role, "value", role),
+        "parentId": get("parent_id"),
+        "workDir": get("work_dir"),
+        "status": getattr(status, "value", status),
+        "created": get("created"),
+        "agent": get("agent"),
+        "model": get("model"),
+        "lastResult": get("last_result"),
+        "lastError": get("last_error"),
+        "lastExitCode": get("last_exit_code"),
+        "turns": get("turns"),
+        "restarts": get("restarts"),
+        "node": get("node"),
+    }

@@ -117,15 +117,24 @@ def _render_read(r: dict[str, Any]) -> str:
 @click.option("--role", type=ROLES)
 @click.option("--parent", "parent_id")
 @click.option("--all", "include_terminated", is_flag=True, help="Include terminated ones.")
+@click.option("--all-nodes", is_flag=True, help="Every node sharing this Redis, with its node.")
 @json_option
 @pass_ctx
-def list_(obj: Ctx, role: str | None, parent_id: str | None, include_terminated: bool) -> None:
+def list_(
+    obj: Ctx, role: str | None, parent_id: str | None, include_terminated: bool, all_nodes: bool
+) -> None:
     """List instances."""
     rows = obj.call(
         "list",
-        {"role": role, "parentId": parent_id, "includeTerminated": include_terminated or None},
+        {
+            "role": role,
+            "parentId": parent_id,
+            "includeTerminated": include_terminated or None,
+            "allNodes": all_nodes or None,
+        },
     )
-    obj.emit(rows, lambda rs: render.table([_with_load(r) for r in rs], LIST_COLUMNS, max_width=40))
+    columns = [*LIST_COLUMNS, "node", "nodeAlive"] if all_nodes else LIST_COLUMNS
+    obj.emit(rows, lambda rs: render.table([_with_load(r) for r in rs], columns, max_width=40))
 
 
 def _with_load(row: dict[str, Any]) -> dict[str, Any]:

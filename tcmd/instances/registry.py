@@ -74,6 +74,7 @@ class Instances:
         self.pane_since: dict[str, float] = {}
         self.screen_checked: dict[str, float] = {}  # last screen fallback look, monotonic
         self.identity = Identity()  # pane processes: who calls, from the kernel
+        self.node: str | None = None  # this daemon's node id, recorded in each new instance
         self.sessions = Sessions(tmux)  # names in use, orphans, doomed sessions
         self.unsaved: set[str] = set()  # ids whose last change the store refused: retried
 
@@ -210,6 +211,7 @@ class Instances:
             parent_id=parent.id if parent else None,
             token=secrets.token_urlsafe(32),
             session_id=str(uuid.uuid4()),
+            node=self.node,
             **fields,
         )
         self.by_id[inst.id] = inst

@@ -19,7 +19,7 @@ from tcmd.instances.agents.registry import profile
 from tcmd.instances.authz import check_target, is_descendant, spawn_parent
 from tcmd.instances.delivery import Delivery
 from tcmd.instances.registry import Instances
-from tcmd.model import IDLE, LIVE, Instance, Role, State
+from tcmd.model import IDLE, LIVE, Instance, Role, State, public_row
 
 RoleName = Literal["executive", "manager", "specialist"]
 InstanceId = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_]+$")]
@@ -92,6 +92,10 @@ class ListParams(Params):
     role: RoleName | None = None
     parentId: str | None = None
     includeTerminated: bool = False
+    allNodes: bool = Field(
+        default=False,
+        description="Also the instances of every other node sharing this Redis (operator)",
+    )
 
 
 class ListRow(BaseModel):
@@ -168,9 +172,15 @@ class OrphansResult(BaseModel):
 class InstanceTools:
     """The instance tools, bound to the registry and the outboxes."""
 
-    def __init__(self, instances: Instances, delivery: Delivery) -> None:
+    def __init__(
+        self,
+        instances: Instances,
+        delivery: Delivery,
+        peers: Callable[[], dict[str, dict[str, Any]]] = dict,
+    ) -> None:
         self.instances = instances
         self.delivery = delivery
+        self.peers = peers  # node -> {"alive", "instances"}: other daemons, from Redis
         # more fields for `list` rows from other services (a manager's parallelExecution)
         self.row_extras: list[Callable[[Instance], dict[str, Any]]] = []
 
@@ -323,7 +333,12 @@ class InstanceTools:
             for extra in self.row_extras:
                 row.update(extra(inst))
             rows.append(row)
+        if p.allNodes and caller.is_operator:
+            here = self.instances.node
+            rows = [{**r, "node": r["node"] or here, "nodeAlive": True} for r in rows]
+            rows += other_nodes_rows(self.peers(), here, p)
         return rows
+
 
     async def terminate(self, caller: Caller, p: TerminateParams) -> dict[str, Any]:
         inst = self._target(caller, p.instanceId, "terminate")
@@ -406,3 +421,21 @@ class InstanceTools:
             for o in found.values()
         ]
         return {"orphans": rows, "killed": killed}
+
+
+def other_nodes_rows(
+    peers: dict[str, dict[str, Any]], here: str | None, p: ListParams
+) -> list[dict[str, Any]]:
+    """Rows of the other nodes' instances, as their mirrors in Redis last said."""
+    rows = []
+    for node, peer in sorted(peers.items()):
+        if node == here:
+            continue
+        for raw in peer["instances"]:
+            row = public_row(raw.get)
+            if row["status"] == State.TERMINATED.value and not p.includeTerminated:
+                continue
+            if (p.role and row["role"] != p.role) or (p.parentId and row["parentId"] != p.parentId):
+                continue
+            rows.append({**row, "node": node, "nodeAlive": peer["alive"]})
+    return rows

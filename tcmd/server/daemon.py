@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import structlog
+from redis.asyncio import Redis
 
 from tcmd.api import OPERATOR, Caller, Catalogue
 from tcmd.changes import Changes
@@ -31,6 +32,7 @@ from tcmd.instances.delivery import Delivery
 from tcmd.instances.registry import Instances
 from tcmd.instances.tools import InstanceTools
 from tcmd.model import Instance, Role, State
+from tcmd.nodes import node_id
 from tcmd.observe import logs
 from tcmd.observe.events import EventLog
 from tcmd.observe.metrics import Registry, standard
@@ -40,6 +42,7 @@ from tcmd.server.rpc import RpcServer
 from tcmd.server.tools import CoreTools
 from tcmd.store import StateDamaged
 from tcmd.store.jsonfile import JsonFileStore
+from tcmd.store.mirror import Mirror
 from tcmd.tmux import Tmux
 from tcmd.work.dispatcher import Parallel
 from tcmd.work.queue.local import LocalJobQueue
@@ -48,6 +51,7 @@ from tcmd.work.tools import ParallelTools
 
 log = structlog.get_logger(__name__)
 SHUTDOWN_GRACE_S = 5.0
+REDIS_TIMEOUT_S = 2.0  # a Redis that does not answer within this is down (for the mirror)
 
 
 class AlreadyRunning(TcmError):
@@ -90,6 +94,8 @@ class Daemon:
             identify=self.instances.identify,
         )
         self.stopping = asyncio.Event()
+        self.node = ""  # this daemon's node id, known at start (it may live in the state dir)
+        self.mirror: Mirror | None = None
         self._lock_fds: list[int] = []
         self._background: set[asyncio.Task[Any]] = set()
         self._signals = 0
@@ -160,9 +166,14 @@ class Daemon:
         if sock.exists() or sock.is_symlink():
             log.info("removing stale socket", socket=str(sock))
             sock.unlink()
+        self.node = node_id(self.settings.node_id, self.settings.state_dir)
+        self.instances.node = self.node
         self.store.open()
         self.boots = int(self.store.get("meta", "boots") or 0) + 1
         self.store.put("meta", "boots", self.boots)
+        if self.settings.redis_url:
+            self.mirror = self._mirror(self.settings.redis_url)
+            self._spawn(self.mirror.run())  # never fails: Redis down is a fallback, not an end
         self.events.load()
         self._observe()
         await self.instances.start()
@@ -171,7 +182,9 @@ class Daemon:
         self._spawn(self.parallel.timer())
         self._spawn(self.health.run())  # also pings the systemd watchdog
         self._spawn(self.retention.run())
-        instance_tools = InstanceTools(self.instances, self.delivery)
+        instance_tools = InstanceTools(
+            self.instances, self.delivery, peers=lambda: self.mirror.peers if self.mirror else {}
+        )
         instance_tools.row_extras.append(self._manager_load)
         self.catalogue.extend(CoreTools(self, self.counts).tools())
         self.catalogue.extend(instance_tools.tools())
@@ -200,9 +213,32 @@ class Daemon:
         for task in self._background:
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
+        if self.mirror is not None:
+            await self.mirror.close()
         self.store.close()
         self._release_locks()
         log.info("tcmd stopped")
+
+    def _mirror(self, url: str) -> Mirror:
+        """The Redis mirror of this node's state (REDIS_URL set): its own client."""
+        client = Redis.from_url(
+            url, socket_timeout=REDIS_TIMEOUT_S, socket_connect_timeout=REDIS_TIMEOUT_S
+        )
+        return Mirror(
+            client,
+            self.store,
+            node=self.node,
+            prefix=self.settings.redis_prefix,
+            outbox_max=self.settings.redis_outbox,
+            info=lambda: {"pid": os.getpid(), "socket": str(self.settings.socket_path)},
+        )
+
+    def store_health(self) -> dict[str, Any]:
+        """The store as ``status`` shows it: the local store, and the Redis mirror if any."""
+        health = self.store.health()
+        if self.mirror is not None:
+            health = {**health, **self.mirror.health()}
+        return health
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)

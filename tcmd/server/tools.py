@@ -18,7 +18,6 @@ from tcmd import __version__
 from tcmd.api import Caller, Catalogue, NoParams, Params, Tool, result_schema
 from tcmd.config import Settings
 from tcmd.errors import NotFound
-from tcmd.store import StateStore
 
 
 class Served(Protocol):
@@ -33,9 +32,11 @@ class Served(Protocol):
     @property
     def boots(self) -> int: ...
     @property
-    def store(self) -> StateStore: ...
+    def node(self) -> str: ...
     @property
     def catalogue(self) -> Catalogue: ...
+
+    def store_health(self) -> dict[str, Any]: ...
 
 
 class PingResult(BaseModel):
@@ -53,6 +54,7 @@ class StatusResult(BaseModel):
     boots: int | None = None
     socket: str | None = None
     stateDir: str | None = None
+    node: str | None = None
     store: dict[str, Any] | None = None
     settings: dict[str, Any] | None = None
 
@@ -127,7 +129,8 @@ class CoreTools:
             "boots": d.boots,
             "socket": str(d.settings.socket_path),
             "stateDir": str(d.settings.state_dir),
-            "store": d.store.health(),
+            "node": d.node,
+            "store": d.store_health(),
             "settings": d.settings.describe(),
         }
 

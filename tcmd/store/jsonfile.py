@@ -49,6 +49,7 @@ from __future__ import annotations
 import os
 import time
 import zlib
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -88,6 +89,8 @@ class JsonFileStore:
         self._journal_path = self.directory / JOURNAL_NAME
         self._where = {"path": str(self.directory)}
         self._data: Data = {}
+        # called with (ns, key) after each change is durable (the Redis mirror listens)
+        self.listeners: list[Callable[[str, str], None]] = []
         self._fd: int | None = None
         self._seq = 0  # the last sequence number written (or loaded)
         self._snapshot_seq = 0
@@ -203,8 +206,18 @@ class JsonFileStore:
             record["value"] = Fragment(doc)
         self._append(seq, orjson.dumps(record))
         self._apply(ns, key, doc)
+        for changed in self.listeners:
+            changed(ns, key)
         if self._journal_records >= self._compact_at:
             self._compact()
+
+    def raw(self, ns: str, key: str) -> bytes | None:
+        """The JSON bytes of ``ns/key`` as stored (no decoding), or None."""
+        return self._data.get(ns, {}).get(key)
+
+    def raw_items(self) -> dict[str, dict[str, bytes]]:
+        """Every document as stored, by namespace (a shallow copy: for a full resync)."""
+        return {ns: dict(docs) for ns, docs in self._data.items()}
 
     def _apply(self, ns: str, key: str, doc: bytes | None) -> None:
         if doc is not None:
