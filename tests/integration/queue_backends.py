@@ -41,10 +41,12 @@ async def local_queue(directory: Path) -> AsyncIterator[AsyncLocalJobQueue]:
 
 
 @asynccontextmanager
-async def redis_queue(url: str, lease_ms: int = 30_000) -> AsyncIterator[RedisJobQueue]:
+async def redis_queue(
+    url: str, lease_ms: int = 30_000, prefix: str = "tcm:"
+) -> AsyncIterator[RedisJobQueue]:
     client = Redis.from_url(url)
     try:
-        yield RedisJobQueue(client, lease_ms=lease_ms, rng=MaxJitter())
+        yield RedisJobQueue(client, prefix=prefix, lease_ms=lease_ms, rng=MaxJitter())
     finally:
         await client.aclose()
 
