@@ -186,5 +186,9 @@ async def test_two_queues_share_one_redis(redis_server: RedisServer) -> None:
         got_b = await b.claim("mgr_2_1", "node-b", 6)
         assert len(got_a) == 6 and len(got_b) == 4
         assert not {x.job.job_id for x in got_a} & {x.job.job_id for x in got_b}
-        done = await b.ack_many([(x.job.job_id, x.token, None, None) for x in got_a])
-        assert all(job.state is JobState.COMPLETED for job in done)
+        outcomes = await b.ack_many([(x.job.job_id, x.token, None, None) for x in got_a])
+        assert outcomes == [None] * 6
+        stale = got_a[0]
+        [refused] = await a.ack_many([(stale.job.job_id, stale.token, "again", None)])
+        assert isinstance(refused, StaleLease)
+        assert (await a.stats())["byState"]["completed"] == 6

@@ -19,7 +19,7 @@ from typing import Any
 import orjson
 from redis.asyncio import Redis
 
-from tcmd.errors import NotFound
+from tcmd.errors import NotFound, TcmError
 from tcmd.work.queue import redis_scripts as lua
 from tcmd.work.queue.base import Job, JobState, Lease, Priority, RetryPolicy, StaleLease
 
@@ -30,8 +30,8 @@ _OPTIONAL = (
     "next_retry_at", "last_error", "result", "instance_id",
     "started_at", "finished_at", "duration_ms",
 )  # fmt: skip
-_FLOATS = frozenset({"next_retry_at", "created_at", "queued_at", "started_at", "finished_at",
-                     "duration_ms"})  # fmt: skip
+_FLOATS = ("next_retry_at", "queued_at", "started_at", "finished_at", "duration_ms")
+_STRINGS = ("manager_id", "last_error", "result", "instance_id")
 _INTS = ("seq", "attempts", "reruns")
 
 
@@ -66,6 +66,11 @@ class RedisJobQueue:
         """A fresh ``job_<n>`` from INCR: unique across every node on this Redis."""
         return f"job_{await self._redis.incr(self.base + 'ids:job')}"
 
+    async def new_job_ids(self, n: int) -> list[str]:
+        """``n`` fresh ids in one INCRBY (a run's tasks, a batch)."""
+        last = await self._redis.incrby(self.base + "ids:job", n)
+        return [f"job_{i}" for i in range(last - n + 1, last + 1)]
+
     async def enqueue(self, job: Job) -> Job:
         """Add ``job`` as queued; a known job id changes nothing (the stored job returned)."""
         return (await self.enqueue_many([job]))[0]
@@ -74,7 +79,8 @@ class RedisJobQueue:
         """``enqueue`` for many jobs in one pipelined round trip (each its own script)."""
         async with self._redis.pipeline(transaction=False) as pipe:
             for job in jobs:
-                await self._enqueue(self._keys, [self.base, job.job_id, *_fields(job)], pipe)
+                head: list[str | int] = [self.base, job.job_id, job.manager_id or ""]
+                await self._enqueue(self._keys, [*head, int(job.priority), *_fields(job)], pipe)
             replies = await pipe.execute()
         out = []
         for job, reply in zip(jobs, replies, strict=True):
@@ -104,26 +110,40 @@ class RedisJobQueue:
     ) -> Job:
         """active → completed by the lease holder; a stale holder gets StaleLease and the
         stored result stays."""
-        return (await self.ack_many([(job_id, token, result, extra)]))[0]
+        reply = await self._ack(self._keys, self._ack_args(job_id, token, result, extra, "1"))
+        return _job(_pairs(_checked(reply, job_id, token)[0]))
 
     async def ack_many(
         self, acks: Iterable[tuple[str, int, str | None, dict[str, Any] | None]]
-    ) -> list[Job]:
-        """``ack`` for many jobs in one pipelined round trip; the first refusal raises
-        (the others are applied: each is its own script)."""
+    ) -> list[TcmError | None]:
+        """``ack`` for many jobs in one pipelined round trip, each its own script: per ack,
+        None (completed) or the error that refused it (StaleLease, NotFound)."""
         acks = list(acks)
         async with self._redis.pipeline(transaction=False) as pipe:
             for job_id, token, result, extra in acks:
-                args: list[str | int] = [
-                    self.base, job_id, token, "0" if result is None else "1", result or "",
-                    orjson.dumps(extra).decode() if extra else "",
-                ]  # fmt: skip
-                await self._ack(self._keys, args, pipe)
+                await self._ack(self._keys, self._ack_args(job_id, token, result, extra), pipe)
             replies = await pipe.execute()
-        return [
-            _job(_pairs(_checked(reply, job_id, token)[0]))
-            for (job_id, token, *_), reply in zip(acks, replies, strict=True)
-        ]
+        outcomes: list[TcmError | None] = []
+        for (job_id, token, *_), reply in zip(acks, replies, strict=True):
+            try:
+                _checked(reply, job_id, token)
+            except TcmError as refused:
+                outcomes.append(refused)
+            else:
+                outcomes.append(None)
+        return outcomes
+
+    def _ack_args(
+        self,
+        job_id: str,
+        token: int,
+        result: str | None,
+        extra: dict[str, Any] | None,
+        want_job: str = "0",
+    ) -> list[str | int]:
+        extra_json = orjson.dumps(extra).decode() if extra else ""
+        has_result = "0" if result is None else "1"
+        return [self.base, job_id, token, has_result, result or "", extra_json, want_job]
 
     async def fail(self, job_id: str, token: int, error: str) -> Job:
         """active → retrying after backoff.retry_delay_s's full-jitter delay (computed in
@@ -161,7 +181,7 @@ class RedisJobQueue:
         raw = await self._redis.hgetall(self.base + "job:" + job_id)
         if not raw:
             raise NotFound(f"unknown job {job_id}", data={"jobId": job_id})
-        return _job({_text(k): _text(v) for k, v in raw.items()})
+        return _job({_text(k): v for k, v in raw.items()})
 
     async def jobs(
         self,
@@ -181,7 +201,7 @@ class RedisJobQueue:
         for row in rows:
             if not row:  # forgotten meanwhile
                 continue
-            job = _job({_text(k): _text(v) for k, v in row.items()})
+            job = _job({_text(k): v for k, v in row.items()})
             if (
                 (state is None or job.state == state)
                 and (run_id is None or job.run_id == run_id)
@@ -215,19 +235,21 @@ class RedisJobQueue:
 
 
 def _fields(job: Job) -> list[str]:
-    """The new job's hash fields as a flat list (None fields left out)."""
+    """The new job's hash fields as a flat list (None fields left out). What never changes
+    travels as one JSON field, ``spec``; the scripts read only ``spec.retry``."""
+    spec = {
+        "run_id": job.run_id,
+        "task_id": job.task_id,
+        "task": job.task,
+        "retry": [job.retry.attempts, job.retry.base_ms, job.retry.cap_ms],
+        "created_at": job.created_at,
+    }
     out = [
         "job_id", job.job_id,
-        "run_id", job.run_id,
-        "task_id", job.task_id,
-        "task", orjson.dumps(job.task).decode(),
+        "spec", orjson.dumps(spec).decode(),
         "priority", str(int(job.priority)),
         "attempts", str(job.attempts),
         "reruns", str(job.reruns),
-        "retry_attempts", str(job.retry.attempts),
-        "retry_base_ms", str(job.retry.base_ms),
-        "retry_cap_ms", str(job.retry.cap_ms),
-        "created_at", repr(job.created_at),
         "extra", orjson.dumps(job.extra).decode(),
     ]  # fmt: skip
     if job.manager_id is not None:
@@ -238,24 +260,22 @@ def _fields(job: Job) -> list[str]:
     return out
 
 
-def _job(raw: dict[str, str]) -> Job:
-    """A Job from its hash (decoded); the lease fields stay in Redis."""
+def _job(raw: dict[str, Any]) -> Job:
+    """A Job from its hash (keys decoded, values bytes or str); lease fields stay in Redis."""
+    spec = orjson.loads(raw["spec"])
     kw: dict[str, Any] = {
-        "job_id": raw["job_id"],
-        "run_id": raw["run_id"],
-        "task_id": raw["task_id"],
-        "task": orjson.loads(raw["task"]),
+        "job_id": _text(raw["job_id"]),
+        "run_id": spec["run_id"],
+        "task_id": spec["task_id"],
+        "task": spec["task"],
+        "retry": RetryPolicy(*spec["retry"]),
+        "created_at": spec["created_at"],
         "priority": Priority(int(raw["priority"])),
-        "manager_id": raw.get("manager_id"),
-        "state": JobState(raw["state"]),
-        "retry": RetryPolicy(
-            int(raw["retry_attempts"]), int(raw["retry_base_ms"]), int(raw["retry_cap_ms"])
-        ),
+        "state": JobState(_text(raw["state"])),
         "extra": orjson.loads(raw["extra"]),
-        "last_error": raw.get("last_error"),
-        "result": raw.get("result"),
-        "instance_id": raw.get("instance_id"),
     }
+    for name in _STRINGS:
+        kw[name] = _text(raw[name]) if name in raw else None
     for name in _INTS:
         kw[name] = int(raw[name])
     for name in _FLOATS:
@@ -279,9 +299,10 @@ def _checked(reply: list[Any], job_id: str, token: int | None) -> list[Any]:
     )  # fmt: skip
 
 
-def _pairs(flat: list[Any]) -> dict[str, str]:
+def _pairs(flat: list[Any]) -> dict[str, Any]:
+    """A flat HGETALL reply as a dict: keys decoded, values as they came (bytes or str)."""
     it = iter(flat)
-    return {_text(k): _text(v) for k, v in zip(it, it, strict=True)}
+    return {_text(k): v for k, v in zip(it, it, strict=True)}
 
 
 def _text(value: Any) -> str:

@@ -138,7 +138,8 @@ local function check_lease(j, token, ms)
 end
 """
 
-# ARGV: base, job id, field/value pairs of the new job. → {seq, queued_at} or {} (it exists)
+# ARGV: base, job id, manager ('' pool), priority, field/value pairs of the new job.
+# → {seq, queued_at} or {} (it exists)
 ENQUEUE = (
     _PRELUDE
     + r"""
@@ -147,10 +148,10 @@ local k = jkey(id)
 if redis.call('EXISTS', k) == 1 then return {} end
 local ms, now_s = clock()
 local seq = redis.call('INCR', SEQ)
-redis.call('HSET', k, unpack(ARGV, 3))
-redis.call('HSET', k, 'state', 'queued', 'seq', seq, 'queued_at', now_s)
+local fields = {'state', 'queued', 'seq', seq, 'queued_at', now_s, unpack(ARGV, 5)}
+redis.call('HSET', k, unpack(fields))
 redis.call('ZADD', JOBS, seq, id)
-local j = load(id)
+local j = {id = id, state = 'queued', mgr = ARGV[3], prio = tonumber(ARGV[4]), seq = seq}
 count(j, 1)
 make_ready(j)
 wake(1)
@@ -203,7 +204,8 @@ return {'ok', deadline}
 """
 )
 
-# ARGV: base, job id, token, has result ('1'/'0'), result, extra JSON to merge ('' none).
+# ARGV: base, job id, token, has result ('1'/'0'), result, extra JSON to merge ('' none),
+# return the job ('1'/'0') → {'ok', HGETALL} / {'ok'} or a refusal
 ACK = (
     _PRELUDE
     + r"""
@@ -229,7 +231,8 @@ local d = duration_ms(j, now_s)
 if d then sample(RUNS, d) end
 redis.call('ZADD', DONE, int(ms), id)
 redis.call('ZREMRANGEBYSCORE', DONE, '-inf', int(ms - WINDOW_MS))
-return {'ok', redis.call('HGETALL', k)}
+if ARGV[7] == '1' then return {'ok', redis.call('HGETALL', k)} end
+return {'ok'}
 """
 )
 
@@ -244,7 +247,7 @@ local j = load(id)
 local refused = check_lease(j, token, ms)
 if refused then return refused end
 local k = jkey(id)
-local r = redis.call('HMGET', k, 'retry_attempts', 'retry_base_ms', 'retry_cap_ms')
+local r = cjson.decode(redis.call('HGET', k, 'spec')).retry
 local limit, base, cap = tonumber(r[1]), tonumber(r[2]), tonumber(r[3])
 local d = duration_ms(j, now_s)
 if j.attempts < limit then
