@@ -19,6 +19,7 @@ import subprocess
 import time
 
 from redis.asyncio import Redis
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from tcmd.work.queue.base import Job
 from tcmd.work.queue.redis import RedisJobQueue
@@ -68,7 +69,8 @@ async def pickup(queue: RedisJobQueue) -> list[float]:
             samples.append((await claimed.get() - started) * 1000)
     finally:
         task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
+        # redis-py turns a cancelled BLPOP into its own TimeoutError
+        with contextlib.suppress(asyncio.CancelledError, RedisTimeoutError):
             await task
     return samples
 
