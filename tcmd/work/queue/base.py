@@ -19,6 +19,8 @@ from dataclasses import asdict, dataclass, field
 from enum import IntEnum, StrEnum
 from typing import Any, Protocol
 
+from tcmd.errors import Conflict
+
 
 class Priority(IntEnum):
     CRITICAL = 0
@@ -166,6 +168,79 @@ class JobQueue(Protocol):
         """The earliest ``next_retry_at`` of a retrying job (unix time)."""
 
     def stats(self, now: float) -> dict[str, Any]:
+        """``{byState, byPriority, avgWaitMs, avgRunMs, throughputPerMin}``."""
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """A claimed job: the holder proves itself with ``token`` (fencing: each claim gets a
+    larger one) until ``expires_at`` (unix seconds, by the queue's clock)."""
+
+    job: Job
+    token: int
+    expires_at: float
+
+
+class StaleLease(Conflict):
+    """An ack/fail/extend from a lease holder that no longer holds the job: its lease
+    expired or the job was reclaimed, finished or cancelled meanwhile. Nothing changed."""
+
+
+class AsyncJobQueue(Protocol):
+    """The job queue as both backends serve it (RedisJobQueue, AsyncLocalJobQueue):
+    claims are leased, and a lease holder's calls carry its fencing token."""
+
+    async def new_job_id(self) -> str:
+        """A fresh ``job_<n>``, never reused."""
+
+    async def enqueue(self, job: Job) -> Job:
+        """Add ``job`` (state queued, its ``seq``); a job id already known changes nothing
+        and returns the job as it is."""
+
+    async def claim(self, manager_id: str, node_id: str, n: int = 1) -> list[Lease]:
+        """Up to ``n`` best ready jobs of ``manager_id`` or the pool → active, leased to
+        ``node_id``; due retries are promoted first and expired leases reaped."""
+
+    async def extend(self, job_id: str, token: int) -> float:
+        """Renew the lease for another lease period; the new ``expires_at`` (StaleLease)."""
+
+    async def ack(
+        self, job_id: str, token: int, result: str | None, extra: dict[str, Any] | None = None
+    ) -> Job:
+        """active → completed, by the lease holder only (StaleLease otherwise)."""
+
+    async def fail(self, job_id: str, token: int, error: str) -> Job:
+        """active → retrying after the backoff, or failed once out of attempts (StaleLease)."""
+
+    async def cancel(self, job_id: str) -> Job:
+        """queued/retrying/active → cancelled (final jobs are returned unchanged)."""
+
+    async def give_up(self, job_id: str, error: str) -> Job:
+        """queued/retrying/active → failed at once (final jobs are returned unchanged)."""
+
+    async def reap(self) -> list[str]:
+        """Active jobs whose lease expired → queued, ``reruns`` + 1; their ids."""
+
+    async def wait(self, timeout_s: float) -> bool:
+        """Block until a job may be ready (True) or ``timeout_s`` passed (False)."""
+
+    async def get(self, job_id: str) -> Job:
+        """The job (NotFound when unknown)."""
+
+    async def jobs(
+        self,
+        *,
+        state: JobState | None = None,
+        run_id: str | None = None,
+        manager_id: str | None = None,
+        limit: int | None = None,
+    ) -> list[Job]:
+        """Jobs, oldest first, filtered."""
+
+    async def waiting(self, manager_id: str | None) -> int:
+        """Queued + retrying jobs assigned to ``manager_id`` (None: the pool)."""
+
+    async def stats(self) -> dict[str, Any]:
         """``{byState, byPriority, avgWaitMs, avgRunMs, throughputPerMin}``."""
 
 

@@ -1,0 +1,313 @@
+"""RedisJobQueue: the job queue shared by every daemon (node) on one Redis.
+
+Every state transition is one Lua script (redis_scripts.py), so two nodes never see a
+half-made move, and Redis ``TIME`` is the only clock for due times and leases. A job is a
+hash; ready jobs wait in one sorted set per manager plus the pool's, scored by priority
+then ``seq``; retries wait in a sorted set by due time and active jobs in one by lease
+deadline. A claim promotes due retries, reaps expired leases, then pops the best of the
+manager's and the pool's jobs and leases each with a fresh fencing token. Idle nodes block
+on the wake list (BLPOP), which every enqueue and reap pushes to. The key layout is in
+docs/redis.md ("Job queue").
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import orjson
+from redis.asyncio import Redis
+
+from tcmd.errors import NotFound, TcmError
+from tcmd.work.queue import redis_scripts as lua
+from tcmd.work.queue.base import Job, JobState, Lease, Priority, RetryPolicy, StaleLease
+
+DEFAULT_PREFIX = "tcm:"
+DEFAULT_LEASE_MS = 30_000
+QUEUE_TAG = "{q}"  # every key of the queue shares this hash tag: one cluster slot
+_OPTIONAL = (
+    "next_retry_at", "last_error", "result", "instance_id",
+    "started_at", "finished_at", "duration_ms",
+)  # fmt: skip
+_FLOATS = ("next_retry_at", "queued_at", "started_at", "finished_at", "duration_ms")
+_STRINGS = ("manager_id", "last_error", "result", "instance_id")
+_INTS = ("seq", "attempts", "reruns")
+
+
+class RedisJobQueue:
+    """The AsyncJobQueue over one ``redis.asyncio.Redis`` client. Construction only
+    registers the scripts; nothing is sent before the first call."""
+
+    def __init__(
+        self,
+        client: Redis,
+        *,
+        prefix: str = DEFAULT_PREFIX,
+        lease_ms: int = DEFAULT_LEASE_MS,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._redis = client
+        self.base = f"{prefix}{QUEUE_TAG}:"
+        self.lease_ms = lease_ms
+        self._rng = rng if rng is not None else random.Random()  # noqa: S311  # jitter, not secrets
+        self._keys = [self.base + "jobs"]
+        self._enqueue = client.register_script(lua.ENQUEUE)
+        self._claim = client.register_script(lua.CLAIM)
+        self._extend = client.register_script(lua.EXTEND)
+        self._ack = client.register_script(lua.ACK)
+        self._fail = client.register_script(lua.FAIL)
+        self._finish = client.register_script(lua.FINISH)
+        self._reap = client.register_script(lua.REAP)
+        self._next_due = client.register_script(lua.NEXT_DUE)
+        self._stats = client.register_script(lua.STATS)
+
+    async def new_job_id(self) -> str:
+        """A fresh ``job_<n>`` from INCR: unique across every node on this Redis."""
+        return f"job_{await self._redis.incr(self.base + 'ids:job')}"
+
+    async def new_job_ids(self, n: int) -> list[str]:
+        """``n`` fresh ids in one INCRBY (a run's tasks, a batch)."""
+        last = await self._redis.incrby(self.base + "ids:job", n)
+        return [f"job_{i}" for i in range(last - n + 1, last + 1)]
+
+    async def enqueue(self, job: Job) -> Job:
+        """Add ``job`` as queued; a known job id changes nothing (the stored job returned)."""
+        return (await self.enqueue_many([job]))[0]
+
+    async def enqueue_many(self, jobs: Sequence[Job]) -> list[Job]:
+        """``enqueue`` for many jobs in one pipelined round trip (each its own script)."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for job in jobs:
+                head: list[str | int] = [self.base, job.job_id, job.manager_id or ""]
+                await self._enqueue(self._keys, [*head, int(job.priority), *_fields(job)], pipe)
+            replies = await pipe.execute()
+        out = []
+        for job, reply in zip(jobs, replies, strict=True):
+            if not reply:  # it existed: what is stored wins
+                out.append(await self.get(job.job_id))
+                continue
+            job.seq, job.state, job.queued_at = int(reply[0]), JobState.QUEUED, float(reply[1])
+            out.append(job)
+        return out
+
+    async def claim(self, manager_id: str, node_id: str, n: int = 1) -> list[Lease]:
+        """Up to ``n`` best ready jobs of ``manager_id`` or the pool, leased to ``node_id``."""
+        rows = await self._claim(self._keys, [self.base, manager_id, node_id, n, self.lease_ms])
+        leases = []
+        for row in rows:
+            raw = _pairs(row)
+            leases.append(Lease(_job(raw), int(raw["token"]), int(raw["lease_until"]) / 1000))
+        return leases
+
+    async def extend(self, job_id: str, token: int) -> float:
+        """Renew the lease for ``lease_ms`` from now; the new deadline (unix seconds)."""
+        reply = await self._extend(self._keys, [self.base, job_id, token, self.lease_ms])
+        return int(_checked(reply, job_id, token)[0]) / 1000
+
+    async def ack(
+        self, job_id: str, token: int, result: str | None, extra: dict[str, Any] | None = None
+    ) -> Job:
+        """active → completed by the lease holder; a stale holder gets StaleLease and the
+        stored result stays."""
+        reply = await self._ack(self._keys, self._ack_args(job_id, token, result, extra, "1"))
+        return _job(_pairs(_checked(reply, job_id, token)[0]))
+
+    async def ack_many(
+        self, acks: Iterable[tuple[str, int, str | None, dict[str, Any] | None]]
+    ) -> list[TcmError | None]:
+        """``ack`` for many jobs in one pipelined round trip, each its own script: per ack,
+        None (completed) or the error that refused it (StaleLease, NotFound)."""
+        acks = list(acks)
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for job_id, token, result, extra in acks:
+                await self._ack(self._keys, self._ack_args(job_id, token, result, extra), pipe)
+            replies = await pipe.execute()
+        outcomes: list[TcmError | None] = []
+        for (job_id, token, *_), reply in zip(acks, replies, strict=True):
+            try:
+                _checked(reply, job_id, token)
+            except TcmError as refused:
+                outcomes.append(refused)
+            else:
+                outcomes.append(None)
+        return outcomes
+
+    def _ack_args(
+        self,
+        job_id: str,
+        token: int,
+        result: str | None,
+        extra: dict[str, Any] | None,
+        want_job: str = "0",
+    ) -> list[str | int]:
+        extra_json = orjson.dumps(extra).decode() if extra else ""
+        has_result = "0" if result is None else "1"
+        return [self.base, job_id, token, has_result, result or "", extra_json, want_job]
+
+    async def fail(self, job_id: str, token: int, error: str) -> Job:
+        """active → retrying after backoff.retry_delay_s's full-jitter delay (computed in
+        the script from this jitter draw and Redis TIME), or failed when out of attempts."""
+        u = self._rng.uniform(0.0, 1.0)
+        reply = await self._fail(self._keys, [self.base, job_id, token, error, repr(u)])
+        return _job(_pairs(_checked(reply, job_id, token)[0]))
+
+    async def cancel(self, job_id: str) -> Job:
+        """queued/retrying/active → cancelled; a final job is returned unchanged."""
+        return await self._end(job_id, JobState.CANCELLED, "")
+
+    async def give_up(self, job_id: str, error: str) -> Job:
+        """queued/retrying/active → failed with ``error`` at once; final: unchanged."""
+        return await self._end(job_id, JobState.FAILED, error)
+
+    async def reap(self) -> list[str]:
+        """Active jobs whose lease ran out → queued (reruns + 1), waking idle nodes."""
+        return [_text(i) for i in await self._reap(self._keys, [self.base])]
+
+    async def wait(self, timeout_s: float) -> bool:
+        """Block on the wake list until a job may be ready (True) or ``timeout_s`` (False).
+        Never longer than until the next retry falls due or the next lease runs out."""
+        due_ms = int(await self._next_due(self._keys, [self.base]))
+        if due_ms == 0:
+            return True
+        if due_ms > 0:
+            timeout_s = min(timeout_s, due_ms / 1000)
+        # BLPOP's timeout 0 means forever: wait at least a millisecond
+        popped = await self._redis.blpop([self.base + "wake"], timeout=max(timeout_s, 0.001))
+        return popped is not None or (due_ms >= 0 and timeout_s * 1000 >= due_ms)
+
+    async def get(self, job_id: str) -> Job:
+        """The job (NotFound when unknown)."""
+        raw = await self._redis.hgetall(self.base + "job:" + job_id)
+        if not raw:
+            raise NotFound(f"unknown job {job_id}", data={"jobId": job_id})
+        return _job({_text(k): v for k, v in raw.items()})
+
+    async def jobs(
+        self,
+        *,
+        state: JobState | None = None,
+        run_id: str | None = None,
+        manager_id: str | None = None,
+        limit: int | None = None,
+    ) -> list[Job]:
+        """Jobs, oldest (lowest seq) first; a None filter matches every job."""
+        ids = [_text(i) for i in await self._redis.zrange(self.base + "jobs", 0, -1)]
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for job_id in ids:
+                pipe.hgetall(self.base + "job:" + job_id)
+            rows = await pipe.execute()
+        out = []
+        for row in rows:
+            if not row:  # forgotten meanwhile
+                continue
+            job = _job({_text(k): v for k, v in row.items()})
+            if (
+                (state is None or job.state == state)
+                and (run_id is None or job.run_id == run_id)
+                and (manager_id is None or job.manager_id == manager_id)
+            ):
+                out.append(job)
+                if limit is not None and len(out) >= limit:
+                    break
+        return out
+
+    async def waiting(self, manager_id: str | None) -> int:
+        """Queued + retrying jobs assigned to ``manager_id`` (None: the pool); O(1)."""
+        n = await self._redis.hget(self.base + "stats", f"wait:{manager_id or ''}")
+        return int(n or 0)
+
+    async def stats(self) -> dict[str, Any]:
+        """The figures of LocalJobQueue.stats, over every node's jobs."""
+        counts, waits, runs, done = await self._stats(self._keys, [self.base])
+        c = {k: int(v) for k, v in _pairs(counts).items()}
+        return {
+            "byState": {s.value: c.get(f"state:{s.value}", 0) for s in JobState},
+            "byPriority": {p.label: c.get(f"prio:{int(p)}", 0) for p in Priority},
+            "avgWaitMs": _mean(waits),
+            "avgRunMs": _mean(runs),
+            "throughputPerMin": int(done),
+        }
+
+    async def _end(self, job_id: str, state: JobState, error: str) -> Job:
+        reply = await self._finish(self._keys, [self.base, job_id, state.value, error])
+        return _job(_pairs(_checked(reply, job_id, None)[0]))
+
+
+def _fields(job: Job) -> list[str]:
+    """The new job's hash fields as a flat list (None fields left out). What never changes
+    travels as one JSON field, ``spec``; the scripts read only ``spec.retry``."""
+    spec = {
+        "run_id": job.run_id,
+        "task_id": job.task_id,
+        "task": job.task,
+        "retry": [job.retry.attempts, job.retry.base_ms, job.retry.cap_ms],
+        "created_at": job.created_at,
+    }
+    out = [
+        "job_id", job.job_id,
+        "spec", orjson.dumps(spec).decode(),
+        "priority", str(int(job.priority)),
+        "attempts", str(job.attempts),
+        "reruns", str(job.reruns),
+        "extra", orjson.dumps(job.extra).decode(),
+    ]  # fmt: skip
+    if job.manager_id is not None:
+        out += ["manager_id", job.manager_id]
+    for name in _OPTIONAL:
+        if (value := getattr(job, name)) is not None:
+            out += [name, repr(value) if isinstance(value, float) else str(value)]
+    return out
+
+
+def _job(raw: dict[str, Any]) -> Job:
+    """A Job from its hash (keys decoded, values bytes or str); lease fields stay in Redis."""
+    spec = orjson.loads(raw["spec"])
+    kw: dict[str, Any] = {
+        "job_id": _text(raw["job_id"]),
+        "run_id": spec["run_id"],
+        "task_id": spec["task_id"],
+        "task": spec["task"],
+        "retry": RetryPolicy(*spec["retry"]),
+        "created_at": spec["created_at"],
+        "priority": Priority(int(raw["priority"])),
+        "state": JobState(_text(raw["state"])),
+        "extra": orjson.loads(raw["extra"]),
+    }
+    for name in _STRINGS:
+        kw[name] = _text(raw[name]) if name in raw else None
+    for name in _INTS:
+        kw[name] = int(raw[name])
+    for name in _FLOATS:
+        kw[name] = float(raw[name]) if name in raw else None
+    return Job(**kw)
+
+
+def _checked(reply: list[Any], job_id: str, token: int | None) -> list[Any]:
+    """The payload of an ``{'ok', …}`` reply; a refusal raised as NotFound / StaleLease."""
+    status = _text(reply[0])
+    if status == "ok":
+        return list(reply[1:])
+    if status == "notfound":
+        raise NotFound(f"unknown job {job_id}", data={"jobId": job_id})
+    state, holder, until = (_text(x) for x in reply[1:4])
+    raise StaleLease(
+        f"stale lease on {job_id}: token {token} no longer holds it (job {state}, "
+        f"held by token {holder or 'none'}); nothing was changed",
+        data={"jobId": job_id, "state": state, "token": token, "holder": holder or None,
+              "leaseUntilMs": int(until) if until else None},
+    )  # fmt: skip
+
+
+def _pairs(flat: list[Any]) -> dict[str, Any]:
+    """A flat HGETALL reply as a dict: keys decoded, values as they came (bytes or str)."""
+    it = iter(flat)
+    return {_text(k): v for k, v in zip(it, it, strict=True)}
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _mean(samples: list[Any]) -> float | None:
+    return sum(float(s) for s in samples) / len(samples) if samples else None
