@@ -104,6 +104,7 @@ class Mirror:
         self.resyncs = 0
         self.overflows = 0
         self.peers: dict[str, dict[str, Any]] = {}  # node -> {"alive", "info", "instances"}
+        self.eviction_policy: str | None = None  # Redis's maxmemory-policy, when readable
         self._wake = asyncio.Event()
         source.listeners.append(self._changed)
 
@@ -131,6 +132,7 @@ class Mirror:
             "sent": self.sent,
             "resyncs": self.resyncs,
             "overflows": self.overflows,
+            "evictionPolicy": self.eviction_policy,
         }
 
     # -- the Redis side (a background task) --------------------------------------------------
@@ -142,6 +144,7 @@ class Mirror:
                 await self.client.ping()
                 if not self.connected:
                     log.info("redis connected", node=self.node)
+                    await self._check_policy()
                 self.connected, self.fallback_reason, self.fallback_since = True, None, None
                 attempt = 0
                 await self._follow()
@@ -150,6 +153,18 @@ class Mirror:
             attempt += 1
             delay = random.uniform(0, min(BACKOFF_MAX_S, 0.1 * 2**attempt))  # noqa: S311
             await asyncio.sleep(delay)  # backoff before reconnecting: a pause, not a poll
+
+    async def _check_policy(self) -> None:
+        """Warn once when Redis may evict keys: tcm's mirror, leases and locks must stay."""
+        try:
+            policy = (await self.client.config_get("maxmemory-policy")).get("maxmemory-policy")
+        except (RedisError, OSError):  # CONFIG may be renamed or refused (managed Redis)
+            return
+        if policy and policy != "noeviction":
+            log.warning(
+                "redis may evict tcm's keys: set maxmemory-policy noeviction", policy=policy
+            )
+        self.eviction_policy = policy
 
     def _lost(self, exc: BaseException) -> None:
         reason = f"{type(exc).__name__}: {exc}"[:200]
