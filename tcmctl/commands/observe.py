@@ -74,14 +74,17 @@ def _human_line(event: dict[str, Any]) -> str:
 
 @click.command()
 @click.option("--prometheus", is_flag=True, help="The Prometheus text format (for scrapers).")
+@click.option("--all-nodes", is_flag=True, help="Every node sharing this Redis, and the sums.")
 @json_option
 @pass_ctx
-def metrics(obj: Ctx, prometheus: bool) -> None:
+def metrics(obj: Ctx, prometheus: bool, all_nodes: bool) -> None:
     """Task, queue, health and recovery metrics."""
+    fmt = "prometheus" if prometheus else "json"
+    params = {"format": fmt, "allNodes": all_nodes or None}
     if prometheus and not obj.json:
-        click.echo(obj.call("metrics", {"format": "prometheus"})["text"], nl=False)
+        click.echo(obj.call("metrics", params)["text"], nl=False)
         return
-    result = obj.call("metrics", {"format": "prometheus" if prometheus else "json"})
+    result = obj.call("metrics", params)
     obj.emit(result, lambda r: _render_metrics(r["metrics"]))
 
 

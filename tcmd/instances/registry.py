@@ -19,7 +19,7 @@ import shutil
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +75,9 @@ class Instances:
         self.screen_checked: dict[str, float] = {}  # last screen fallback look, monotonic
         self.identity = Identity()  # pane processes: who calls, from the kernel
         self.node: str | None = None  # this daemon's node id, recorded in each new instance
+        # with Redis: the next executive number across every node (above the local counter);
+        # None when Redis cannot say (then the local counter numbers it)
+        self.number_executive: Callable[[int], Awaitable[int | None]] | None = None
         self.sessions = Sessions(tmux)  # names in use, orphans, doomed sessions
         self.unsaved: set[str] = set()  # ids whose last change the store refused: retried
 
@@ -197,7 +200,9 @@ class Instances:
         return out
 
     # -- lifecycle ------------------------------------------------------------------------
-    def create(self, role: Role, parent: Instance | None, **fields: Any) -> Instance:
+    def create(
+        self, role: Role, parent: Instance | None, *, at_least: int = 0, **fields: Any
+    ) -> Instance:
         """Allocate the next free id under ``parent`` (persisted counter) and register.
 
         A terminated parent takes no children: a cascade marks a whole subtree terminated
@@ -206,7 +211,7 @@ class Instances:
         if parent is not None and parent.status == State.TERMINATED:
             raise Conflict(f"parentId: {parent.id} has terminated", data={"parentId": parent.id})
         inst = Instance(
-            id=self._next_id(role, parent),
+            id=self._next_id(role, parent, at_least),
             role=role,
             parent_id=parent.id if parent else None,
             token=secrets.token_urlsafe(32),
@@ -224,13 +229,15 @@ class Instances:
             raise
         return inst
 
-    def _next_id(self, role: Role, parent: Instance | None) -> str:
+    def _next_id(self, role: Role, parent: Instance | None, at_least: int = 0) -> str:
         """The next id from the counter whose name is free: no record, no tmux session.
 
         After state loss (a state dir moved away, a journal cut short) the counters may
         be behind the sessions that survived in tmux; their names are skipped, not reused.
+        ``at_least``: the number Redis gave (executives are numbered across all nodes).
         """
-        n = parent.next_child if parent else int(self.store.get("counters", "exec") or 0) + 1
+        n = parent.next_child if parent else self.exec_counter() + 1
+        n = max(n, at_least)
         taken = self.sessions.in_use
         while (new_id := child_id(parent, role, n)) in self.by_id or new_id in taken:
             log.warning("id skipped: its name is in use", instance_id=new_id)
@@ -242,6 +249,9 @@ class Instances:
             self._save(parent)
         return new_id
 
+    def exec_counter(self) -> int:
+        return int(self.store.get("counters", "exec") or 0)
+
     async def spawn(self, role: Role, parent: Instance | None, **fields: Any) -> Instance:
         """Create and launch a new instance; on any failure it ends terminated, no duplicate.
 
@@ -250,7 +260,10 @@ class Instances:
         so a caller that retries gets exactly one new instance. The error it gets carries
         ``instanceId`` (the id rolled back) in its data.
         """
-        inst = self.create(role, parent, **fields)
+        at_least = 0
+        if parent is None and self.number_executive is not None:
+            at_least = await self.number_executive(self.exec_counter()) or 0
+        inst = self.create(role, parent, at_least=at_least, **fields)
         try:
             await self.launch(inst, resume=False)
         except BaseException as exc:

@@ -23,6 +23,7 @@ from tcmd.instances.authz import is_descendant
 from tcmd.model import Instance
 from tcmd.observe.events import Event, EventLog
 from tcmd.observe.metrics import Registry
+from tcmd.observe.nodes import NodeSum
 
 Visible = Callable[[Caller, Event], bool]
 
@@ -41,6 +42,11 @@ class EventsResult(BaseModel):
 
 class MetricsParams(Params):
     format: Literal["json", "prometheus"] = "json"
+    allNodes: bool = Field(
+        default=False,
+        description="Every node sharing this Redis: each node's series and their sums "
+        '(node="*"), as the nodes last published them (every few seconds)',
+    )
 
 
 def subtree_visibility(find: Callable[[str], Instance | None]) -> Visible:
@@ -62,11 +68,18 @@ class ObserveTools:
     """The event log and the metrics registry, as tools."""
 
     def __init__(
-        self, events: EventLog, registry: Registry, *, visible: Visible | None = None
+        self,
+        events: EventLog,
+        registry: Registry,
+        *,
+        visible: Visible | None = None,
+        node_snapshots: Callable[[], dict[str, Any]] | None = None,
     ) -> None:
         self.log = events
         self.registry = registry
         self.visible = visible
+        # node -> its metrics snapshot, this node's included (None: no Redis, one node)
+        self.node_snapshots = node_snapshots
 
     def tools(self) -> list[Tool[Any]]:
         return [
@@ -121,6 +134,11 @@ class ObserveTools:
         return found, self.log.last_seq
 
     def metrics(self, caller: Caller, p: MetricsParams) -> dict[str, Any]:
+        if p.allNodes and self.node_snapshots is not None:
+            summed = NodeSum(self.node_snapshots())
+            if p.format == "prometheus":
+                return {"text": summed.prometheus()}
+            return {"metrics": summed.snapshot()}
         if p.format == "prometheus":
             return {"text": self.registry.prometheus()}
         return {"metrics": self.registry.snapshot()}

@@ -15,6 +15,7 @@ import signal
 import sys
 import time
 from collections import Counter
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -173,6 +174,7 @@ class Daemon:
         self.store.put("meta", "boots", self.boots)
         if self.settings.redis_url:
             self.mirror = self._mirror(self.settings.redis_url)
+            self.instances.number_executive = partial(self.mirror.number, "exec")
             self._spawn(self.mirror.run())  # never fails: Redis down is a fallback, not an end
         self.events.load()
         self._observe()
@@ -192,7 +194,10 @@ class Daemon:
         self.catalogue.extend(HealthTools(self.health).tools())
         self.catalogue.extend(
             ObserveTools(
-                self.events, self.registry, visible=subtree_visibility(self.instances.find)
+                self.events,
+                self.registry,
+                visible=subtree_visibility(self.instances.find),
+                node_snapshots=self._node_metrics if self.mirror else None,
             ).tools()
         )
         await self.rpc.start()
@@ -231,7 +236,14 @@ class Daemon:
             prefix=self.settings.redis_prefix,
             outbox_max=self.settings.redis_outbox,
             info=lambda: {"pid": os.getpid(), "socket": str(self.settings.socket_path)},
+            metrics=self.registry.snapshot,
         )
+
+    def _node_metrics(self) -> dict[str, Any]:
+        """Every node's last published metrics, this node's as of now."""
+        assert self.mirror is not None
+        snapshots = {n: p["metrics"] for n, p in self.mirror.peers.items() if p.get("metrics")}
+        return {**snapshots, self.node: self.registry.snapshot()}
 
     def store_health(self) -> dict[str, Any]:
         """The store as ``status`` shows it: the local store, and the Redis mirror if any."""

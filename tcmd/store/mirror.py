@@ -35,6 +35,19 @@ HEARTBEAT_S = 1.0  # how often a node says it is alive (and refreshes its view o
 HEARTBEAT_TTL_S = 5  # a node silent this long is reported dead
 BATCH = 500  # documents per pipeline
 BACKOFF_MAX_S = 10.0
+NUMBER_TIMEOUT_S = 0.5
+METRICS_EVERY = 5  # beats between two publications of this node's metrics
+# INCR, but never at or below the caller's own counter (a node that numbered on its own
+# while Redis was away must not be handed a number it already used)
+_NEXT_NUMBER = """
+local n = redis.call('INCR', KEYS[1])
+local floor = tonumber(ARGV[1])
+if n <= floor then
+  n = floor + 1
+  redis.call('SET', KEYS[1], n)
+end
+return n
+"""
 
 
 def for_redis(ns: str, doc: bytes | None) -> bytes | None:
@@ -69,11 +82,17 @@ class Keys:
     def docs_pattern(self, node: str) -> str:
         return f"{self.prefix}{{node:{node}}}:doc:*"
 
+    def metrics(self, node: str) -> str:
+        return f"{self.prefix}{{node:{node}}}:metrics"
+
     def alive(self, node: str) -> str:
         return f"{self.prefix}{{node:{node}}}:alive"
 
     def nodes(self) -> str:
         return f"{self.prefix}{{nodes}}"
+
+    def counter(self, name: str) -> str:
+        return f"{self.prefix}{{ids}}:{name}"
 
 
 class Mirror:
@@ -88,6 +107,7 @@ class Mirror:
         prefix: str = "tcm:",
         outbox_max: int = 50_000,
         info: Callable[[], dict[str, Any]] = dict,
+        metrics: Callable[[], dict[str, Any]] | None = None,
     ) -> None:
         self.client = client
         self.source = source
@@ -95,6 +115,8 @@ class Mirror:
         self.keys = Keys(prefix)
         self.outbox_max = outbox_max
         self.info = info
+        self.metrics = metrics  # this node's metrics snapshot, published every few beats
+        self.beats = 0
         self.dirty: dict[tuple[str, str], None] = {}  # insertion-ordered set
         self.resync_needed = True
         self.connected = False
@@ -227,8 +249,12 @@ class Mirror:
     async def _beat(self) -> None:
         """Say this node is alive; read what every node says (for ``list --all-nodes``)."""
         info = orjson.dumps({"node": self.node, "at": time.time(), **self.info()})
+        self.beats += 1
         async with self.client.pipeline(transaction=False) as pipe:
             pipe.set(self.keys.alive(self.node), b"1", ex=HEARTBEAT_TTL_S)
+            if self.metrics is not None and self.beats % METRICS_EVERY == 1:
+                ttl = int(HEARTBEAT_S * METRICS_EVERY) + HEARTBEAT_TTL_S
+                pipe.set(self.keys.metrics(self.node), orjson.dumps(self.metrics()), ex=ttl)
             pipe.hset(self.keys.nodes(), self.node, info)
             pipe.hgetall(self.keys.nodes())
             *_, nodes = await pipe.execute()
@@ -237,16 +263,30 @@ class Mirror:
             for name in names:
                 pipe.exists(self.keys.alive(name))
                 pipe.hgetall(self.keys.doc(name, "instances"))
+                pipe.get(self.keys.metrics(name))
             answers = await pipe.execute()
         peers: dict[str, dict[str, Any]] = {}
         for i, name in enumerate(names):
-            alive, docs = answers[2 * i], answers[2 * i + 1]
+            alive, docs, metrics = answers[3 * i : 3 * i + 3]
             peers[name] = {
                 "alive": bool(alive),
                 "info": orjson.loads(nodes[name.encode()]),
                 "instances": [orjson.loads(v) for v in docs.values()],
+                "metrics": orjson.loads(metrics) if metrics else None,
             }
         self.peers = peers
+
+    async def number(self, name: str, above: int) -> int | None:
+        """The next number of counter ``name`` shared by every node, above ``above`` (this
+        node's own counter); None when Redis cannot answer at once (the caller numbers it)."""
+        if not self.connected:
+            return None
+        try:
+            async with asyncio.timeout(NUMBER_TIMEOUT_S):
+                n = await self.client.eval(_NEXT_NUMBER, 1, self.keys.counter(name), above)
+        except (RedisError, OSError, TimeoutError):
+            return None
+        return int(n)
 
     async def close(self) -> None:
         """Send what is pending (briefly) and say this node is leaving."""

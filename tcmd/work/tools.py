@@ -248,7 +248,7 @@ class ParallelTools:
                 else await self._executive(p)
             )
             while len(managers) < want:
-                mgr = inst.create(
+                mgr = await inst.spawn(  # rolled back whole if it fails
                     Role.MANAGER,
                     executive,
                     work_dir=executive.work_dir,
@@ -256,7 +256,6 @@ class ParallelTools:
                     context="distributeWork manager",
                     model=None,
                 )
-                await inst.launch(mgr, resume=False)
                 await _until_started(inst, mgr)
                 managers.append(mgr)
         if not managers:
@@ -269,7 +268,7 @@ class ParallelTools:
             if candidate.role == Role.EXECUTIVE and candidate.status in LIVE:
                 return candidate
         work_dir = p.workDir or str(Path.cwd())
-        exe = inst.create(
+        exe = await inst.spawn(  # numbered across nodes with Redis, rolled back if it fails
             Role.EXECUTIVE,
             None,
             work_dir=work_dir,
@@ -277,7 +276,6 @@ class ParallelTools:
             context="distributeWork executive",
             model=None,
         )
-        await inst.launch(exe, resume=False)
         await _until_started(inst, exe)
         return exe
 

@@ -122,11 +122,37 @@ def test_two_nodes_see_each_others_instances_and_liveness(
         rows = agents.call("list", {"allNodes": True})
         return {(r["node"], r["instanceId"], r["nodeAlive"]) for r in rows}
 
-    both = {("node-a", "exec_1", True), ("node-b", "exec_1", True), ("node-b", "exec_2", True)}
+    # executives are numbered across the nodes: no two share an id
+    both = {("node-a", "exec_1", True), ("node-b", "exec_2", True), ("node-b", "exec_3", True)}
     wait_until(lambda: seen_from(a) == both, 10, what="node-b's instances seen from node-a")
     wait_until(lambda: seen_from(b) == both, 10, what="node-a's instances seen from node-b")
     assert {r["instanceId"] for r in a.call("list", {})} == {"exec_1"}  # without allNodes
     b.daemon.kill9()
     wait_until(
-        lambda: ("node-b", "exec_1", False) in seen_from(a), 15, what="node-b reported dead"
+        lambda: ("node-b", "exec_2", False) in seen_from(a), 15, what="node-b reported dead"
     )
+
+
+def test_metrics_of_every_node_and_their_sums(
+    tmp_path: Path, daemon_factory: type[DaemonProcess], redis_server: RedisServer
+) -> None:
+    a = start(tmp_path, daemon_factory, redis_server, "m-a")
+    b = start(tmp_path, daemon_factory, redis_server, "m-b")
+    a.spawn("executive", agent="shell")
+    for _ in range(2):
+        b.spawn("executive", agent="shell")
+
+    def starts(agents: AgentDaemon, all_nodes: bool) -> dict[str, float]:
+        got = agents.call("metrics", {"allNodes": all_nodes})["metrics"]
+        samples = got.get("tcm_hook_events_total", {}).get("samples", [])
+        return {
+            s["labels"].get("node", "here"): s["value"]
+            for s in samples
+            if s["labels"]["event"] == "SessionStart"
+        }
+
+    assert starts(a, False) == {"here": 1}
+    want = {"m-a": 1, "m-b": 2, "*": 3}
+    wait_until(lambda: starts(a, True) == want, 15, what="both nodes' metrics, summed")
+    text = a.call("metrics", {"allNodes": True, "format": "prometheus"})["text"]
+    assert 'tcm_hook_events_total{event="SessionStart",node="*"} 3.0' in text
