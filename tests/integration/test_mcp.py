@@ -59,7 +59,11 @@ async def call_ok(client: Client, name: str, args: dict[str, Any]) -> dict[str, 
     result = await client.call_tool(name, args)
     assert not result.is_error, text(result)
     assert isinstance(result.structured_content, dict)
-    assert json.loads(text(result)) == result.structured_content
+    shown = text(result)
+    if shown.endswith("; structured content has all]"):  # a long result: its text is cut
+        assert len(shown) < 20_100 and shown.startswith('{"')
+    else:
+        assert json.loads(shown) == result.structured_content
     return result.structured_content
 
 
