@@ -67,6 +67,7 @@ class Run:
     strategy: str | None = None
     created_at: float = field(default_factory=time.time)
     finished_at: float | None = None
+    node: str | None = None  # the node that took the run (None: made before nodes)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

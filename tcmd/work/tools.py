@@ -124,6 +124,7 @@ class ParallelTools:
             timeout_ms=opts.timeoutMs,
             keep_specialists=opts.keepSpecialists,
             manager_ids=manager_ids,
+            node=self.p.instances.node,
         )
 
     def _enqueue(
@@ -149,6 +150,7 @@ class ParallelTools:
                 priority=Priority.parse(task.priority),
                 manager_id=assignment[task.id],
                 retry=retry,
+                node=self.p.instances.node,
             )
             for task in tasks
         ]

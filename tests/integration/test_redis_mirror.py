@@ -66,6 +66,7 @@ def test_the_mirror_equals_the_state_and_holds_no_token(
     assert all(v["node"] == "alpha" for v in held["instances"].values())
     jobs = {j["jobId"]: j["state"] for j in agents.call("jobs", {})}
     assert {k: v["state"] for k, v in held["jobs"].items()} == jobs
+    assert {v["node"] for v in [*held["jobs"].values(), *held["runs"].values()]} == {"alpha"}
     # stopped, the daemon's own store and the mirror hold the same documents
     agents.daemon.terminate()
     from tcmd.store.jsonfile import JsonFileStore

@@ -80,6 +80,7 @@ class Job:
     finished_at: float | None = None
     duration_ms: float | None = None  # of the last attempt
     extra: dict[str, Any] = field(default_factory=dict)  # branch, worktree, exitCode, …
+    node: str | None = None  # the node whose run it belongs to (None: made before nodes)
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
@@ -109,6 +110,7 @@ class Job:
             "nextRetryAt": self.next_retry_at,
             "lastError": self.last_error,
             "instanceId": self.instance_id,
+            "node": self.node,
         }
 
 
