@@ -173,6 +173,12 @@ _SPEC: dict[str, tuple[str, Callable[[str, str], Any]]] = {
     "log_format": ("TCM_LOG_FORMAT", _log_format),
     "log_level": ("TCM_LOG_LEVEL", _choice(*_LOG_LEVELS)),
     "max_frame_bytes": ("TCM_MAX_FRAME_BYTES", _int(1024, 1 << 30)),
+    "max_connections": ("TCM_MAX_CONNECTIONS", _int(1, 1_000_000)),
+    "max_pending_bytes": ("TCM_MAX_PENDING_BYTES", _int(1024, 1 << 40)),
+    "max_unsent_bytes": ("TCM_MAX_UNSENT_BYTES", _int(1024, 1 << 30)),
+    "max_calls_per_connection": ("TCM_MAX_CALLS_PER_CONNECTION", _int(1, 100_000)),
+    "max_queued_prompts": ("TCM_MAX_QUEUED_PROMPTS", _int(1, 100_000)),
+    "max_queued_prompt_bytes": ("TCM_MAX_QUEUED_PROMPT_BYTES", _int(1024, 1 << 40)),
     "journal_fsync": ("TCM_JOURNAL_FSYNC", _bool),
     "trust_workdirs": ("TCM_TRUST_WORKDIRS", _bool),
     "stall_ms": ("TCM_STALL_MS", _int(100, 86_400_000)),
@@ -208,6 +214,13 @@ class Settings:
     log_format: str | None = None  # None: console on a tty, json otherwise
     log_level: str = "info"
     max_frame_bytes: int = 4 * 1024 * 1024
+    # what clients may make tcmd hold; the reasons for each default: docs/configuration.md
+    max_connections: int = 1024
+    max_pending_bytes: int = 64 * 1024 * 1024  # unfinished frames, all connections together
+    max_unsent_bytes: int = 256 * 1024  # per connection: answers the peer has not read
+    max_calls_per_connection: int = 64  # calls running at once on one connection
+    max_queued_prompts: int = 100  # per instance: prompts waiting or being delivered
+    max_queued_prompt_bytes: int = 16 * 1024 * 1024  # per instance: their text, UTF-8
     journal_fsync: bool = False
     trust_workdirs: bool = True
     stall_ms: int = 600_000  # busy with no hook and no screen change this long: stuck
@@ -238,6 +251,7 @@ class Settings:
         for name, (var, parse) in _SPEC.items():
             if var in raw and name not in ("socket_path", "state_dir"):
                 values[name] = parse(var, raw[var])
+        _budget_holds_a_frame(values)
         return cls(**values)
 
     def describe(self) -> dict[str, Any]:
@@ -253,6 +267,19 @@ class Settings:
         if self.redis_url:
             out["redis_url"] = re.sub(r"//([^@/]*):[^@/]*@", r"//\1:***@", self.redis_url)
         return out
+
+
+def _budget_holds_a_frame(values: dict[str, Any]) -> None:
+    """The shared budget of unfinished frames must take one frame of the largest size."""
+    default = {f.name: f.default for f in fields(Settings)}
+    frame = values.get("max_frame_bytes", default["max_frame_bytes"])
+    if "max_pending_bytes" not in values:
+        values["max_pending_bytes"] = max(default["max_pending_bytes"], frame)
+    elif values["max_pending_bytes"] < frame:
+        raise ConfigError(
+            "TCM_MAX_PENDING_BYTES",
+            f"must be at least TCM_MAX_FRAME_BYTES ({frame}), got {values['max_pending_bytes']}",
+        )
 
 
 def _read_toml(path: Path) -> dict[str, str]:

@@ -6,6 +6,8 @@ pressed again only while the text visibly still sits in the input box; once it h
 the box the acknowledgement is awaited longer (a busy machine runs hooks late). The text
 itself is never sent twice. Prompts to a busy instance wait in its outbox and go out, in order,
 when it turns ready; prompts to an instance that exits are dropped and reported undelivered.
+An outbox holds at most TCM_MAX_QUEUED_PROMPTS prompts and TCM_MAX_QUEUED_PROMPT_BYTES of
+their text; past either, ``send`` is refused (Capacity) and nothing is queued.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from typing import Any
 
 import structlog
 
-from tcmd.errors import Conflict, TcmError
+from tcmd.errors import Capacity, Conflict, TcmError
 from tcmd.instances.agents.registry import profile
 from tcmd.instances.registry import Instances
 from tcmd.model import LIVE, Instance, State
@@ -35,6 +37,7 @@ ACK_LATE_S = 20.0  # a prompt no longer in the box is awaited this long for its 
 class Outgoing:
     text: str
     done: asyncio.Future[bool]
+    size: int  # bytes of text in UTF-8, counted against the outbox's limit
     queued_at: float = field(default_factory=time.monotonic)
 
 
@@ -44,6 +47,8 @@ class Delivery:
     def __init__(self, instances: Instances) -> None:
         self.instances = instances
         self.outbox: dict[str, deque[Outgoing]] = {}
+        self.max_prompts = instances.settings.max_queued_prompts
+        self.max_bytes = instances.settings.max_queued_prompt_bytes
         self.workers: dict[str, asyncio.Task[None]] = {}
         self.last_sent: dict[str, str] = {}  # instance id -> the prompt it last accepted
         # until when an instance takes no new prompt (a rate-limit hold); set by health
@@ -63,7 +68,8 @@ class Delivery:
             )
         queue = self.outbox.setdefault(inst.id, deque())
         ahead = len(queue)
-        out = Outgoing(text, asyncio.get_running_loop().create_future())
+        out = Outgoing(text, asyncio.get_running_loop().create_future(), len(text.encode()))
+        self._check_room(inst, queue, out.size)
         queue.append(out)
         self._kick(inst)
         result: dict[str, Any] = {"instanceId": inst.id, "delivered": False, "queued": True}
@@ -78,6 +84,28 @@ class Delivery:
         if result["queued"]:
             result["position"] = ahead + 1
         return result
+
+    def _check_room(self, inst: Instance, queue: deque[Outgoing], size: int) -> None:
+        """Refuse a prompt the outbox has no room for; an empty outbox takes any one."""
+        if not queue:
+            return
+        held = sum(o.size for o in queue)  # at most max_prompts of them
+        if len(queue) >= self.max_prompts:
+            why = f"{len(queue)} prompts, the limit (TCM_MAX_QUEUED_PROMPTS={self.max_prompts})"
+            setting, limit = "TCM_MAX_QUEUED_PROMPTS", self.max_prompts
+        elif held + size > self.max_bytes:
+            why = (
+                f"{held} bytes of prompts; {size} more would pass the limit "
+                f"(TCM_MAX_QUEUED_PROMPT_BYTES={self.max_bytes})"
+            )
+            setting, limit = "TCM_MAX_QUEUED_PROMPT_BYTES", self.max_bytes
+        else:
+            return
+        raise Capacity(
+            f"{inst.id} is {inst.status.value} and its outbox already holds {why}; "
+            "nothing was queued: send again once it has taken some",
+            data={"instanceId": inst.id, "setting": setting, "limit": limit},
+        )
 
     def _on_state(self, inst: Instance, old: State) -> None:
         if inst.status in DELIVERABLE:

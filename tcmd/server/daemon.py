@@ -39,7 +39,7 @@ from tcmd.observe.events import EventLog
 from tcmd.observe.metrics import Registry, standard
 from tcmd.observe.tools import ObserveTools, subtree_visibility
 from tcmd.server import sdnotify
-from tcmd.server.rpc import RpcServer
+from tcmd.server.rpc import Limits, RpcServer
 from tcmd.server.tools import CoreTools
 from tcmd.store import StateDamaged
 from tcmd.store.jsonfile import JsonFileStore
@@ -90,6 +90,12 @@ class Daemon:
         self.rpc = RpcServer(
             self.catalogue,
             self.instances.resolve_caller,
+            limits=Limits(
+                connections=settings.max_connections,
+                pending_bytes=settings.max_pending_bytes,
+                unsent_bytes=settings.max_unsent_bytes,
+                calls=settings.max_calls_per_connection,
+            ),
             path=settings.socket_path,
             max_frame=settings.max_frame_bytes,
             identify=self.instances.identify,

@@ -117,3 +117,35 @@ def test_error_patterns_file(tmp_path: Path) -> None:
         Settings.from_env({**BASE, "TCM_ERROR_PATTERNS": str(bad)})
     assert info.value.variable == "TCM_ERROR_PATTERNS"
     assert "broken: bad regex" in info.value.message
+
+
+def test_limits_on_clients_default_and_parse() -> None:
+    s = Settings.from_env(BASE)
+    assert (s.max_connections, s.max_pending_bytes) == (1024, 64 << 20)
+    assert (s.max_unsent_bytes, s.max_calls_per_connection) == (256 << 10, 64)
+    assert (s.max_queued_prompts, s.max_queued_prompt_bytes) == (100, 16 << 20)
+    s = Settings.from_env(
+        {
+            **BASE,
+            "TCM_MAX_CONNECTIONS": "10",
+            "TCM_MAX_PENDING_BYTES": str(8 << 20),
+            "TCM_MAX_UNSENT_BYTES": "65536",
+            "TCM_MAX_CALLS_PER_CONNECTION": "2",
+            "TCM_MAX_QUEUED_PROMPTS": "5",
+            "TCM_MAX_QUEUED_PROMPT_BYTES": "4096",
+        }
+    )
+    assert (s.max_connections, s.max_pending_bytes, s.max_unsent_bytes) == (10, 8 << 20, 65536)
+    assert (s.max_calls_per_connection, s.max_queued_prompts) == (2, 5)
+    assert s.max_queued_prompt_bytes == 4096
+    with pytest.raises(ConfigError, match="TCM_MAX_CONNECTIONS: must be an integer"):
+        Settings.from_env({**BASE, "TCM_MAX_CONNECTIONS": "0"})
+
+
+def test_the_shared_budget_takes_one_largest_frame() -> None:
+    big = Settings.from_env({**BASE, "TCM_MAX_FRAME_BYTES": str(256 << 20)})
+    assert big.max_pending_bytes == 256 << 20  # the default follows a larger frame limit
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env({**BASE, "TCM_MAX_PENDING_BYTES": str(1 << 20)})
+    assert info.value.variable == "TCM_MAX_PENDING_BYTES"
+    assert "at least TCM_MAX_FRAME_BYTES (4194304)" in info.value.message
