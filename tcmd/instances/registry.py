@@ -296,7 +296,9 @@ class Instances:
         secret = {k: v for k, v in spec.env.items() if k == "TCM_INSTANCE_TOKEN"}
         pane_env = {k: v for k, v in spec.env.items() if k not in secret}
         handoff = idir / "handoff"
-        argv = [*launcher.command_line(self.python), str(handoff), "--", *spec.argv]
+        nice = launcher.niceness_for(self.settings.agent_nice)
+        lower = ["--nice", str(nice)] if nice is not None else []
+        argv = [*launcher.command_line(self.python), str(handoff), *lower, "--", *spec.argv]
         cwd = Path(inst.work_dir)
         if inst.status != State.STARTING:
             self._set(inst, State.STARTING)
