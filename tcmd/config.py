@@ -191,6 +191,8 @@ _SPEC: dict[str, tuple[str, Callable[[str, str], Any]]] = {
     "claude_permission_mode": ("TCM_CLAUDE_PERMISSION_MODE", _permission_mode),
     "claude_sandbox": ("TCM_CLAUDE_SANDBOX", _bool),
     "retention_ms": ("TCM_RETENTION_MS", _int(0, 3_650 * 86_400_000)),
+    "agent_nice": ("TCM_AGENT_NICE", _int(0, 19)),
+    "hooks": ("TCM_HOOKS", _choice("http", "command")),
 }
 
 
@@ -233,6 +235,8 @@ class Settings:
     claude_permission_mode: str | None = None  # None: Claude's own default
     claude_sandbox: bool = False  # Claude Code's own sandbox (bubblewrap) for its Bash tool
     retention_ms: int = 7 * 86_400_000  # finished runs, terminated instances: then forgotten
+    agent_nice: int = 10  # agents run this much nicer than tcmd (0: as tcmd)
+    hooks: str = "http"  # how Claude reports hook events: POST to tcmd, or run `tcmctl hook`
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:

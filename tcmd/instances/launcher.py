@@ -15,7 +15,11 @@ that nobody holds open forgets what was written). The launcher adds those lines 
 instance's token) to the agent's environment only: the token is never in argv, never in
 tmux, never in a file of its own. Usage::
 
-    python -I -S -c "<command_line()>" HANDOFF -- AGENT_ARGV...
+    python -I -S -c "<command_line()>" HANDOFF [--nice N] -- AGENT_ARGV...
+
+``--nice N`` lowers the CPU priority of the pane's whole tree (the launcher, the agent, its
+hooks and tools) to niceness N before the agent starts (``TCM_AGENT_NICE``): hundreds of
+agents starting on a few cores must not starve tcmd, which answers them all.
 
 Start-up matters (one per spawn): it imports little (os, sys, signal, select, ctypes).
 """
@@ -96,14 +100,19 @@ def read_handoff(path: str, timeout_s: float = HANDOFF_TIMEOUT_S) -> dict[str, s
 
 
 def main(argv: list[str]) -> int:
+    nice: int | None = None
+    if len(argv) >= 3 and argv[1] == "--nice" and argv[2].isdigit():
+        nice, argv = int(argv[2]), [argv[0], *argv[3:]]
     if len(argv) < 3 or argv[1] != "--":
-        sys.stderr.write("usage: launcher HANDOFF -- ARGV...\n")
+        sys.stderr.write("usage: launcher HANDOFF [--nice N] -- ARGV...\n")
         return 2
     handed = read_handoff(argv[0])
     if handed is None:  # tcmd never confirmed this pane (it failed, or this is no pane of ours)
         sys.stderr.write("tcm: the daemon did not hand this pane over; not starting the agent\n")
         return 1
     env = {**os.environ, **handed}
+    if nice is not None:
+        _lower_priority(nice)
     _become_subreaper()
     child = os.fork()
     if child == 0:  # the agent: default signal handling, then exec
@@ -119,6 +128,20 @@ def main(argv: list[str]) -> int:
     status = _wait_for(child)
     _end_leftovers()
     return _exit_like(status)
+
+
+def niceness_for(agent_nice: int) -> int | None:
+    """tcmd's side: the niceness its agents get, ``agent_nice`` above its own (None: as is)."""
+    if agent_nice <= 0:
+        return None
+    return min(19, os.getpriority(os.PRIO_PROCESS, 0) + agent_nice)
+
+
+def _lower_priority(nice: int) -> None:
+    """Niceness ``nice`` for this process and all it starts; never raised (that needs root)."""
+    with contextlib.suppress(OSError):
+        if nice > os.getpriority(os.PRIO_PROCESS, 0):
+            os.setpriority(os.PRIO_PROCESS, 0, nice)
 
 
 def _become_subreaper() -> None:

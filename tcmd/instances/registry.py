@@ -34,6 +34,7 @@ from tcmd.instances.agents.base import LaunchEnv
 from tcmd.instances.agents.registry import profile
 from tcmd.instances.identity import IN_TMUX, OUTSIDE, VANISHED, Identity, InPane, Who
 from tcmd.instances.sessions import Sessions
+from tcmd.instances.tokens import Tokens
 from tcmd.model import LIVE, Instance, Role, State, check_move, child_id
 from tcmd.store import StateDamaged, StateStore
 from tcmd.tmux import NoServer, PaneInfo, SessionExists, Tmux
@@ -58,7 +59,8 @@ class Instances:
         self.tmux = tmux
         self.python = sys.executable
         self.by_id: dict[str, Instance] = {}
-        self.by_token: dict[str, str] = {}
+        self.hook_url: str | None = None  # where agents may POST hook events (TCM_HOOKS=http)
+        self.tokens = Tokens()  # live tokens → instance ids, looked up in constant time
         self.last_event: dict[str, float] = {}  # instance id -> monotonic time of last hook
         self.tool_running: dict[str, str] = {}  # instance id -> tool between Pre/PostToolUse
         self.acks: dict[str, int] = {}  # instance id -> prompts acknowledged since boot
@@ -92,7 +94,7 @@ class Instances:
                 raise StateDamaged(message, data={"ns": NS, "key": key}) from None
             self.by_id[inst.id] = inst
             if inst.status != State.TERMINATED:
-                self.by_token[inst.token] = inst.id
+                self.tokens.add(inst.token, inst.id)
         await self.ensure_tmux()
         await self.adopt()
 
@@ -157,7 +159,7 @@ class Instances:
         it was identified is refused, unless it sent a hook with a valid token; a channel
         without a peer pid needs a token.
         """
-        owner = self.by_token.get(token) if token else None
+        owner = self.tokens.owner(token)
         if token and owner is None:
             raise Forbidden("unknown or revoked instance token")
         if isinstance(who, InPane):
@@ -220,12 +222,12 @@ class Instances:
             **fields,
         )
         self.by_id[inst.id] = inst
-        self.by_token[inst.token] = inst.id
+        self.tokens.add(inst.token, inst.id)
         try:
             self._save(inst)
         except BaseException:  # not in the store: not at all (its id stays used up)
             del self.by_id[inst.id]
-            self.by_token.pop(inst.token, None)
+            self.tokens.revoke(inst.token)
             raise
         return inst
 
@@ -303,13 +305,16 @@ class Instances:
         idir = self.settings.state_dir / "instances" / inst.id
         idir.mkdir(mode=0o700, parents=True, exist_ok=True)
         env = self._agent_env(inst, launch=inst.launched + 1)
-        spec = prof.launch(inst, LaunchEnv(self.settings, idir, self.python, env), resume=resume)
+        launch_env = LaunchEnv(self.settings, idir, self.python, env, hook_url=self.hook_url)
+        spec = prof.launch(inst, launch_env, resume=resume)
         # The pane runs the agent under tcm's launcher, which starts it only once handed its
         # token (never in argv or tmux) after its pid is recorded here (instances/launcher.py).
         secret = {k: v for k, v in spec.env.items() if k == "TCM_INSTANCE_TOKEN"}
         pane_env = {k: v for k, v in spec.env.items() if k not in secret}
         handoff = idir / "handoff"
-        argv = [*launcher.command_line(self.python), str(handoff), "--", *spec.argv]
+        nice = launcher.niceness_for(self.settings.agent_nice)
+        lower = ["--nice", str(nice)] if nice is not None else []
+        argv = [*launcher.command_line(self.python), str(handoff), *lower, "--", *spec.argv]
         cwd = Path(inst.work_dir)
         if inst.status != State.STARTING:
             self._set(inst, State.STARTING)
@@ -387,7 +392,7 @@ class Instances:
         """Terminated now, in memory first: its token revoked, its hooks and new children
         refused. A store that refuses the record gets it again on the next reconcile."""
         self.identity.pane_gone(inst.id)
-        self.by_token.pop(inst.token, None)
+        self.tokens.revoke(inst.token)
         if inst.status == State.TERMINATED:
             return
         if reason is not None:

@@ -39,6 +39,7 @@ from tcmd.observe.events import EventLog
 from tcmd.observe.metrics import Registry, standard
 from tcmd.observe.tools import ObserveTools, subtree_visibility
 from tcmd.server import sdnotify
+from tcmd.server.hooks_http import HookListener
 from tcmd.server.rpc import Limits, RpcServer
 from tcmd.server.tools import CoreTools
 from tcmd.store import StateDamaged
@@ -100,6 +101,12 @@ class Daemon:
             max_frame=settings.max_frame_bytes,
             identify=self.instances.identify,
         )
+        self.hooks = HookListener(
+            self.instances.tokens.owner,
+            self._http_hook,
+            port_file=settings.state_dir / "hook-port",
+            max_body=settings.max_frame_bytes,
+        )
         self.stopping = asyncio.Event()
         self.node = ""  # this daemon's node id, known at start (it may live in the state dir)
         self.mirror: Mirror | None = None
@@ -147,6 +154,11 @@ class Daemon:
 
         self.registry.before_collect(collect)
 
+    def _http_hook(self, token: str, payload: dict[str, Any], launch: int | None) -> None:
+        """A hook event POSTed by an agent: the token alone names it (no peer pid on TCP)."""
+        caller = self.instances.resolve_caller(token, None, "hook")
+        self.instances.on_hook(caller, payload, launch)
+
     def _manager_load(self, inst: Instance) -> dict[str, Any]:
         if inst.role != Role.MANAGER:
             return {}
@@ -160,6 +172,7 @@ class Daemon:
             mine = [i for i in self.instances.by_id.values() if may_see(caller, i, find)]
             return {f"instances.{k}": v for k, v in Counter(i.status.value for i in mine).items()}
         counts = {"connections": len(self.rpc.connections), "requests": self.rpc.requests}
+        counts["hookRequests"] = self.hooks.requests  # hook events POSTed (TCM_HOOKS=http)
         counts.update({f"instances.{k}": v for k, v in self.instances.counts().items()})
         return counts
 
@@ -184,6 +197,9 @@ class Daemon:
             self._spawn(self.mirror.run())  # never fails: Redis down is a fallback, not an end
         self.events.load()
         self._observe()
+        if self.settings.hooks == "http":  # before any launch: the agents' settings name it
+            await self.hooks.start()
+            self.instances.hook_url = self.hooks.url
         await self.instances.start()
         self._spawn(self.instances.watch())
         await self.parallel.start()
@@ -221,6 +237,7 @@ class Daemon:
         log.info("tcmd stopping")
         self.rpc.stop_accepting()
         await self.rpc.drain(SHUTDOWN_GRACE_S)
+        await self.hooks.stop()
         for task in self._background:
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)

@@ -13,9 +13,12 @@ from tests.support import AgentDaemon, DaemonProcess
 
 
 @contextlib.contextmanager
-def agent_daemon(env: Mapping[str, str] | None = None) -> Iterator[tuple[AgentDaemon, Path]]:
-    """A running tcmd (fake Claude as `claude`) in a temporary directory, and that directory."""
-    with tempfile.TemporaryDirectory(dir="/tmp") as tmp_name:
+def agent_daemon(
+    env: Mapping[str, str] | None = None, claude: Path = FAKE_CLAUDE
+) -> Iterator[tuple[AgentDaemon, Path]]:
+    """A running tcmd (``claude``, the fake by default, as `claude`) in a temporary
+    directory, and that directory (HOME is its ``home``)."""
+    with tempfile.TemporaryDirectory(dir="/tmp", ignore_cleanup_errors=True) as tmp_name:
         tmp = Path(tmp_name)
         made: list[DaemonProcess] = []
 
@@ -29,7 +32,7 @@ def agent_daemon(env: Mapping[str, str] | None = None) -> Iterator[tuple[AgentDa
         try:
             yield (
                 AgentDaemon.start_in(
-                    tmp, Factory, FAKE_CLAUDE, {"TCM_LOG_LEVEL": "info", **(env or {})}
+                    tmp, Factory, claude, {"TCM_LOG_LEVEL": "info", **(env or {})}
                 ),
                 tmp,
             )

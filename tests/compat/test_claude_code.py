@@ -50,7 +50,13 @@ def finished_turn(claude: AgentDaemon, instance_id: str) -> dict[str, Any]:
     return result
 
 
-def test_state_follows_real_hooks(claude: AgentDaemon, fake_api: FakeAnthropic) -> None:
+@pytest.mark.parametrize("hooks", ["http", "command"])
+def test_state_follows_real_hooks(
+    hooks: str, start_claude: Callable[..., AgentDaemon], fake_api: FakeAnthropic
+) -> None:
+    """spawn → ready, send → busy → ready with the result: hooks POSTed to tcmd (the
+    default) or run as `tcmctl hook` (TCM_HOOKS=command)."""
+    claude = start_claude(TCM_HOOKS=hooks)
     exec_id = spawn_ready(claude)
     sent = claude.call("send", {"instanceId": exec_id, "text": "@slow 2\n@reply first answer"})
     assert sent["delivered"] is True
@@ -58,6 +64,8 @@ def test_state_follows_real_hooks(claude: AgentDaemon, fake_api: FakeAnthropic) 
     assert finished_turn(claude, exec_id)["lastResult"] == "first answer"
     states = states_of(claude, exec_id)
     assert states[states.index("ready") :][:3] == ["ready", "busy", "ready"], states
+    posted = claude.call("status")["counts"]["hookRequests"]
+    assert (posted >= 2) if hooks == "http" else (posted == 0), posted  # UserPromptSubmit, Stop
 
 
 def test_hostile_prompt_arrives_exactly(claude: AgentDaemon, fake_api: FakeAnthropic) -> None:

@@ -173,7 +173,7 @@ async def test_failed_spawn_is_rolled_back_and_a_retry_makes_one_new_instance(
     inst = registry.instances.get("exec_1")
     assert inst.status == State.TERMINATED
     assert inst.last_error is not None and inst.last_error.startswith("spawn failed: ")
-    assert inst.token not in registry.instances.by_token
+    assert registry.instances.tokens.owner(inst.token) is None
     assert not await registry.tmux.has_session("exec_1")
     registry.store.refusing = False
     await registry.instances.reconcile()  # a refused record is written once the store works

@@ -19,6 +19,7 @@ def test_defaults_follow_the_contract() -> None:
     assert s.claude_command == ("claude",)
     assert s.socket_path == Path("/home/u/.local/state/tcm/tcmd.sock")
     assert s.state_dir == Path("/home/u/.local/state/tcm")
+    assert s.agent_nice == 10
 
 
 def test_xdg_paths() -> None:
@@ -67,6 +68,8 @@ def test_every_variable_parses() -> None:
         ("TCM_CLAUDE_COMMAND", "'unclosed"),
         ("TCM_LOG_FORMAT", "xml"),
         ("TCM_SOCKET", "/tmp/" + "d" * 120),
+        ("TCM_AGENT_NICE", "20"),
+        ("TCM_AGENT_NICE", "-5"),
     ],
 )
 def test_invalid_values_name_the_variable(var: str, value: str) -> None:

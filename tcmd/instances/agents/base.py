@@ -25,6 +25,7 @@ class LaunchEnv:
     instance_dir: Path  # per-instance files (settings, MCP config), 0700
     python: str  # the interpreter tcm runs on, for `python -m tcmctl …`
     base_env: dict[str, str] = field(default_factory=dict)  # TCM_* for the agent process
+    hook_url: str | None = None  # tcmd's loopback hook listener (TCM_HOOKS=http), if it runs
 
 
 @dataclass(frozen=True, slots=True)

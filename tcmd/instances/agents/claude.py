@@ -1,8 +1,10 @@
 """The ``claude`` profile: Claude Code, driven by its own hooks.
 
 Launch: ``$TCM_CLAUDE_COMMAND --session-id UUID`` (``--resume UUID`` on restart),
-``--settings`` with command hooks that run ``tcmctl hook`` (as ``python -I -S -c``: it runs on
-every event, so it skips site and runpy), ``--append-system-prompt``
+``--settings`` with hooks that POST every event to tcmd's loopback listener with the
+instance's token in a header (``TCM_HOOKS=http``, server/hooks_http.py), or command hooks
+that run ``tcmctl hook`` (``TCM_HOOKS=command``; as ``python -I -S -c``: it runs on every
+event, so it skips site and runpy), ``--append-system-prompt``
 with the role's instructions and the spawn context (nothing is written into the user's
 repository), and ``--mcp-config`` (strict) naming the tcm MCP shim with the instance's
 token, so the instance can call tcm's tools as itself and as nothing more.
@@ -33,6 +35,8 @@ HOOK_EVENTS = (
     "PermissionRequest",
     "SessionEnd",
 )
+
+COMMAND_ONLY_EVENTS = ("SessionStart",)  # Claude Code sends no HTTP hook for these
 
 ROLE_INSTRUCTIONS = {
     Role.EXECUTIVE: (
@@ -67,13 +71,7 @@ class ClaudeProfile:
     def launch(self, inst: Instance, env: LaunchEnv, *, resume: bool) -> Launch:
         settings_path = env.instance_dir / "claude-settings.json"
         mcp_path = env.instance_dir / "mcp.json"
-        hook_cmd = shlex.join(hook_command_line(env.python))  # `tcmctl hook`, started faster
-        hooks = {
-            event: [
-                {"matcher": "", "hooks": [{"type": "command", "command": hook_cmd, "timeout": 10}]}
-            ]
-            for event in HOOK_EVENTS
-        }
+        hooks = {event: [{"matcher": "", "hooks": [_hook(env, event)]}] for event in HOOK_EVENTS}
         settings: dict[str, object] = {
             "hooks": hooks,
             "permissions": {"allow": ["mcp__tcm"]},  # tcm's own tools never stop on a dialog
@@ -144,6 +142,25 @@ class ClaudeProfile:
         # A "!" first turns Claude's input box into a shell (bash mode): it would run the
         # line itself, past every permission check. One leading space keeps it a prompt.
         return " " + text if text.startswith("!") else text
+
+
+def _hook(env: LaunchEnv, event: str) -> dict[str, object]:
+    """One hook entry: a POST to tcmd's loopback listener, or the `tcmctl hook` command.
+
+    Claude Code skips HTTP hooks on SessionStart (seen in 2.1.332: "HTTP hooks are not
+    supported for SessionStart"), so that one event, once per start, stays a command.
+    """
+    if env.hook_url is None or event in COMMAND_ONLY_EVENTS:  # a process for this event
+        command = shlex.join(hook_command_line(env.python))  # `tcmctl hook`, started faster
+        return {"type": "command", "command": command, "timeout": 10}
+    launch = env.base_env.get("TCM_INSTANCE_LAUNCH", "")  # events of an older launch: ignored
+    return {
+        "type": "http",
+        "url": f"{env.hook_url}/{launch}" if launch.isdigit() else env.hook_url,
+        "headers": {"Authorization": "Bearer $TCM_INSTANCE_TOKEN"},  # read from Claude's env
+        "allowedEnvVars": ["TCM_INSTANCE_TOKEN"],  # the only variable a header may carry
+        "timeout": 10,
+    }
 
 
 def _write_private(path: Path, content: object) -> None:

@@ -1,4 +1,4 @@
-"""Hooks: run the `--settings` hook commands for an event, and log its payload."""
+"""Hooks: run the `--settings` hook commands (or POST to hook URLs) for an event; log it."""
 
 from __future__ import annotations
 
@@ -24,6 +24,9 @@ MATCH_FIELD = {
     "SessionEnd": "reason",
     "StopFailure": "error",
 }
+
+
+NO_HTTP = ("SessionStart", "Setup")  # Claude Code skips HTTP hooks on these
 
 
 def append_line(path: str, line: str) -> None:
@@ -56,26 +59,58 @@ class Hooks(Runtime):
         if self.event_log:
             append_line(self.event_log, line)
         value = extra.get(MATCH_FIELD.get(event, ""))
-        commands = [
-            (hook["command"], number(str(hook.get("timeout", 60)), 60))
+        hooks = [
+            hook
             for group in self.hooks.get(event) or []
             if matches(group.get("matcher"), value)
             for hook in group.get("hooks") or []
-            if hook.get("type", "command") == "command" and hook.get("command")
+            if (hook.get("type", "command") == "command" and hook.get("command"))
+            or (hook.get("type") == "http" and hook.get("url") and event not in NO_HTTP)
         ]
         # Threads: a hook keeps running to its end even when the waiting turn is cancelled,
         # and (not daemons) the process waits for them before it exits.
-        finished: list[str] = []
+        finished: list[object] = []
 
-        def run(command: str, timeout: float) -> None:
-            self.run_hook(command, timeout, line)
+        def run(hook: dict[str, Any]) -> None:
+            timeout = number(str(hook.get("timeout", 60)), 60)
+            if hook.get("type") == "http":
+                self.post_hook(hook, timeout, line)
+            else:
+                self.run_hook(hook["command"], timeout, line)
             with self.cond:
-                finished.append(command)
+                finished.append(hook)
                 self.cond.notify_all()
 
-        for command, timeout in commands:
-            threading.Thread(target=run, args=(command, timeout)).start()
-        self.wait(lambda: len(finished) == len(commands))
+        for hook in hooks:
+            threading.Thread(target=run, args=(hook,)).start()
+        self.wait(lambda: len(finished) == len(hooks))
+
+    def post_hook(self, hook: dict[str, Any], timeout: float, payload: str) -> None:
+        """POST the payload as Claude does: headers may name only ``allowedEnvVars``."""
+        import urllib.error
+        import urllib.request
+
+        allowed = set(hook.get("allowedEnvVars") or [])
+
+        def value(m: re.Match[str]) -> str:
+            name = m[1] or m[2]
+            return os.environ.get(name, "") if name in allowed else ""  # others: empty
+
+        var = r"\$(?:\{([A-Za-z_][A-Za-z0-9_]*)\}|([A-Za-z_][A-Za-z0-9_]*))"
+        headers = {k: re.sub(var, value, str(v)) for k, v in (hook.get("headers") or {}).items()}
+        headers["Content-Type"] = "application/json"
+        request = urllib.request.Request(  # noqa: S310 (the settings' URL, as Claude would)
+            str(hook["url"]), data=payload.encode(), headers=headers, method="POST"
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as answer:  # noqa: S310
+                status: object = answer.status
+        except urllib.error.HTTPError as exc:
+            status = exc.code
+        except OSError as exc:
+            status = exc
+        if self.verbose:
+            sys.stderr.write(f"[fake-claude] hook {hook['url']!r} -> {status}\r\n")
 
     def run_hook(self, command: str, timeout: float, payload: str) -> None:
         env = {**os.environ, "CLAUDE_PROJECT_DIR": os.getcwd()}
