@@ -6,6 +6,8 @@ pressed again only while the text visibly still sits in the input box; once it h
 the box the acknowledgement is awaited longer (a busy machine runs hooks late). The text
 itself is never sent twice. Prompts to a busy instance wait in its outbox and go out, in order,
 when it turns ready; prompts to an instance that exits are dropped and reported undelivered.
+Terminating an instance drops its outbox with a reason (``drop``): a sender still waiting
+gets it in its answer, and the instance's ``lastError`` says it for those who read later.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ class Outgoing:
     text: str
     done: asyncio.Future[bool]
     queued_at: float = field(default_factory=time.monotonic)
+    dropped: str | None = None  # why it will never be delivered, when it was dropped
 
 
 class Delivery:
@@ -74,10 +77,23 @@ class Delivery:
                 result["queued"] = False
             except TimeoutError:
                 pass  # still in flight: it stays queued and will be confirmed later
+        if out.dropped is not None:
+            result["queued"], result["error"] = False, out.dropped
         result["status"] = inst.status.value
         if result["queued"]:
             result["position"] = ahead + 1
         return result
+
+    def drop(self, inst: Instance, reason: str) -> list[str]:
+        """Fail every prompt not yet delivered to ``inst`` with ``reason``; their texts."""
+        queue = self.outbox.pop(inst.id, deque())
+        dropped = list(queue)
+        queue.clear()  # a worker still holding it stops at once
+        for out in dropped:
+            out.dropped = reason
+            if not out.done.done():
+                out.done.set_result(False)
+        return [out.text for out in dropped]
 
     def _on_state(self, inst: Instance, old: State) -> None:
         if inst.status in DELIVERABLE:

@@ -188,6 +188,7 @@ class Daemon:
             self.instances, self.delivery, peers=lambda: self.mirror.peers if self.mirror else {}
         )
         instance_tools.row_extras.append(self._manager_load)
+        instance_tools.emit = self.emit
         self.catalogue.extend(CoreTools(self, self.counts).tools())
         self.catalogue.extend(instance_tools.tools())
         self.catalogue.extend(ParallelTools(self.parallel).tools())
