@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field
 
-from tcmd.api import Caller, Params, Tool, result_schema
+from tcmd.api import ArgText, Caller, Params, Tool, result_schema
 from tcmd.errors import Conflict, InvalidParams, NotFound
 from tcmd.instances.agents.registry import profile
 from tcmd.instances.authz import check_target, is_descendant, spawn_parent
@@ -30,12 +30,12 @@ class SpawnParams(Params):
         description="executive, manager (needs an executive parent) or "
         "specialist (needs a manager parent)"
     )
-    workDir: str = Field(
+    workDir: ArgText = Field(
         min_length=1,
         max_length=4096,
         description="Absolute path of the directory the agent works in",
     )
-    context: str = Field(
+    context: ArgText = Field(
         max_length=1_000_000,
         description="The instance's assignment; Claude gets it as system prompt",
     )
@@ -43,7 +43,9 @@ class SpawnParams(Params):
         default=None, description="Parent instance; defaults to the calling instance"
     )
     agent: str = Field(default="claude", description="Agent profile: claude or shell")
-    model: str | None = Field(default=None, max_length=200, description="Model for the agent")
+    model: ArgText | None = Field(
+        default=None, max_length=200, description="Model for the agent"
+    )
     wait: bool = Field(default=True, description="Return when the instance is ready")
     timeoutMs: int = Field(
         default=30_000, ge=0, le=600_000, description="How long to wait for ready"
