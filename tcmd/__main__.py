@@ -1,3 +1,3 @@
-from tcmd.server.daemon import main
+from tcmd.server.main import main
 
 main()

@@ -11,9 +11,9 @@ from __future__ import annotations
 import inspect
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Annotated, Any, Generic, TypeVar
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError
 
 from tcmd.errors import Forbidden, InvalidParams, MethodNotFound
 
@@ -26,6 +26,17 @@ class Params(BaseModel):
 
 class NoParams(Params):
     pass
+
+
+def _no_nul(value: str) -> str:
+    if "\x00" in value:
+        raise ValueError("must not contain a NUL byte (it goes on a command line)")
+    return value
+
+
+# Text that reaches an agent's command line, environment or working directory, where the
+# kernel cannot take a NUL byte: refused as invalid params, never met later in Popen.
+ArgText = Annotated[str, AfterValidator(_no_nul)]
 
 
 @dataclass(frozen=True, slots=True)

@@ -168,6 +168,7 @@ class DaemonProcess:
         )
         tmux_sock = Path(f"/tmp/tmux-{os.getuid()}/{self.tmux_socket}")
         tmux_sock.unlink(missing_ok=True)  # kill-server leaves its socket file behind
+        tmux_sock.with_name(tmux_sock.name + ".tcmd.lock").unlink(missing_ok=True)  # a kill -9's
         shutil.rmtree(self.sock_dir, ignore_errors=True)
 
 

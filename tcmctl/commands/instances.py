@@ -160,7 +160,17 @@ def terminate(obj: Ctx, instance_id: str, cascade: bool, force: bool) -> None:
     result = obj.call(
         "terminate", {"instanceId": instance_id, "cascade": cascade or None, "force": force or None}
     )
-    obj.emit(result, lambda r: "terminated " + ", ".join(r["terminated"]))
+    obj.emit(result, _terminated)
+
+
+def _terminated(r: dict[str, Any]) -> str:
+    """What ended, and each prompt that was dropped with it."""
+    lines = ["terminated " + ", ".join(r["terminated"])]
+    for d in r.get("dropped", []):
+        if d["running"] is not None:
+            lines.append(f"  {d['instanceId']}: dropped running prompt {d['running']!r}")
+        lines += [f"  {d['instanceId']}: dropped queued prompt {q!r}" for q in d["queued"]]
+    return "\n".join(lines)
 
 
 @click.command()

@@ -8,6 +8,8 @@ itself is never sent twice. Prompts to a busy instance wait in its outbox and go
 when it turns ready; prompts to an instance that exits are dropped and reported undelivered.
 An outbox holds at most TCM_MAX_QUEUED_PROMPTS prompts and TCM_MAX_QUEUED_PROMPT_BYTES of
 their text; past either, ``send`` is refused (Capacity) and nothing is queued.
+Terminating an instance drops its outbox with a reason (``drop``): a sender still waiting
+gets it in its answer, and the instance's ``lastError`` says it for those who read later.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ class Outgoing:
     done: asyncio.Future[bool]
     size: int  # bytes of text in UTF-8, counted against the outbox's limit
     queued_at: float = field(default_factory=time.monotonic)
+    dropped: str | None = None  # why it will never be delivered, when it was dropped
 
 
 class Delivery:
@@ -80,6 +83,8 @@ class Delivery:
                 result["queued"] = False
             except TimeoutError:
                 pass  # still in flight: it stays queued and will be confirmed later
+        if out.dropped is not None:
+            result["queued"], result["error"] = False, out.dropped
         result["status"] = inst.status.value
         if result["queued"]:
             result["position"] = ahead + 1
@@ -106,6 +111,17 @@ class Delivery:
             "nothing was queued: send again once it has taken some",
             data={"instanceId": inst.id, "setting": setting, "limit": limit},
         )
+
+    def drop(self, inst: Instance, reason: str) -> list[str]:
+        """Fail every prompt not yet delivered to ``inst`` with ``reason``; their texts."""
+        queue = self.outbox.pop(inst.id, deque())
+        dropped = list(queue)
+        queue.clear()  # a worker still holding it stops at once
+        for out in dropped:
+            out.dropped = reason
+            if not out.done.done():
+                out.done.set_result(False)
+        return [out.text for out in dropped]
 
     def _on_state(self, inst: Instance, old: State) -> None:
         if inst.status in DELIVERABLE:

@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field
 
-from tcmd.api import Caller, Params, Tool, result_schema
+from tcmd.api import ArgText, Caller, Params, Tool, result_schema
 from tcmd.errors import Conflict, InvalidParams, NotFound
 from tcmd.instances.agents.registry import profile
 from tcmd.instances.authz import check_target, is_descendant, spawn_parent
@@ -30,12 +30,12 @@ class SpawnParams(Params):
         description="executive, manager (needs an executive parent) or "
         "specialist (needs a manager parent)"
     )
-    workDir: str = Field(
+    workDir: ArgText = Field(
         min_length=1,
         max_length=4096,
         description="Absolute path of the directory the agent works in",
     )
-    context: str = Field(
+    context: ArgText = Field(
         max_length=1_000_000,
         description="The instance's assignment; Claude gets it as system prompt",
     )
@@ -43,7 +43,9 @@ class SpawnParams(Params):
         default=None, description="Parent instance; defaults to the calling instance"
     )
     agent: str = Field(default="claude", description="Agent profile: claude or shell")
-    model: str | None = Field(default=None, max_length=200, description="Model for the agent")
+    model: ArgText | None = Field(
+        default=None, max_length=200, description="Model for the agent"
+    )
     wait: bool = Field(default=True, description="Return when the instance is ready")
     timeoutMs: int = Field(
         default=30_000, ge=0, le=600_000, description="How long to wait for ready"
@@ -72,6 +74,7 @@ class SendResult(BaseModel):
     queued: bool
     status: str
     position: int | None = None
+    error: str | None = None  # why it was dropped undelivered (its instance was terminated)
 
 
 class ReadParams(Params):
@@ -114,9 +117,16 @@ class TerminateParams(Params):
     force: bool = False
 
 
+class Dropped(BaseModel):
+    instanceId: str
+    running: str | None  # the start of the prompt it was working on, if busy
+    queued: list[str]  # the start of each prompt that never reached it, in order
+
+
 class TerminateResult(BaseModel):
     instanceId: str
     terminated: list[str]
+    dropped: list[Dropped]
 
 
 class RestartParams(Params):
@@ -181,6 +191,7 @@ class InstanceTools:
         self.instances = instances
         self.delivery = delivery
         self.peers = peers  # node -> {"alive", "instances"}: other daemons, from Redis
+        self.emit: Callable[..., None] = lambda kind, **fields: None  # the event log's
         # more fields for `list` rows from other services (a manager's parallelExecution)
         self.row_extras: list[Callable[[Instance], dict[str, Any]]] = []
 
@@ -221,7 +232,8 @@ class InstanceTools:
             ),
             Tool(
                 "terminate",
-                "End an instance; cascade=true ends its whole subtree, children first.",
+                "End an instance; cascade=true ends its whole subtree, children first. "
+                "The answer names the prompts dropped (running or queued).",
                 TerminateParams,
                 self.terminate,
                 result_schema(TerminateResult),
@@ -346,12 +358,37 @@ class InstanceTools:
         if below and not p.cascade and not p.force:
             names = ", ".join(c.id for c in below[:10])
             raise Conflict(f"{inst.id} has live descendants ({names}); use cascade or force")
+        doomed = [*below, inst] if p.cascade else [inst]
+        dropped = [d for t in doomed if (d := self._drop_work(t, caller))]
         if p.cascade:
             ended = await self.instances.terminate_tree(inst)
         else:
             await self.instances.terminate(inst)
             ended = [inst]
-        return {"instanceId": inst.id, "terminated": [t.id for t in ended]}
+        for d in dropped:
+            self.emit("instance.dropped", **d)
+        return {"instanceId": inst.id, "terminated": [t.id for t in ended], "dropped": dropped}
+
+    def _drop_work(self, inst: Instance, caller: Caller) -> dict[str, Any] | None:
+        """Before ``inst`` is terminated: fail its queued prompts, and note in its
+        ``lastError`` what it loses (read by ``read`` and ``wait``). None if nothing."""
+        if inst.status == State.TERMINATED:
+            return None
+        by = "the operator" if caller.is_operator else caller.instance_id
+        reason = f"dropped: {inst.id} was terminated by {by} before this prompt was delivered"
+        queued = self.delivery.drop(inst, reason)
+        running = self.delivery.last_sent.get(inst.id) if inst.status == State.BUSY else None
+        if running is None and not queued:
+            return None
+        lost = ["its running prompt"] if running is not None else []
+        if queued:
+            lost.append(f"{len(queued)} queued prompt{'s' if len(queued) > 1 else ''}")
+        inst.last_error = f"terminated by {by}: dropped {' and '.join(lost)}"
+        return {
+            "instanceId": inst.id,
+            "running": None if running is None else _preview(running),
+            "queued": [_preview(q) for q in queued],
+        }
 
     async def restart(self, caller: Caller, p: RestartParams) -> dict[str, Any]:
         inst = self._target(caller, p.instanceId, "restart")
@@ -421,6 +458,11 @@ class InstanceTools:
             for o in found.values()
         ]
         return {"orphans": rows, "killed": killed}
+
+
+def _preview(text: str, limit: int = 80) -> str:
+    """The start of a prompt, enough to recognise it."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def other_nodes_rows(

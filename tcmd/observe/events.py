@@ -6,6 +6,7 @@ camelCase, as in the public JSON. The kinds tcm emits:
 
 =======================  ==========================================================
 ``instance.state``       ``instanceId, old, new``: an instance changed state
+``instance.dropped``     ``instanceId, running, queued``: prompts lost to a terminate
 ``health.verdict``       ``instanceId, verdict, score, reasons``: a health check's verdict
 ``recovery.attempt``     ``instanceId, action, ok, error``: a recovery starts (ok, error: None)
 ``recovery.result``      ``instanceId, action, ok, error``: how it ended

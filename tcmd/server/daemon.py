@@ -1,6 +1,7 @@
 """tcmd's lifecycle: start services in order, serve, shut down in reverse, bounded.
 
-``main()`` is the console script. ``serve()`` = start → run until a signal → shutdown.
+``run()`` is what the console script (``server/main.py``) calls after parsing its
+arguments. ``serve()`` = start → run until a signal → shutdown.
 The first SIGTERM/SIGINT stops gracefully; a second one forces the exit at once (every
 acknowledged change is already in the journal, so nothing acknowledged is lost).
 """
@@ -9,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import os
 import signal
 import sys
@@ -25,7 +25,7 @@ from redis.asyncio import Redis
 from tcmd.api import OPERATOR, Caller, Catalogue
 from tcmd.changes import Changes
 from tcmd.config import Settings
-from tcmd.errors import ConfigError, TcmError
+from tcmd.errors import ConfigError
 from tcmd.health.loop import Health
 from tcmd.health.tools import HealthTools
 from tcmd.instances.authz import may_see
@@ -40,6 +40,7 @@ from tcmd.observe.metrics import Registry, standard
 from tcmd.observe.tools import ObserveTools, subtree_visibility
 from tcmd.server import sdnotify
 from tcmd.server.hooks_http import HookListener
+from tcmd.server.pidlock import AlreadyRunning, PidLocks, tmux_lock_path
 from tcmd.server.rpc import Limits, RpcServer
 from tcmd.server.tools import CoreTools
 from tcmd.store import StateDamaged
@@ -54,10 +55,6 @@ from tcmd.work.tools import ParallelTools
 log = structlog.get_logger(__name__)
 SHUTDOWN_GRACE_S = 5.0
 REDIS_TIMEOUT_S = 2.0  # a Redis that does not answer within this is down (for the mirror)
-
-
-class AlreadyRunning(TcmError):
-    """Another tcmd holds the lock of this socket."""
 
 
 class Daemon:
@@ -110,7 +107,7 @@ class Daemon:
         self.stopping = asyncio.Event()
         self.node = ""  # this daemon's node id, known at start (it may live in the state dir)
         self.mirror: Mirror | None = None
-        self._lock_fds: list[int] = []
+        self.locks = PidLocks(settings.socket_path)
         self._background: set[asyncio.Task[Any]] = set()
         self._signals = 0
 
@@ -178,10 +175,15 @@ class Daemon:
 
     async def start(self) -> None:
         sock = self.settings.socket_path
-        self._acquire_lock(sock.with_name(sock.name + ".lock"), f"serving {sock}")
+        self.locks.acquire(sock.with_name(sock.name + ".lock"), f"serving {sock}")
         self.settings.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        self._acquire_lock(
+        self.locks.acquire(
             self.settings.state_dir / "tcmd.lock", f"using {self.settings.state_dir}"
+        )
+        name = self.settings.tmux_socket  # two daemons on one tmux server see ghosts
+        tmux_lock = tmux_lock_path(name)
+        self.locks.acquire(
+            tmux_lock, f"driving the tmux server {name!r} ({tmux_lock.parent / name})", unlink=True
         )
         if sock.exists() or sock.is_symlink():
             log.info("removing stale socket", socket=str(sock))
@@ -210,6 +212,7 @@ class Daemon:
             self.instances, self.delivery, peers=lambda: self.mirror.peers if self.mirror else {}
         )
         instance_tools.row_extras.append(self._manager_load)
+        instance_tools.emit = self.emit
         self.catalogue.extend(CoreTools(self, self.counts).tools())
         self.catalogue.extend(instance_tools.tools())
         self.catalogue.extend(ParallelTools(self.parallel).tools())
@@ -244,7 +247,7 @@ class Daemon:
         if self.mirror is not None:
             await self.mirror.close()
         self.store.close()
-        self._release_locks()
+        self.locks.release()
         log.info("tcmd stopped")
 
     def _mirror(self, url: str) -> Mirror:
@@ -286,24 +289,6 @@ class Daemon:
             log.error("background task failed", exc_info=task.exception())
             self.stopping.set()  # a dead service is a dead daemon: let systemd restart us
 
-    # -- one daemon per socket and per state directory -------------------------------------
-    def _acquire_lock(self, lock_path: Path, what: str) -> None:
-        lock_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
-            os.close(fd)
-            raise AlreadyRunning(f"another tcmd (pid {holder}) is already {what}") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        self._lock_fds.append(fd)
-
-    def _release_locks(self) -> None:
-        while self._lock_fds:
-            os.close(self._lock_fds.pop())
-
     # -- signals ------------------------------------------------------------------------
     def install_signal_handlers(self) -> None:
         loop = asyncio.get_running_loop()
@@ -340,19 +325,15 @@ async def serve(settings: Settings) -> int:
     return 0
 
 
-def main() -> None:
-    """Console script ``tcmd``."""
-    if len(sys.argv) > 1 and sys.argv[1] in ("--version", "-V"):
-        from tcmd import __version__
-
-        sys.stdout.write(f"tcmd {__version__}\n")
-        return
+def run() -> int:
+    """Read the settings, set up logging, serve until a signal; the exit code."""
     try:
         settings = Settings.from_env()
     except ConfigError as exc:
         sys.stderr.write(f"tcmd: invalid configuration: {exc.message}\n")
-        sys.exit(2)
+        return 2
     logs.configure(settings.log_level, settings.log_format)
     import uvloop
 
-    sys.exit(uvloop.run(serve(settings)))
+    code: int = uvloop.run(serve(settings))
+    return code

@@ -11,7 +11,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
 
-from tcmd.api import Params
+from tcmd.api import ArgText, Params
 
 TaskId = Annotated[
     str, Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -23,7 +23,7 @@ PriorityName = Literal["critical", "high", "medium", "low"]
 class TaskSpec(Params):
     id: TaskId = Field(description="Unique within the call; names the task's git branch")
     name: str | None = Field(default=None, max_length=500, description="A short label")
-    context: str = Field(
+    context: ArgText = Field(
         default="", max_length=1_000_000, description="Background given before the instruction"
     )
     instruction: str = Field(
@@ -59,7 +59,7 @@ class RetrySpec(Params):
 
 
 class RunOptions(Params):
-    workDir: str | None = Field(default=None, max_length=4096)
+    workDir: ArgText | None = Field(default=None, max_length=4096)
     maxConcurrent: int | None = Field(
         default=None,
         ge=1,
