@@ -22,13 +22,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import re
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import regex
 import structlog
 
 from tcmd.config import Settings
@@ -46,6 +46,7 @@ log = structlog.get_logger(__name__)
 RUNS = "runs"
 SPAWN_TIMEOUT_S = 60.0
 DELIVERY_TIMEOUT_S = 30.0
+PATTERN_TIMEOUT_S = 0.2  # a completionPattern's match is given up after this (event loop time)
 RUN_GONE = "its run {run_id} was lost (never stored, or its record is gone): the task cannot run"
 
 
@@ -342,8 +343,16 @@ class Parallel:
         if spec.last_exit_code not in (None, 0):
             raise TaskFailed(f"exit status {spec.last_exit_code}: {result[-500:]}")
         pattern = job.task.get("completionPattern")
-        if pattern and not re.search(str(pattern), result):
-            raise TaskFailed(f"completionPattern {pattern!r} did not match the result")
+        if pattern:
+            try:  # `regex`, not `re`: a pattern that backtracks for ever must not stall tcmd
+                found = regex.search(str(pattern), result, timeout=PATTERN_TIMEOUT_S)
+            except TimeoutError:
+                raise TaskFailed(
+                    f"completionPattern {pattern!r} took longer than {PATTERN_TIMEOUT_S} s "
+                    "on the result (a pattern that backtracks too much): not completed"
+                ) from None
+            if not found:
+                raise TaskFailed(f"completionPattern {pattern!r} did not match the result")
         return result, extra
 
     # -- runs ---------------------------------------------------------------------------------

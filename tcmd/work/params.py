@@ -6,9 +6,9 @@ original system's; the rest are new beside them.
 
 from __future__ import annotations
 
-import re
 from typing import Annotated, Literal
 
+import regex
 from pydantic import Field, field_validator
 
 from tcmd.api import ArgText, Params
@@ -46,8 +46,8 @@ class TaskSpec(Params):
     def _compiles(cls, value: str | None) -> str | None:
         if value is not None:
             try:
-                re.compile(value)
-            except re.error as exc:
+                regex.compile(value)  # the engine the dispatcher matches with
+            except regex.error as exc:
                 raise ValueError(f"not a valid regular expression: {exc}") from None
         return value
 

@@ -540,3 +540,26 @@ def test_status_and_queue_stats_show_an_instance_its_own_subtree(agents: AgentDa
         assert (stats[who]["peakPerManager"], stats[who]["avgRunMs"]) == ({}, None)
         assert "peakManagers" not in stats[who]
     assert agents.call("queueStats")["peakManagers"] == 1
+
+
+def test_a_backtracking_completion_pattern_does_not_stall_tcmd(agents: AgentDaemon) -> None:
+    """`(a|aa)+$` on 'a'*40 + 'b' backtracks for hours with `re`: the match is given up
+    after a moment, the task fails saying why, and tcmd answers meanwhile."""
+    [mgr] = team(agents)
+    run = run_parallel(
+        agents,
+        mgr,
+        [{"id": "evil", "instruction": "printf 'a%.0s' $(seq 40); echo b",
+          "completionPattern": "(a|aa)+$"}],
+        wait=False,
+        retry={"attempts": 1},
+    )  # fmt: skip
+    status = wait_until(
+        lambda: (s := agents.call("getParallelStatus", {"runId": run["runId"]}))["done"] and s,
+        20,
+        what="the run to end",
+    )
+    [task] = status["tasks"]
+    assert task["status"] == "failed" and "took longer than" in task["error"], task
+    with agents.daemon.client(timeout_s=2) as c:
+        assert c.call("ping")["pong"] is True
