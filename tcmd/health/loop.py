@@ -112,6 +112,11 @@ class Health:
             ids.discard(instance_id)
 
     # -- holds (rate limits) ----------------------------------------------------------------
+    def cancel_recoveries(self) -> None:
+        """Stop every recovery in flight (the daemon is stopping)."""
+        for task in list(self._tasks):
+            task.cancel()
+
     def hold_of(self, inst: Instance) -> float | None:
         """Until when ``inst`` takes no new prompt (None: it may)."""
         now = time.time()

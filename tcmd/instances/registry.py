@@ -119,6 +119,9 @@ class Instances:
                         sessions=orphans)  # fmt: skip
         for inst in self.by_id.values():
             if inst.status == State.TERMINATED:
+                if inst.id in panes:  # terminated, then tcmd died before its kill: end it now
+                    log.info("killing the session of a terminated instance", instance_id=inst.id)
+                    await self._kill(inst)
                 continue
             pane = panes.get(inst.id)
             if pane is None or pane.dead:

@@ -54,6 +54,7 @@ from tcmd.work.tools import ParallelTools
 
 log = structlog.get_logger(__name__)
 SHUTDOWN_GRACE_S = 5.0
+STOP_TASKS_S = 2.0  # how long stop() waits for cancelled background tasks
 REDIS_TIMEOUT_S = 2.0  # a Redis that does not answer within this is down (for the mirror)
 
 
@@ -241,9 +242,16 @@ class Daemon:
         self.rpc.stop_accepting()
         await self.rpc.drain(SHUTDOWN_GRACE_S)
         await self.hooks.stop()
+        self.health.cancel_recoveries()
         for task in self._background:
             task.cancel()
-        await asyncio.gather(*self._background, return_exceptions=True)
+        # bounded: a task that swallows its cancellation (seen: the mirror inside a pending
+        # redis-py call) must not hold the daemon up; every acknowledged change is on disk
+        stuck: set[asyncio.Task[Any]] = set()
+        if self._background:
+            _, stuck = await asyncio.wait(self._background, timeout=STOP_TASKS_S)
+        for task in stuck:
+            log.warning("background task did not stop in time", task=task.get_name())
         if self.mirror is not None:
             await self.mirror.close()
         self.store.close()

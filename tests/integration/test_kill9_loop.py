@@ -199,3 +199,28 @@ def test_kill9_loop_leaves_nothing_stuck_or_orphaned(agents: AgentDaemon) -> Non
         wait_until(consistent, 30, interval_s=0.2, what="state and tmux to agree")
     except AssertionError:
         pytest.fail(f"state and tmux disagree: {problems}")
+
+
+def test_a_terminated_instance_s_surviving_session_is_killed_at_start(
+    agents: AgentDaemon,
+) -> None:
+    """tcmd marked it terminated, then died before killing its session (as in the loop):
+    the next start kills the session instead of leaving it running for ever."""
+    from tcmd.store.jsonfile import JsonFileStore
+
+    agents.spawn("executive", agent="shell")
+    agents.daemon.kill9()
+    store = JsonFileStore(agents.daemon.state_dir / "store")
+    store.open()
+    try:
+        record = store.get("instances", "exec_1")
+        store.put("instances", "exec_1", {**record, "status": "terminated"})
+    finally:
+        store.close()
+    assert "exec_1" in agents.daemon.tmux("list-sessions", "-F", "#{session_name}").split()
+    agents.daemon.start()
+    wait_until(
+        lambda: "exec_1" not in agents.daemon.tmux("list-sessions", "-F", "#{session_name}"),
+        10,
+        what="the terminated instance's session to be killed",
+    )
