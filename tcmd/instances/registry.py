@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import re
 import secrets
 import shutil
 import sys
@@ -40,12 +39,19 @@ from tcmd.tmux import NoServer, PaneInfo, SessionExists, Tmux
 
 log = structlog.get_logger(__name__)
 NS = "instances"
-# tmux 3.3a sometimes notices a pane's death only when a client next talks to it (seen:
-# seconds late, or never while idle), so the reconcile's one list-panes call every half
-# second is both the safety net and the nudge; the pane-died hook covers the prompt cases.
+# With the control client attached, tmux reports every pane death on it (the pane-died
+# hook below) and the reconcile is a slow safety net; without it (not attached yet, or
+# lost), a list-panes call every half second finds deaths and nudges tmux 3.3a, which
+# sometimes notices a death only when a client next talks to it.
 RECONCILE_INTERVAL_S = 0.5
+SAFETY_INTERVAL_S = 5.0
+# Commands a hook runs make no control-mode notifications; a ``run-shell -b -C`` started
+# from the hook runs later on its own and does: entering and leaving copy mode on the
+# dead pane sends ``%pane-mode-changed %N`` to the control client, and leaves no trace.
+PANE_DIED_HOOK = (
+    'run-shell -b -C "copy-mode -t #{pane_id} ; send-keys -X -t #{pane_id} cancel"'
+)
 SCREEN_FALLBACK_AFTER_S = 3.0  # busy with no hook for this long: look at the screen
-_SAFE_PATH = re.compile(r"^[A-Za-z0-9_./+-]+$")
 Listener = Callable[[Instance, State], None]
 
 
@@ -76,6 +82,7 @@ class Instances:
         self.identity = Identity()  # pane processes: who calls, from the kernel
         self.node: str | None = None  # this daemon's node id, recorded in each new instance
         self.sessions = Sessions(tmux)  # names in use, orphans, doomed sessions
+        tmux.listeners.append(self._on_tmux)
         self.unsaved: set[str] = set()  # ids whose last change the store refused: retried
 
     # -- start-up and adoption ------------------------------------------------------------
@@ -97,14 +104,13 @@ class Instances:
         await self.tmux.ensure_server()
         self.identity.tmux_server = int(await self.tmux.run("display-message", "-p", "#{pid}"))
         await self.tmux.run("set-environment", "-g", "TCM_SOCKET", str(self.settings.socket_path))
-        if _SAFE_PATH.match(self.python):
-            # tmux tells us at once when an agent's process dies; reconcile is the safety net
-            await self.tmux.run(
-                "set-hook",
-                "-gw",  # pane-died is a window hook: -g alone sets a session hook that never fires
-                "pane-died",
-                f"run-shell -b '{self.python} -m tcmctl hook TmuxPaneDied'",
-            )
+        # pane-died is a window hook: -g alone sets a session hook that never fires
+        await self.tmux.run("set-hook", "-gw", "pane-died", PANE_DIED_HOOK)
+
+    def _on_tmux(self, line: str) -> None:
+        """A notification of the control client: a pane died (or the client was lost)."""
+        if line == "lost" or line.startswith(("%pane-mode-changed", "%unlinked-window-close")):
+            self._reconcile_soon.set()
 
     async def adopt(self) -> None:
         """Re-derive the state of every non-terminated instance from tmux (after a restart)."""
@@ -516,13 +522,17 @@ class Instances:
 
     # -- the watch over tmux ----------------------------------------------------------------
     async def watch(self) -> None:
-        """Reconcile with tmux every few seconds, or at once when tmux reports a dead pane."""
+        """Reconcile with tmux every few seconds, or at once when tmux reports a dead pane;
+        reattach the control client when it was lost (then reconcile once)."""
         while True:
+            interval = SAFETY_INTERVAL_S if self.tmux.connected else RECONCILE_INTERVAL_S
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(RECONCILE_INTERVAL_S):
+                async with asyncio.timeout(interval):
                     await self._reconcile_soon.wait()
             self._reconcile_soon.clear()
             try:
+                if not self.tmux.connected:
+                    await self.tmux.connect()  # only if the server runs: never starts one
                 await self.reconcile()
             except TcmError as exc:
                 log.warning("reconcile failed", error=exc.message)

@@ -57,6 +57,19 @@ def main() -> None:
             f"{100 * used / window:.2f} % of one core   (target <= 2 %)"
         )
 
+        deaths = []
+        for victim in (f"spec_1_1_{i}" for i in range(1, 11)):  # idle shell specialists
+            pane_pid = agents.daemon.tmux("display", "-p", "-t", f"={victim}:", "#{pane_pid}")
+            t = time.monotonic()
+            os.kill(int(pane_pid), 9)
+            wait_until(lambda v=victim: agents.status(v) == "exited", 10, interval_s=0.001)
+            deaths.append((time.monotonic() - t) * 1e3)
+        print(
+            f"a pane's death (SIGKILL) visible in `list`, {N} instances: median "
+            f"{statistics.median(deaths):.0f} ms, max {max(deaths):.0f} ms over {len(deaths)}"
+            f"   (target <= 50 ms)"
+        )
+
         victim = f"spec_1_1_{N - 2}"
         pane_pid = agents.daemon.tmux("display", "-p", "-t", f"={victim}:", "#{pane_pid}").strip()
         t = time.monotonic()
