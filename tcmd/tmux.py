@@ -63,6 +63,8 @@ set -g history-limit 50000
 set -g status off
 set -g default-terminal screen-256color
 """
+DEAD_PANES = "tcm-dead-panes"
+DEAD_PANES_SUBSCRIPTION = f"{DEAD_PANES}::#{{S:#{{P:#{{?pane_dead,#{{pane_id}} ,}}}}}}"
 _SESSION_NAME = re.compile(r"[A-Za-z0-9_-]+")
 # C0 controls except \t and \n, plus DEL (CR is normalised to LF before this runs).
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
@@ -306,13 +308,9 @@ class Tmux:
         """
         if self.connected:
             return True
-        try:  # has-session first: new-session would start a server
-            if not await self.has_session(CONTROL_SESSION):
-                await self.run("new-session", "-d", "-s", CONTROL_SESSION, "-x", "80", "-y",
-                               "24", "--", "cat")  # fmt: skip
-        except SessionExists:
-            pass
-        except TmuxError as exc:
+        try:
+            await self._control_session()
+        except TmuxError as exc:  # NoServer among them
             log.info("tmux control client not attached", error=exc.stderr)
             return False
         argv = [TMUX_BIN, "-L", self.socket_name, "-f", str(self.config_path), "-C",
@@ -325,8 +323,23 @@ class Tmux:
             return False
         control.on_lost = self._lost
         self._control = control
+        # tmux re-reads this once a second and says when it changed: every dead pane of
+        # the server, reaped or not (an unreaped one fires no pane-died hook)
+        await self.run("refresh-client", "-B", DEAD_PANES_SUBSCRIPTION)
         log.info("tmux control client attached", socket=self.socket_name)
         return True
+
+    async def _control_session(self) -> None:
+        """Make the control client's session unless it exists; NoServer if none runs (asked
+        first: new-session would start a server)."""
+        try:
+            await self.run("has-session", "-t", f"={CONTROL_SESSION}")
+        except TmuxError as exc:
+            if isinstance(exc, NoServer) or not exc.gone:
+                raise
+            with contextlib.suppress(SessionExists):  # made meanwhile by another tcmd
+                await self.run("new-session", "-d", "-s", CONTROL_SESSION, "-x", "80", "-y",
+                               "24", "--", "cat")  # fmt: skip
 
     def disconnect(self) -> None:
         """Stop the control client (calls go back to a client process each)."""

@@ -51,7 +51,7 @@ ROUTED = frozenset({
     "new-session", "respawn-pane", "kill-session", "has-session", "list-panes",
     "list-sessions", "send-keys", "set-buffer", "paste-buffer", "delete-buffer",
     "display-message", "set-environment", "set-hook", "show-options", "set-option",
-    "run-shell",
+    "run-shell", "refresh-client",
 })  # fmt: skip
 _PLAIN = frozenset("-_./:=@%+,")
 

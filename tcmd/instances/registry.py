@@ -35,7 +35,7 @@ from tcmd.instances.identity import IN_TMUX, OUTSIDE, VANISHED, Identity, InPane
 from tcmd.instances.sessions import Sessions
 from tcmd.model import LIVE, Instance, Role, State, check_move, child_id
 from tcmd.store import StateDamaged, StateStore
-from tcmd.tmux import NoServer, PaneInfo, SessionExists, Tmux
+from tcmd.tmux import DEAD_PANES, NoServer, PaneInfo, SessionExists, Tmux
 
 log = structlog.get_logger(__name__)
 NS = "instances"
@@ -45,6 +45,11 @@ NS = "instances"
 # sometimes notices a death only when a client next talks to it.
 RECONCILE_INTERVAL_S = 0.5
 SAFETY_INTERVAL_S = 5.0
+# A pane whose process dies while tmux 3.3a runs its utmp helper (just after the pane is
+# made) stays an unreaped zombie: no pane-died hook, no notification, until tmux sees
+# another SIGCHLD. So one reconcile follows each launch by this much; its listing nudges
+# tmux to reap (Tmux._list) when it shows such a pane.
+BIRTH_CHECK_S = 0.3
 # Commands a hook runs make no control-mode notifications; a ``run-shell -b -C`` started
 # from the hook runs later on its own and does: entering and leaving copy mode on the
 # dead pane sends ``%pane-mode-changed %N`` to the control client, and leaves no trace.
@@ -108,8 +113,13 @@ class Instances:
         await self.tmux.run("set-hook", "-gw", "pane-died", PANE_DIED_HOOK)
 
     def _on_tmux(self, line: str) -> None:
-        """A notification of the control client: a pane died (or the client was lost)."""
-        if line == "lost" or line.startswith(("%pane-mode-changed", "%unlinked-window-close")):
+        """A notification of the control client: a pane died, a session went away, or the
+        client was lost. A pane whose death tmux 3.3a has not reaped yet fires no pane-died
+        hook, but shows in the dead-panes subscription (within 1 s): reconcile's listing
+        then nudges tmux to reap it."""
+        dead = f"%subscription-changed {DEAD_PANES} "
+        closed = "%unlinked-window-close"  # a session killed, maybe behind tcm's back
+        if line == "lost" or line.startswith(("%pane-mode-changed", closed, dead)):
             self._reconcile_soon.set()
 
     async def adopt(self) -> None:
@@ -317,6 +327,7 @@ class Instances:
                 pane = await self._start_pane(inst, argv, cwd, pane_env)
             finally:
                 self.pane_since[inst.id] = time.monotonic()
+                asyncio.get_running_loop().call_later(BIRTH_CHECK_S, self._reconcile_soon.set)
             self.identity.pane_started(inst.id, pane.pid)
         except BaseException:
             os.close(fd)  # the launcher, if any, reads nothing and does not start the agent
@@ -525,9 +536,9 @@ class Instances:
         """Reconcile with tmux every few seconds, or at once when tmux reports a dead pane;
         reattach the control client when it was lost (then reconcile once)."""
         while True:
-            interval = SAFETY_INTERVAL_S if self.tmux.connected else RECONCILE_INTERVAL_S
+            wait = SAFETY_INTERVAL_S if self.tmux.connected else RECONCILE_INTERVAL_S
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(interval):
+                async with asyncio.timeout(wait):
                     await self._reconcile_soon.wait()
             self._reconcile_soon.clear()
             try:
