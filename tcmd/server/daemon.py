@@ -213,6 +213,7 @@ class Daemon:
         for task in self._background:
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
+        self.tmux.disconnect()  # the control client; the server and its panes live on
         if self.mirror is not None:
             await self.mirror.close()
         self.store.close()
