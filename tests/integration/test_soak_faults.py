@@ -107,6 +107,8 @@ def test_soak_with_faults_loses_nothing_and_runs_nothing_uncounted(
     while injector.pending() != 0:
         first_round = len(injector.faults) < len(KINDS)  # all kinds while work is in flight
         time.sleep(rng.uniform(0.2, 1.0) if first_round else rng.uniform(0.5, 2.5))  # a moment
+        if injector.pending() == 0:  # the work ended meanwhile: a fault now would hit nothing
+            break
         if not order:  # every kind once per round, in a random order
             order = rng.sample(KINDS, len(KINDS))
         injector.inject(order.pop())  # its recovery is timed in a thread meanwhile
@@ -138,17 +140,25 @@ def test_soak_with_faults_loses_nothing_and_runs_nothing_uncounted(
 
     # -- the Redis mirror and the store on disk agree with the daemon -----------------------
     runs = {r: agents.call("getParallelStatus", {"runId": r}) for r in set(owner.values())}
-    wait_until(
-        lambda: (s := tolerant(lambda: agents.call("status"))) is not None
-        and s["store"]["backend"] == "redis" and s["store"]["pending"] == 0,
-        30, what="the mirror to catch up",
-    )  # fmt: skip
-    rows = {r["instanceId"]: r["status"] for r in agents.call("list", {"includeTerminated": True})}
-    jobs = agents.call("jobs", {"limit": 100_000})
-    said = {j["jobId"]: (j["state"], j["attempts"], j["reruns"]) for j in jobs}
-    held = mirror(redis_server)
-    assert {k: (v["state"], v["attempts"], v["reruns"]) for k, v in held["jobs"].items()} == said
-    assert {k: v["status"] for k, v in held["instances"].items()} == rows
+
+    def agreed() -> tuple[dict[str, str], dict[str, tuple[str, int, int]]] | None:
+        """What the daemon says, once the mirror holds the same (health may still be
+        restarting a manager the last tmux kill took: poll until the tree is still)."""
+        status = tolerant(lambda: agents.call("status"))
+        if not status or status["store"]["backend"] != "redis" or status["store"]["pending"]:
+            return None
+        rows = {
+            r["instanceId"]: r["status"] for r in agents.call("list", {"includeTerminated": True})
+        }
+        said = {j["jobId"]: (j["state"], j["attempts"], j["reruns"])
+                for j in agents.call("jobs", {"limit": 100_000})}  # fmt: skip
+        held = mirror(redis_server)
+        same = {k: (v["state"], v["attempts"], v["reruns"]) for k, v in held["jobs"].items()}
+        if same != said or {k: v["status"] for k, v in held["instances"].items()} != rows:
+            return None
+        return rows, said
+
+    rows, said = wait_until(agreed, 30, interval_s=0.2, what="the mirror to equal the daemon")
     agents.daemon.terminate()
     local = stored(agents.daemon.state_dir, "jobs", "runs", "instances")
     assert {k: (v["state"], v["attempts"], v["reruns"]) for k, v in local["jobs"].items()} == said
@@ -159,6 +169,7 @@ def test_soak_with_faults_loses_nothing_and_runs_nothing_uncounted(
         assert (doc["finished_at"] is not None) == status["done"], (run_id, doc, status)
     for inst in local["instances"].values():
         inst.pop("token", None)
+    held = mirror(redis_server)  # the daemon has stopped: its last word is in both
     for ns in ("jobs", "runs", "instances"):
         assert local[ns] == held.get(ns, {}), f"the mirror's {ns} differ from the store's"
 
