@@ -35,16 +35,14 @@ import contextlib
 import re
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NoReturn
 
 import structlog
 
 from tcmd.children import run_child
 from tcmd.errors import InvalidParams, Unavailable
-from tcmd.tmux_control import CONTROL_SESSION, ControlClient, ControlLost, routable
 
 log = structlog.get_logger(__name__)
 
@@ -63,8 +61,6 @@ set -g history-limit 50000
 set -g status off
 set -g default-terminal screen-256color
 """
-DEAD_PANES = "tcm-dead-panes"
-DEAD_PANES_SUBSCRIPTION = f"{DEAD_PANES}::#{{S:#{{P:#{{?pane_dead,#{{pane_id}} ,}}}}}}"
 _SESSION_NAME = re.compile(r"[A-Za-z0-9_-]+")
 # C0 controls except \t and \n, plus DEL (CR is normalised to LF before this runs).
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
@@ -163,31 +159,6 @@ def _parse_pane(line: str) -> PaneInfo:
     )  # fmt: skip
 
 
-_READ_ONLY = frozenset({"list-panes", "list-sessions", "has-session", "display-message",
-                        "show-options"})  # fmt: skip
-
-
-def _split(args: Sequence[str]) -> list[list[str]]:
-    """The commands of one call, split at THEN."""
-    commands: list[list[str]] = [[]]
-    for arg in args:
-        if arg == THEN:
-            commands.append([])
-        else:
-            commands[-1].append(arg)
-    return commands
-
-
-def _raise(command: str, message: str) -> NoReturn:
-    """The error tmux's message means (same texts from a client's stderr or a %error)."""
-    kind = (
-        NoServer if message.startswith(_NO_SERVER)
-        else SessionExists if message.startswith(_DUPLICATE)
-        else TmuxError
-    )  # fmt: skip
-    raise kind(command, message)
-
-
 def _decode(data: bytes) -> str:
     return data.decode(errors="replace")
 
@@ -235,50 +206,11 @@ class Tmux:
         self.config_path = config_path
         self.timeout_s = timeout_s
         self._breaker = _Breaker(breaker_threshold, breaker_cooldown_s)
-        self._control: ControlClient | None = None
-        # called with each notification line ("%pane-mode-changed %3"), and "lost"
-        self.listeners: list[Callable[[str], None]] = []
-
-    @property
-    def connected(self) -> bool:
-        """Whether commands go over the control connection (else: a client per call)."""
-        return self._control is not None and self._control.alive
 
     async def run(self, *args: str, stdin: bytes | None = None) -> str:
         """Run one tmux command; return stdout, raise TmuxError/NoServer/Unavailable."""
         self._breaker.check()
         command = _summary(args)
-        commands = _split(args)
-        if self.connected and stdin is None and all(routable(c) for c in commands):
-            try:
-                return await self._run_control(command, commands)
-            except ControlLost:
-                if not all(c[0] in _READ_ONLY for c in commands):
-                    raise Unavailable(
-                        "tmux control connection lost during the call", data={"command": command}
-                    ) from None
-        return await self._run_client(command, args, stdin)
-
-    async def _run_control(self, command: str, commands: list[list[str]]) -> str:
-        """Each command a line on the control connection, all written at once."""
-        assert self._control is not None
-        futures = [self._control.submit(c) for c in commands]
-        try:
-            async with asyncio.timeout(self.timeout_s):
-                answers = await asyncio.gather(*futures)
-        except TimeoutError:
-            self._breaker.timed_out()
-            log.warning("tmux_timeout", command=command, timeout_s=self.timeout_s, control=True)
-            raise Unavailable(
-                f"tmux did not answer within {self.timeout_s}s", data={"command": command}
-            ) from None
-        self._breaker.answered()
-        for answer in answers:
-            if not answer.ok:
-                _raise(command, answer.output.strip() or "error")
-        return "".join(a.output for a in answers)
-
-    async def _run_client(self, command: str, args: Sequence[str], stdin: bytes | None) -> str:
         argv = [TMUX_BIN, "-L", self.socket_name, "-f", str(self.config_path)]
         argv += [_escape(a) for a in args]
         started = time.monotonic()
@@ -297,64 +229,14 @@ class Tmux:
         stdout, stderr = _decode(done.stdout), _decode(done.stderr).strip()
         log.debug("tmux", command=command, rc=rc, ms=round((time.monotonic() - started) * 1e3, 1))
         if rc != 0 or stderr:
-            _raise(command, stderr or f"exit status {rc}")
+            stderr = stderr or f"exit status {rc}"
+            kind = (
+                NoServer if stderr.startswith(_NO_SERVER)
+                else SessionExists if stderr.startswith(_DUPLICATE)
+                else TmuxError
+            )  # fmt: skip
+            raise kind(command, stderr)
         return stdout
-
-    async def connect(self) -> bool:
-        """Attach the control client if the server runs and it is not attached; whether it is.
-
-        Never starts a server: the control session is made by a client call first, which
-        fails with NoServer when none runs.
-        """
-        if self.connected:
-            return True
-        try:
-            await self._control_session()
-        except TmuxError as exc:  # NoServer among them
-            log.info("tmux control client not attached", error=exc.stderr)
-            return False
-        argv = [TMUX_BIN, "-L", self.socket_name, "-f", str(self.config_path), "-C",
-                "attach-session", "-t", f"={CONTROL_SESSION}"]  # fmt: skip
-        control = ControlClient(argv, self._notify)
-        try:
-            await control.start(self.timeout_s)
-        except (ControlLost, TimeoutError, OSError) as exc:
-            log.warning("tmux control client failed to attach", error=str(exc))
-            return False
-        control.on_lost = self._lost
-        self._control = control
-        # tmux re-reads this once a second and says when it changed: every dead pane of
-        # the server, reaped or not (an unreaped one fires no pane-died hook)
-        await self.run("refresh-client", "-B", DEAD_PANES_SUBSCRIPTION)
-        log.info("tmux control client attached", socket=self.socket_name)
-        return True
-
-    async def _control_session(self) -> None:
-        """Make the control client's session unless it exists; NoServer if none runs (asked
-        first: new-session would start a server)."""
-        try:
-            await self.run("has-session", "-t", f"={CONTROL_SESSION}")
-        except TmuxError as exc:
-            if isinstance(exc, NoServer) or not exc.gone:
-                raise
-            with contextlib.suppress(SessionExists):  # made meanwhile by another tcmd
-                await self.run("new-session", "-d", "-s", CONTROL_SESSION, "-x", "80", "-y",
-                               "24", "--", "cat")  # fmt: skip
-
-    def disconnect(self) -> None:
-        """Stop the control client (calls go back to a client process each)."""
-        control, self._control = self._control, None
-        if control is not None:
-            control.on_lost = lambda: None
-            control.close()
-
-    def _notify(self, line: str) -> None:
-        for listener in self.listeners:
-            listener(line)
-
-    def _lost(self) -> None:
-        log.warning("tmux control client lost", socket=self.socket_name)
-        self._notify("lost")
 
     async def ensure_server(self) -> None:
         """Write the config and start the server (no-op start if it already runs)."""
@@ -363,7 +245,6 @@ class Tmux:
         # Re-applies the options when the server was already running (daemon restart);
         # on a fresh server it also proves that exit-empty kept it alive.
         await self.run("source-file", str(self.config_path))
-        await self.connect()
 
     def _write_config(self) -> None:
         self.config_path.parent.mkdir(parents=True, exist_ok=True)
@@ -421,8 +302,7 @@ class Tmux:
             if exc.gone:  # no server, no such target, or (3.3a) no session at all
                 return []
             raise
-        panes = (_parse_pane(line) for line in out.splitlines() if line)
-        return [p for p in panes if p.session != CONTROL_SESSION]
+        return [_parse_pane(line) for line in out.splitlines() if line]
 
     async def capture(self, target: str, lines: int = 50, *, escapes: bool = False) -> str:
         """The last `lines` lines (history + screen), trailing blank lines dropped."""
@@ -446,12 +326,12 @@ class Tmux:
         buffer = f"tcm-{uuid.uuid4().hex}"
         pane = _target(target)
         then_enter = [THEN, "send-keys", "-t", pane, "Enter"] if enter else []
-        paste = [THEN, "paste-buffer", "-p", "-d", "-b", buffer, "-t", pane, *then_enter]
         try:
-            if self.connected:  # no stdin there: the text goes as a quoted argument
-                await self.run("set-buffer", "-b", buffer, "--", data.decode(), *paste)  # sanitised
-            else:
-                await self.run("load-buffer", "-b", buffer, "-", *paste, stdin=data)
+            await self.run(
+                "load-buffer", "-b", buffer, "-",
+                THEN, "paste-buffer", "-p", "-d", "-b", buffer, "-t", pane, *then_enter,
+                stdin=data,
+            )  # fmt: skip
         except TmuxError:
             with contextlib.suppress(TmuxError):
                 await self.run("delete-buffer", "-b", buffer)
@@ -487,7 +367,6 @@ class Tmux:
 
     async def kill_server(self) -> None:
         """Kill the server and every pane in it; no error if it is not running."""
-        self.disconnect()
         with contextlib.suppress(NoServer):
             await self.run("kill-server")
 

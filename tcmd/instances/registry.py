@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import secrets
 import shutil
 import sys
@@ -36,28 +37,16 @@ from tcmd.instances.sessions import Sessions
 from tcmd.instances.tokens import Tokens
 from tcmd.model import LIVE, Instance, Role, State, check_move, child_id
 from tcmd.store import StateDamaged, StateStore
-from tcmd.tmux import DEAD_PANES, NoServer, PaneInfo, SessionExists, Tmux
+from tcmd.tmux import NoServer, PaneInfo, SessionExists, Tmux
 
 log = structlog.get_logger(__name__)
 NS = "instances"
-# With the control client attached, tmux reports every pane death on it (the pane-died
-# hook below) and the reconcile is a slow safety net; without it (not attached yet, or
-# lost), a list-panes call every half second finds deaths and nudges tmux 3.3a, which
-# sometimes notices a death only when a client next talks to it.
+# tmux 3.3a sometimes notices a pane's death only when a client next talks to it (seen:
+# seconds late, or never while idle), so the reconcile's one list-panes call every half
+# second is both the safety net and the nudge; the pane-died hook covers the prompt cases.
 RECONCILE_INTERVAL_S = 0.5
-SAFETY_INTERVAL_S = 5.0
-# A pane whose process dies while tmux 3.3a runs its utmp helper (just after the pane is
-# made) stays an unreaped zombie: no pane-died hook, no notification, until tmux sees
-# another SIGCHLD. So one reconcile follows each launch by this much; its listing nudges
-# tmux to reap (Tmux._list) when it shows such a pane.
-BIRTH_CHECK_S = 0.3
-# Commands a hook runs make no control-mode notifications; a ``run-shell -b -C`` started
-# from the hook runs later on its own and does: entering and leaving copy mode on the
-# dead pane sends ``%pane-mode-changed %N`` to the control client, and leaves no trace.
-PANE_DIED_HOOK = (
-    'run-shell -b -C "copy-mode -t #{pane_id} ; send-keys -X -t #{pane_id} cancel"'
-)
 SCREEN_FALLBACK_AFTER_S = 3.0  # busy with no hook for this long: look at the screen
+_SAFE_PATH = re.compile(r"^[A-Za-z0-9_./+-]+$")
 Listener = Callable[[Instance, State], None]
 
 
@@ -92,7 +81,6 @@ class Instances:
         # None when Redis cannot say (then the local counter numbers it)
         self.number_executive: Callable[[int], Awaitable[int | None]] | None = None
         self.sessions = Sessions(tmux)  # names in use, orphans, doomed sessions
-        tmux.listeners.append(self._on_tmux)
         self.unsaved: set[str] = set()  # ids whose last change the store refused: retried
 
     # -- start-up and adoption ------------------------------------------------------------
@@ -114,18 +102,14 @@ class Instances:
         await self.tmux.ensure_server()
         self.identity.tmux_server = int(await self.tmux.run("display-message", "-p", "#{pid}"))
         await self.tmux.run("set-environment", "-g", "TCM_SOCKET", str(self.settings.socket_path))
-        # pane-died is a window hook: -g alone sets a session hook that never fires
-        await self.tmux.run("set-hook", "-gw", "pane-died", PANE_DIED_HOOK)
-
-    def _on_tmux(self, line: str) -> None:
-        """A notification of the control client: a pane died, a session went away, or the
-        client was lost. A pane whose death tmux 3.3a has not reaped yet fires no pane-died
-        hook, but shows in the dead-panes subscription (within 1 s): reconcile's listing
-        then nudges tmux to reap it."""
-        dead = f"%subscription-changed {DEAD_PANES} "
-        closed = "%unlinked-window-close"  # a session killed, maybe behind tcm's back
-        if line == "lost" or line.startswith(("%pane-mode-changed", closed, dead)):
-            self._reconcile_soon.set()
+        if _SAFE_PATH.match(self.python):
+            # tmux tells us at once when an agent's process dies; reconcile is the safety net
+            await self.tmux.run(
+                "set-hook",
+                "-gw",  # pane-died is a window hook: -g alone sets a session hook that never fires
+                "pane-died",
+                f"run-shell -b '{self.python} -m tcmctl hook TmuxPaneDied'",
+            )
 
     async def adopt(self) -> None:
         """Re-derive the state of every non-terminated instance from tmux (after a restart)."""
@@ -348,7 +332,6 @@ class Instances:
                 pane = await self._start_pane(inst, argv, cwd, pane_env)
             finally:
                 self.pane_since[inst.id] = time.monotonic()
-                asyncio.get_running_loop().call_later(BIRTH_CHECK_S, self._reconcile_soon.set)
             self.identity.pane_started(inst.id, pane.pid)
         except BaseException:
             os.close(fd)  # the launcher, if any, reads nothing and does not start the agent
@@ -554,17 +537,13 @@ class Instances:
 
     # -- the watch over tmux ----------------------------------------------------------------
     async def watch(self) -> None:
-        """Reconcile with tmux every few seconds, or at once when tmux reports a dead pane;
-        reattach the control client when it was lost (then reconcile once)."""
+        """Reconcile with tmux every few seconds, or at once when tmux reports a dead pane."""
         while True:
-            wait = SAFETY_INTERVAL_S if self.tmux.connected else RECONCILE_INTERVAL_S
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(wait):
+                async with asyncio.timeout(RECONCILE_INTERVAL_S):
                     await self._reconcile_soon.wait()
             self._reconcile_soon.clear()
             try:
-                if not self.tmux.connected:
-                    await self.tmux.connect()  # only if the server runs: never starts one
                 await self.reconcile()
             except TcmError as exc:
                 log.warning("reconcile failed", error=exc.message)

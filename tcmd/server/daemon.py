@@ -252,7 +252,6 @@ class Daemon:
             _, stuck = await asyncio.wait(self._background, timeout=STOP_TASKS_S)
         for task in stuck:
             log.warning("background task did not stop in time", task=task.get_name())
-        self.tmux.disconnect()  # the control client; the server and its panes live on
         if self.mirror is not None:
             await self.mirror.close()
         self.store.close()

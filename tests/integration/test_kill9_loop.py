@@ -23,7 +23,6 @@ import pytest
 
 from tcmctl.client import DaemonUnreachable
 from tcmd.errors import TcmError
-from tcmd.tmux_control import CONTROL_SESSION
 from tests.support import AgentDaemon, wait_until
 
 SOAK_S = float(os.environ.get("TCM_SOAK_S", "8"))
@@ -184,8 +183,7 @@ def test_kill9_loop_leaves_nothing_stuck_or_orphaned(agents: AgentDaemon) -> Non
         status = {r["instanceId"]: r["status"] for r in rows}
         live = {i for i, s in status.items() if s in LIVE}
         kept = live | {i for i, s in status.items() if s == "exited"}  # dead panes stay
-        listed = agents.daemon.tmux("list-sessions", "-F", "#{session_name}").split()
-        sessions = set(listed) - {CONTROL_SESSION}  # tcmd's own control client sits there
+        sessions = set(agents.daemon.tmux("list-sessions", "-F", "#{session_name}").split())
         problems[:] = [
             *(f"{i} is {status[i]} without a tmux session" for i in live - sessions),
             *(f"session {s} belongs to no live instance" for s in sessions - kept),
