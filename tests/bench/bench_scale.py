@@ -188,6 +188,11 @@ def main() -> None:
         agents.daemon.terminate()
         jobs = list(stored(agents.daemon.state_dir, "jobs")["jobs"].values())
         ledger = read_ledger(agents.event_log)
+        tmux_timeouts: dict[str, int] = {}
+        for line in agents.daemon.log().splitlines():
+            if '"tmux_timeout"' in line:
+                what = line.split('"command":"', 1)[-1].split(" ", 1)[0]
+                tmux_timeouts[what] = tmux_timeouts.get(what, 0) + 1
 
     by_tag = {j["task_id"]: j for j in jobs if j["task_id"] in submitted}
     states = {tag: by_tag[tag]["state"] if tag in by_tag else "missing" for tag in submitted}
@@ -235,6 +240,15 @@ def main() -> None:
         f"{sum(o.errors for o in operators)} errors"
     )
     final = {s: sum(v == s for v in states.values()) for s in (*FINAL, "missing")}
+    if tmux_timeouts:
+        print("tmux commands that timed out:", tmux_timeouts)
+    reasons: dict[str, int] = {}
+    for job in by_tag.values():
+        if job["state"] == "failed":
+            why = str(job.get("last_error") or "?")[:60]
+            reasons[why] = reasons.get(why, 0) + 1
+    if reasons:
+        print("failed jobs by reason:", dict(sorted(reasons.items(), key=lambda kv: -kv[1])[:6]))
     print(
         f"jobs: {final}; attempts {sum(j['attempts'] for j in by_tag.values())}, "
         f"reruns {sum(j['reruns'] for j in by_tag.values())}"
