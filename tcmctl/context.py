@@ -1,7 +1,8 @@
 """What every tcmctl command shares: the context object, --json, and the exit codes.
 
 Exit codes: 0 ok, 1 the command ran but did not succeed, 2 usage, 3 daemon unreachable,
-4 refused by the daemon (its error code and message go to stderr).
+4 refused by the daemon (its error code and message go to stderr),
+130 interrupted (Ctrl-C) while following a run, which goes on.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import orjson
 from tcmctl.client import Client, connect
 
 EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_REFUSED = 1, 2, 3, 4
+EXIT_INTERRUPTED = 130  # the shell's code for SIGINT
 F = TypeVar("F", bound=Callable[..., Any])
 
 

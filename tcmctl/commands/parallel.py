@@ -1,23 +1,21 @@
 """Parallel work from the command line: parallel, distribute, jobs, queue, cancel, worktrees.
 
-With waiting, progress comes from `getParallelStatus` long-polls (the daemon answers when
-something changed): a live line on a terminal, one line per finished task otherwise, then
-a final table. The exit code is 0 only when every task completed.
+With waiting, the run is followed as `tcmctl run RUN_ID --follow` does (commands/runs.py).
+The exit code is 0 only when every task completed.
 """
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any
 
 import click
 
 from tcmctl import render
-from tcmctl.context import EXIT_FAILED, Ctx, json_option, pass_ctx
+from tcmctl.commands.runs import announce, complete_run_id, finish
+from tcmctl.context import Ctx, json_option, pass_ctx
 
 STRATEGIES = click.Choice(["round-robin", "least-loaded", "capacity-aware"])
-RESULT_COLUMNS = ["taskId", "status", "priority", "managerId", "attempts", "durationMs", "result"]
 FILE_OPTIONS = ("agent", "isolation", "maxConcurrent", "timeoutMs", "retry", "keepSpecialists")
 
 
@@ -68,7 +66,8 @@ def parallel(
         agent=agent,
     )
     started = obj.call("executeParallel", params)
-    _finish(obj, started, wait)
+    announce(obj, started, wait)
+    finish(obj, started, wait)
 
 
 @click.command()
@@ -103,77 +102,12 @@ def distribute(
         agent=agent,
     )
     started = obj.call("distributeWork", params)
+    announce(obj, started, wait)
     if not obj.json:
         for entry in started["distribution"]:
             who = entry["managerId"] or "(first free manager)"
             click.echo(f"{who}: {', '.join(entry['taskIds']) or '-'}")
-    _finish(obj, started, wait)
-
-
-def _finish(obj: Ctx, started: dict[str, Any], wait: bool) -> None:
-    if not wait:
-        obj.emit(
-            started, lambda r: f"{r['runId']} started ({r.get('total', r.get('totalTasks'))} tasks)"
-        )
-        return
-    final = _follow(obj, started["runId"])
-    obj.emit(
-        final,
-        lambda r: (
-            render.table(r["tasks"], RESULT_COLUMNS, max_width=50)
-            + f"\n{r['completedTasks']} completed, {r['failedTasks']} failed, "
-            f"{r['cancelledTasks']} cancelled"
-        ),
-    )
-    if final["completedTasks"] != len(final["tasks"]):
-        raise click.exceptions.Exit(EXIT_FAILED)
-
-
-def _follow(obj: Ctx, run_id: str) -> dict[str, Any]:
-    """Long-poll the run until it is done, showing progress on stderr."""
-    live = sys.stderr.isatty() and not obj.json
-    reported: set[str] = set()
-    change = None
-    client = obj.client(timeout_s=None)
-    while True:
-        st = client.call(
-            "getParallelStatus",
-            {"runId": run_id, "sinceChange": change, "waitMs": 1000 if change is not None else 0},
-        )
-        change = st["change"]
-        if live:
-            sys.stderr.write("\r\x1b[K" + _progress_line(st))
-            sys.stderr.flush()
-        elif not obj.json:
-            for task in st["tasks"]:
-                if (
-                    task["status"] in ("completed", "failed", "cancelled")
-                    and task["taskId"] not in reported
-                ):
-                    reported.add(task["taskId"])
-                    click.echo(
-                        f"{task['status']:9} {task['taskId']}  attempts={task['attempts']}"
-                        f"  {render.cell(task.get('error') or task.get('result'))[:80]}",
-                        err=True,
-                    )
-        if st["done"]:
-            if live:
-                sys.stderr.write("\n")
-            return dict(st)
-
-
-def _progress_line(st: dict[str, Any]) -> str:
-    total = len(st["tasks"]) or 1
-    done = st["completedTasks"] + st["failedTasks"] + st["cancelledTasks"]
-    width = 30
-    filled = int(width * done / total)
-    running = [t["instanceId"] for t in st["tasks"] if t["status"] == "active" and t["instanceId"]]
-    return (
-        f"[{'#' * filled}{'.' * (width - filled)}] {done}/{total}  "
-        f"active {st['activeSpecialists']} queued {st['queuedTasks']} "
-        f"done {st['completedTasks']} failed {st['failedTasks']}  "
-        f"{' '.join(running[:6])}"
-    )
+    finish(obj, started, wait)
 
 
 @click.command()
@@ -218,7 +152,7 @@ def queue(obj: Ctx) -> None:
 
 
 @click.command()
-@click.argument("job_or_run_id")
+@click.argument("job_or_run_id", shell_complete=complete_run_id)
 @json_option
 @pass_ctx
 def cancel(obj: Ctx, job_or_run_id: str) -> None:
