@@ -1,7 +1,7 @@
 """The tcmctl command line (click). Every command takes --json for machine output.
 
 Exit codes: 0 ok, 1 the command ran but did not succeed, 2 usage, 3 daemon unreachable,
-4 refused by the daemon (its error code and message go to stderr),
+4 refused by the daemon (its error code and message go to stderr), 5 `wait` timed out,
 130 interrupted while following a run (the run goes on).
 """
 

@@ -10,9 +10,17 @@ from typing import Any
 import click
 
 from tcmctl import render
-from tcmctl.context import EXIT_FAILED, Ctx, json_option, pass_ctx
+from tcmctl.context import EXIT_FAILED, EXIT_TIMEOUT, Ctx, json_option, pass_ctx
 
 ROLES = click.Choice(["executive", "manager", "specialist"])
+SPAWN_FLAGS = {
+    "workDir": "--workdir",
+    "context": "--context",
+    "parentId": "--parent",
+    "agent": "--agent",
+    "model": "--model",
+    "wait": "--no-wait",
+}
 LIST_COLUMNS = [
     "instanceId",
     "role",
@@ -63,6 +71,7 @@ def spawn(
             "model": model,
             "wait": not no_wait,
         },
+        flags=SPAWN_FLAGS,
     )
     obj.emit(
         result,
@@ -103,7 +112,8 @@ def _render_send(r: dict[str, Any]) -> str:
 @pass_ctx
 def read(obj: Ctx, instance_id: str, lines: int) -> None:
     """Show the last lines of an instance's screen and its last result."""
-    obj.emit(obj.call("read", {"instanceId": instance_id, "lines": lines}), _render_read)
+    out = obj.call("read", {"instanceId": instance_id, "lines": lines}, flags={"lines": "--lines"})
+    obj.emit(out, _render_read)
 
 
 def _render_read(r: dict[str, Any]) -> str:
@@ -132,6 +142,12 @@ def list_(
             "includeTerminated": include_terminated or None,
             "allNodes": all_nodes or None,
         },
+        flags={
+            "role": "--role",
+            "parentId": "--parent",
+            "includeTerminated": "--all",
+            "allNodes": "--all-nodes",
+        },
     )
     columns = [*LIST_COLUMNS, "node", "nodeAlive"] if all_nodes else LIST_COLUMNS
     obj.emit(rows, lambda rs: render.table([_with_load(r) for r in rs], columns, max_width=40))
@@ -158,7 +174,9 @@ def _with_load(row: dict[str, Any]) -> dict[str, Any]:
 def terminate(obj: Ctx, instance_id: str, cascade: bool, force: bool) -> None:
     """End an instance."""
     result = obj.call(
-        "terminate", {"instanceId": instance_id, "cascade": cascade or None, "force": force or None}
+        "terminate",
+        {"instanceId": instance_id, "cascade": cascade or None, "force": force or None},
+        flags={"cascade": "--cascade", "force": "--force"},
     )
     obj.emit(result, _terminated)
 
@@ -189,11 +207,18 @@ def restart(obj: Ctx, instance_id: str) -> None:
 @click.command()
 @click.argument("instance_ids", nargs=-1, required=True)
 @click.option("--any", "any_idle", is_flag=True, help="Return when the first one is idle.")
-@click.option("--timeout", "timeout_s", type=float, default=600, show_default=True)
+@click.option(
+    "--timeout",
+    "timeout_s",
+    type=click.FloatRange(0, 86_400),
+    default=600,
+    show_default=True,
+    help="Seconds to wait at most.",
+)
 @json_option
 @pass_ctx
 def wait(obj: Ctx, instance_ids: tuple[str, ...], any_idle: bool, timeout_s: float) -> None:
-    """Block until the instances finish their turn (exit 1 on timeout)."""
+    """Block until the instances finish their turn (exit 5 when --timeout passes first)."""
     result = obj.call(
         "wait",
         {
@@ -201,6 +226,7 @@ def wait(obj: Ctx, instance_ids: tuple[str, ...], any_idle: bool, timeout_s: flo
             "until": "any-idle" if any_idle else "idle",
             "timeoutMs": int(timeout_s * 1000),
         },
+        flags={"timeoutMs": "--timeout", "until": "--any", "instanceIds": "INSTANCE_IDS"},
         timeout_s=timeout_s + 30,
     )
     obj.emit(
@@ -208,7 +234,13 @@ def wait(obj: Ctx, instance_ids: tuple[str, ...], any_idle: bool, timeout_s: flo
         lambda r: render.table(r["instances"], ["instanceId", "status", "idle", "lastResult"]),
     )
     if result["timedOut"]:
-        raise click.exceptions.Exit(EXIT_FAILED)
+        busy = [r["instanceId"] for r in result["instances"] if not r.get("idle")]
+        click.echo(
+            f"tcmctl: timed out after {render.cell(timeout_s)}s (--timeout); "
+            f"still busy: {', '.join(busy) or '-'}",
+            err=True,
+        )
+        raise click.exceptions.Exit(EXIT_TIMEOUT)
 
 
 @click.command()

@@ -6,6 +6,7 @@ The exit code is 0 only when every task completed.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,22 +18,48 @@ from tcmctl.context import Ctx, json_option, pass_ctx
 
 STRATEGIES = click.Choice(["round-robin", "least-loaded", "capacity-aware"])
 FILE_OPTIONS = ("agent", "isolation", "maxConcurrent", "timeoutMs", "retry", "keepSpecialists")
+FLAGS = {
+    "workDir": "--workdir",
+    "maxConcurrent": "--max-concurrent",
+    "agent": "--agent",
+    "strategy": "--strategy",
+    "managers": "--managers",
+}
 
 
-def _load(path: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+@dataclass
+class _File:
+    """A tasks file as loaded: where refusals of its values point."""
+
+    source: str
+    tasks: list[dict[str, Any]]
+    options: dict[str, Any]
+
+    @property
+    def fields(self) -> set[str]:
+        return {*self.options, "tasks"}
+
+
+def _load(path: str) -> _File:
     from tcmctl.tasksfile import TasksFileError, load_tasks
 
     try:
         loaded = load_tasks(Path(path))
     except TasksFileError as exc:
         raise click.BadParameter(str(exc), param_hint="TASKS_FILE") from None
-    return loaded.tasks, loaded.options
+    source = "<stdin>" if path == "-" else path
+    return _File(source, loaded.tasks, loaded.options)
 
 
-def _params(options: dict[str, Any], **overrides: Any) -> dict[str, Any]:
-    params = {k: options[k] for k in FILE_OPTIONS if k in options}
-    params.update({k: v for k, v in overrides.items() if v is not None})
-    return params
+def _params(
+    file: _File, given: dict[str, Any], **fixed: Any
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """The call's params (the file's options, then the flags given over them) and the
+    flag of each field a flag set, for refusals (FLAGS)."""
+    params = {k: file.options[k] for k in FILE_OPTIONS if k in file.options}
+    params.update({k: v for k, v in given.items() if v is not None})
+    params.update(fixed)
+    return params, {k: FLAGS[k] for k, v in given.items() if v is not None}
 
 
 @click.command()
@@ -54,18 +81,21 @@ def parallel(
     wait: bool,
 ) -> None:
     """Run the tasks of TASKS_FILE in parallel under MANAGER_ID."""
-    tasks, options = _load(tasks_file)
-    workdir = workdir or (Path(options["workDir"]) if "workDir" in options else None)
-    params = _params(
-        options,
+    file = _load(tasks_file)
+    params, flags = _params(
+        file,
+        {
+            "workDir": str(workdir.resolve()) if workdir else None,
+            "maxConcurrent": max_concurrent,
+            "agent": agent,
+        },
         managerId=manager_id,
-        tasks=tasks,
+        tasks=file.tasks,
         wait=False,
-        workDir=str(workdir.resolve()) if workdir else None,
-        maxConcurrent=max_concurrent,
-        agent=agent,
     )
-    started = obj.call("executeParallel", params)
+    if "workDir" not in params and "workDir" in file.options:
+        params["workDir"] = str(Path(file.options["workDir"]).resolve())
+    started = obj.call("executeParallel", params, flags=flags, file=file)
     announce(obj, started, wait)
     finish(obj, started, wait)
 
@@ -74,7 +104,9 @@ def parallel(
 @click.argument("tasks_file", type=click.Path(allow_dash=True))
 @click.option("--strategy", type=STRATEGIES)
 @click.option(
-    "--workdir", type=click.Path(file_okay=False, path_type=Path), default=".", show_default=True
+    "--workdir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Where the tasks run (default: the file's workDir, else the current directory).",
 )
 @click.option("--managers", type=click.IntRange(1, 100), help="Spawn managers up to this many.")
 @click.option("--agent", help="Agent profile of new managers and the specialists.")
@@ -85,23 +117,30 @@ def distribute(
     obj: Ctx,
     tasks_file: str,
     strategy: str | None,
-    workdir: Path,
+    workdir: Path | None,
     managers: int | None,
     agent: str | None,
     wait: bool,
 ) -> None:
     """Spread the tasks of TASKS_FILE over the managers."""
-    tasks, options = _load(tasks_file)
-    params = _params(
-        options,
-        tasks=tasks,
+    file = _load(tasks_file)
+    params, flags = _params(
+        file,
+        {
+            "workDir": str(workdir.resolve()) if workdir else None,
+            "strategy": strategy,
+            "managers": managers,
+            "agent": agent,
+        },
+        tasks=file.tasks,
         wait=False,
-        workDir=str(workdir.resolve()),
-        strategy=strategy or options.get("strategy"),
-        managers=managers or options.get("managers"),
-        agent=agent,
     )
-    started = obj.call("distributeWork", params)
+    for key in ("strategy", "managers"):
+        if key not in params and key in file.options:
+            params[key] = file.options[key]
+    if "workDir" not in params:
+        params["workDir"] = str(Path(file.options.get("workDir", ".")).resolve())
+    started = obj.call("distributeWork", params, flags=flags, file=file)
     announce(obj, started, wait)
     if not obj.json:
         for entry in started["distribution"]:
