@@ -80,6 +80,10 @@ def spawn(
             f"(watch it: tcmctl attach {r['instanceId']} --ro)"
         ),
     )
+    if result["status"] in ("exited", "errored", "terminated"):  # it did not start
+        if result.get("lastError"):
+            click.echo(f"tcmctl: {result['instanceId']}: {result['lastError']}", err=True)
+        raise click.exceptions.Exit(EXIT_FAILED)
 
 
 @click.command()

@@ -116,7 +116,7 @@ class ParallelTools:
         if len(set(ids)) != len(ids):
             dupes = sorted({i for i in ids if ids.count(i) > 1})
             raise InvalidParams(f"tasks: duplicate task ids {', '.join(dupes)}")
-        profile(opts.agent)
+        profile(opts.agent).check(self.p.settings)  # a missing agent fails the run at once
         path = Path(work_dir)
         if not path.is_absolute() or not path.is_dir():
             raise InvalidParams(f"workDir: {work_dir} is not an absolute path to a directory")
