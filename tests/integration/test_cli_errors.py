@@ -66,3 +66,21 @@ def test_wait_that_times_out_says_so_and_exits_5(daemon: DaemonProcess, tmp_path
     as_json = run(["wait", "exec_1", "--timeout", "0.2", "--json"], daemon.env)
     assert as_json.returncode == 5
     assert json.loads(as_json.stdout)["timedOut"] is True
+
+
+def test_autostart_says_why_tcmd_refused_its_configuration(tmp_path: Path) -> None:
+    d = DaemonProcess(tmp_path / "state", {"MAX_MANAGER_CONCURRENCY": "zero"})
+    try:
+        d.state_dir.mkdir(parents=True)
+        (d.state_dir / "tcmd.log").write_text("tcmd: an old failure, not this one\n")
+        out = run(["status"], d.env)
+        assert out.returncode == 3
+        assert (
+            "tcmctl: tcmd exited with code 2 at start: invalid configuration: "
+            "MAX_MANAGER_CONCURRENCY: must be an integer between 1 and 1000, got 'zero' "
+            f"(log: {d.state_dir / 'tcmd.log'})"
+        ) in out.stderr
+        assert "old failure" not in out.stderr
+        assert not d.socket.exists()
+    finally:
+        d.cleanup()
