@@ -93,9 +93,11 @@ def _register_subcommands() -> None:
     if "spawn" in cli.commands:
         return
     from tcmctl.commands import daemon, instances, mcp, observe, parallel, runs
+    from tcmctl.completion import completion
 
     cli.add_command(daemon.daemon)
     cli.add_command(mcp.mcp)  # its server half (tcmctl.mcp, the SDK) loads on use only
+    cli.add_command(completion)
     for command in [*instances.COMMANDS, *parallel.COMMANDS, *runs.COMMANDS, *observe.COMMANDS]:
         cli.add_command(command)
 

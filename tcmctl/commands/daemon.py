@@ -154,6 +154,32 @@ def _stopped(r: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+@daemon.command(name="install-service")
+@click.option("--print", "dry_run", is_flag=True, help="Print the unit; write nothing.")
+@json_option
+@pass_ctx
+def install_service(obj: Ctx, dry_run: bool) -> None:
+    """Write the systemd user unit for this install (ExecStart: this install's tcmd)."""
+    from tcmctl import service
+
+    text = service.render(os.environ)
+    path = service.unit_path(os.environ)
+    if dry_run:
+        obj.emit({"path": str(path), "unit": text, "written": False}, lambda r: r["unit"])
+        return
+    from tcmd.atomic import replace_atomically
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    replace_atomically(path, text.encode(), 0o644)
+    obj.emit(
+        {"path": str(path), "unit": text, "written": True},
+        lambda r: (
+            f"wrote {r['path']}\nnext: systemctl --user daemon-reload && "
+            "systemctl --user enable --now tcmd"
+        ),
+    )
+
+
 @daemon.command(name="status")
 @json_option
 @pass_ctx

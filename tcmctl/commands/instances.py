@@ -10,6 +10,7 @@ from typing import Any
 import click
 
 from tcmctl import render
+from tcmctl.completion import complete_instance_id
 from tcmctl.context import EXIT_FAILED, EXIT_TIMEOUT, Ctx, json_option, pass_ctx
 
 ROLES = click.Choice(["executive", "manager", "specialist"])
@@ -43,7 +44,12 @@ LIST_COLUMNS = [
     help="Directory the agent works in.",
 )
 @click.option("--context", default="", help="What the instance is for (its assignment).")
-@click.option("--parent", "parent_id", help="Parent instance id (managers: an executive).")
+@click.option(
+    "--parent",
+    "parent_id",
+    help="Parent instance id (managers: an executive).",
+    shell_complete=complete_instance_id,
+)
 @click.option("--agent", default="claude", show_default=True, help="Agent profile (claude, shell).")
 @click.option("--model", help="Model name passed to the agent.")
 @click.option("--no-wait", is_flag=True, help="Return at once instead of when it is ready.")
@@ -87,7 +93,7 @@ def spawn(
 
 
 @click.command()
-@click.argument("instance_id")
+@click.argument("instance_id", shell_complete=complete_instance_id)
 @click.argument("text")
 @json_option
 @pass_ctx
@@ -110,7 +116,7 @@ def _render_send(r: dict[str, Any]) -> str:
 
 
 @click.command()
-@click.argument("instance_id")
+@click.argument("instance_id", shell_complete=complete_instance_id)
 @click.option("-n", "--lines", default=50, show_default=True, type=click.IntRange(1, 50_000))
 @json_option
 @pass_ctx
@@ -129,7 +135,7 @@ def _render_read(r: dict[str, Any]) -> str:
 
 @click.command(name="list")
 @click.option("--role", type=ROLES)
-@click.option("--parent", "parent_id")
+@click.option("--parent", "parent_id", shell_complete=complete_instance_id)
 @click.option("--all", "include_terminated", is_flag=True, help="Include terminated ones.")
 @click.option("--all-nodes", is_flag=True, help="Every node sharing this Redis, with its node.")
 @json_option
@@ -170,7 +176,7 @@ def _with_load(row: dict[str, Any]) -> dict[str, Any]:
 
 
 @click.command()
-@click.argument("instance_id")
+@click.argument("instance_id", shell_complete=complete_instance_id)
 @click.option("--cascade", is_flag=True, help="End the whole subtree, children first.")
 @click.option("--force", is_flag=True, help="End it even though it has live children.")
 @json_option
@@ -196,7 +202,7 @@ def _terminated(r: dict[str, Any]) -> str:
 
 
 @click.command()
-@click.argument("instance_id")
+@click.argument("instance_id", shell_complete=complete_instance_id)
 @json_option
 @pass_ctx
 def restart(obj: Ctx, instance_id: str) -> None:
@@ -209,7 +215,7 @@ def restart(obj: Ctx, instance_id: str) -> None:
 
 
 @click.command()
-@click.argument("instance_ids", nargs=-1, required=True)
+@click.argument("instance_ids", nargs=-1, required=True, shell_complete=complete_instance_id)
 @click.option("--any", "any_idle", is_flag=True, help="Return when the first one is idle.")
 @click.option(
     "--timeout",
@@ -248,7 +254,7 @@ def wait(obj: Ctx, instance_ids: tuple[str, ...], any_idle: bool, timeout_s: flo
 
 
 @click.command()
-@click.argument("instance_id")
+@click.argument("instance_id", shell_complete=complete_instance_id)
 @click.option("--ro", is_flag=True, help="Read-only: watch without typing into it.")
 @pass_ctx
 def attach(obj: Ctx, instance_id: str, ro: bool) -> None:
@@ -265,7 +271,7 @@ def attach(obj: Ctx, instance_id: str, ro: bool) -> None:
 
 
 @click.command()
-@click.argument("instance_id", required=False)
+@click.argument("instance_id", required=False, shell_complete=complete_instance_id)
 @json_option
 @pass_ctx
 def health(obj: Ctx, instance_id: str | None) -> None:

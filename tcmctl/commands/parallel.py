@@ -13,7 +13,8 @@ from typing import Any
 import click
 
 from tcmctl import render
-from tcmctl.commands.runs import announce, complete_run_id, finish
+from tcmctl.commands.runs import announce, finish
+from tcmctl.completion import complete_instance_id, complete_run_id
 from tcmctl.context import Ctx, json_option, pass_ctx
 
 STRATEGIES = click.Choice(["round-robin", "least-loaded", "capacity-aware"])
@@ -63,7 +64,7 @@ def _params(
 
 
 @click.command()
-@click.argument("manager_id")
+@click.argument("manager_id", shell_complete=complete_instance_id)
 @click.argument("tasks_file", type=click.Path(allow_dash=True))
 @click.option("--workdir", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--max-concurrent", type=click.IntRange(1, 1000))

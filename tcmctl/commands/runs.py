@@ -16,6 +16,7 @@ from typing import Any
 import click
 
 from tcmctl import render
+from tcmctl.completion import complete_run_id
 from tcmctl.context import EXIT_FAILED, EXIT_INTERRUPTED, Ctx, json_option, pass_ctx
 
 RESULT_COLUMNS = ["taskId", "status", "priority", "managerId", "attempts", "durationMs", "result"]
@@ -156,13 +157,6 @@ def announce(obj: Ctx, started: dict[str, Any], wait: bool) -> None:
             f"tcmctl run {run_id} --follow follows it again)",
             err=True,
         )
-
-
-def complete_run_id(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[str]:
-    """Run ids from the daemon, for shell completion (nothing when it does not answer)."""
-    from tcmctl.completion import from_daemon
-
-    return from_daemon(ctx, "runs", "runId", incomplete)
 
 
 @click.command()
