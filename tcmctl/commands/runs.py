@@ -100,8 +100,12 @@ def _news(tasks: list[dict[str, Any]], seen: dict[str, tuple[str, int]], at_s: f
         tid, status, attempts = task["taskId"], task["status"], task["attempts"]
         when = f"(+{render.duration(at_s)})"
         if status == "active":
-            where = task.get("instanceId") or task.get("managerId") or "-"
-            lines.append(f"{'started':9} {tid}  on {where}  attempt {attempts}  {when}")
+            where = (
+                f"on {task['instanceId']}"
+                if task.get("instanceId")
+                else f"under {task.get('managerId') or 'the first free manager'}"
+            )
+            lines.append(f"{'started':9} {tid}  {where}  attempt {attempts}  {when}")
         elif status == "retrying":
             why = render.cell(task.get("error"))[:80]
             lines.append(f"{'retrying':9} {tid}  attempt {attempts} failed: {why}  {when}")

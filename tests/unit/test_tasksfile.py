@@ -338,3 +338,9 @@ def test_an_unknown_top_level_key_is_refused(tmp_path: Path, name: str, text: st
     message = error(tmp_path, name, text)
     assert message.startswith(f"{tmp_path / name}: retries: unexpected field")
     assert "maxConcurrent" in message  # it says what a run takes
+
+
+def test_claude_example_loads() -> None:
+    tf = load_tasks(ROOT / "examples" / "claude.toml")
+    assert tf.options["agent"] == "claude"
+    assert [t["id"] for t in tf.tasks] == ["haiku", "primes", "readme"]
