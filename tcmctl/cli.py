@@ -1,7 +1,8 @@
 """The tcmctl command line (click). Every command takes --json for machine output.
 
 Exit codes: 0 ok, 1 the command ran but did not succeed, 2 usage, 3 daemon unreachable,
-4 refused by the daemon (its error code and message go to stderr).
+4 refused by the daemon (its error code and message go to stderr), 5 `wait` timed out,
+130 interrupted while following a run (the run goes on).
 """
 
 from __future__ import annotations
@@ -91,11 +92,13 @@ def _register_subcommands() -> None:
     """Add the commands of tcmctl.commands (they import this one: not at import)."""
     if "spawn" in cli.commands:
         return
-    from tcmctl.commands import daemon, instances, mcp, observe, parallel
+    from tcmctl.commands import daemon, instances, mcp, observe, parallel, runs
+    from tcmctl.completion import completion
 
     cli.add_command(daemon.daemon)
     cli.add_command(mcp.mcp)  # its server half (tcmctl.mcp, the SDK) loads on use only
-    for command in [*instances.COMMANDS, *parallel.COMMANDS, *observe.COMMANDS]:
+    cli.add_command(completion)
+    for command in [*instances.COMMANDS, *parallel.COMMANDS, *runs.COMMANDS, *observe.COMMANDS]:
         cli.add_command(command)
 
 

@@ -152,6 +152,7 @@ def start_daemon(env: Mapping[str, str], path: Path) -> int:
     """
     log_path = state_dir_from_env(env) / "tcmd.log"
     log_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    log_start = log_path.stat().st_size if log_path.exists() else 0
     child_env = dict(env)
     child_env["TCM_SOCKET"] = str(path)
     child_env.pop("TCM_INSTANCE_TOKEN", None)  # the daemon is nobody's child instance
@@ -180,8 +181,11 @@ def start_daemon(env: Mapping[str, str], path: Path) -> int:
             # exit 1: another daemon holds the lock, it will answer soon; anything else
             # (2: invalid configuration) means nobody is coming
             if exit_code not in (None, 1):
+                reason = _last_word(log_path, log_start)
                 raise DaemonUnreachable(
-                    f"tcmd exited with code {exit_code} at start; see {log_path}"
+                    f"tcmd exited with code {exit_code} at start"
+                    + (f": {reason}" if reason else "")
+                    + f" (log: {log_path})"
                 ) from None
             time.sleep(0.01)  # polling the socket to a deadline: there is no event to wait on
             continue
@@ -189,6 +193,21 @@ def start_daemon(env: Mapping[str, str], path: Path) -> int:
             sys.stderr.write(f"tcmctl: started tcmd (pid {pid}, log {log_path})\n")
         return pid
     raise DaemonUnreachable(f"tcmd did not answer within {AUTOSTART_TIMEOUT_S}s; see {log_path}")
+
+
+def _last_word(log_path: Path, start: int) -> str | None:
+    """What the daemon that just failed wrote last: its ``tcmd: …`` line (a refused
+    configuration), else its last line, cut to one line."""
+    try:
+        with open(log_path, "rb") as fh:
+            fh.seek(start)
+            text = fh.read(1 << 16).decode("utf-8", "replace")
+    except OSError:
+        return None
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    said = [ln for ln in lines if ln.startswith("tcmd: ")]
+    line = said[-1].removeprefix("tcmd: ") if said else (lines[-1] if lines else None)
+    return line[:500] if line else None
 
 
 __all__ = ["Client", "DaemonUnreachable", "TcmError", "connect", "start_daemon"]

@@ -1,7 +1,8 @@
 """What every tcmctl command shares: the context object, --json, and the exit codes.
 
 Exit codes: 0 ok, 1 the command ran but did not succeed, 2 usage, 3 daemon unreachable,
-4 refused by the daemon (its error code and message go to stderr).
+4 refused by the daemon (its error code and message go to stderr), 5 `wait` timed out,
+130 interrupted (Ctrl-C) while following a run, which goes on.
 """
 
 from __future__ import annotations
@@ -15,8 +16,10 @@ import click
 import orjson
 
 from tcmctl.client import Client, connect
+from tcmd.errors import TcmError
 
-EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_REFUSED = 1, 2, 3, 4
+EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_REFUSED, EXIT_TIMEOUT = 1, 2, 3, 4, 5
+EXIT_INTERRUPTED = 130  # the shell's code for SIGINT
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -38,10 +41,34 @@ class Ctx:
             )
         return self._client
 
-    def call(self, method: str, params: Mapping[str, Any] | None = None, **kw: Any) -> Any:
-        """Call the daemon, dropping params that were not given."""
+    def call(
+        self,
+        method: str,
+        params: Mapping[str, Any] | None = None,
+        *,
+        flags: Mapping[str, str] | None = None,
+        file: Any = None,
+        **kw: Any,
+    ) -> Any:
+        """Call the daemon, dropping params that were not given. A refusal is reworded:
+        ``flags`` maps the JSON fields set from flags to those flags, ``file`` is the
+        tasks file (a ``Loaded``) the other fields came from."""
         clean = {k: v for k, v in (params or {}).items() if v is not None}
-        return self.client(**kw).call(method, clean)
+        try:
+            return self.client(**kw).call(method, clean)
+        except TcmError as exc:
+            if flags or file is not None:
+                from tcmctl.wording import reword
+
+                exc.message = reword(
+                    exc.message,
+                    flags or {},
+                    file=file.source if file is not None else None,
+                    file_fields=file.fields if file is not None else (),
+                    tasks=file.tasks if file is not None else (),
+                )
+                exc.args = (exc.message,)
+            raise
 
     def emit(self, result: Any, human: Callable[[Any], str] | None = None) -> None:
         """Print ``result`` as JSON (with --json) or through ``human``."""

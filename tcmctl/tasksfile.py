@@ -12,8 +12,10 @@ sniffed: JSON, then JSON Lines, then TOML — TOML can start with ``[`` too, so 
 character decides nothing. A sniffed JSON object without ``"tasks"`` that has an ``id``
 or ``instruction`` is one task, as the same line in JSON Lines would be.
 
-Tasks are kept exactly as written (camelCase keys, strings untouched); only the fields
-below are checked, and a ``TasksFileError`` names the file, the task and the field:
+Top-level keys other than ``tasks`` must be run options (``OPTIONS``): an unknown one is
+refused as the daemon refuses an unknown task key. Tasks are kept exactly as written
+(camelCase keys, strings untouched); only the fields below are checked, and a
+``TasksFileError`` names the file, the task and the field:
 
 - ``id``, ``instruction``: required, non-empty strings; ids unique.
 - ``name``, ``context``: strings; ``completionPattern``: a string that compiles as a regex.
@@ -38,6 +40,17 @@ PRIORITIES = ("critical", "high", "medium", "low")
 FORMATS = {".toml": "toml", ".json": "json", ".jsonl": "jsonl", ".ndjson": "jsonl"}
 STDIN = Path("-")
 
+OPTIONS = (
+    "agent",
+    "isolation",
+    "keepSpecialists",
+    "managers",
+    "maxConcurrent",
+    "retry",
+    "strategy",
+    "timeoutMs",
+    "workDir",
+)
 _REQUIRED = ("id", "instruction")
 _CHECKED = (*_REQUIRED, "name", "context", "completionPattern", "priority", "timeoutMs")
 
@@ -193,6 +206,11 @@ def _sniff(text: str, source: str) -> _Raw:
 
 
 def _check(raw: _Raw, source: str) -> TasksFile:
+    for key in raw.options:
+        if key not in OPTIONS:
+            raise TasksFileError(
+                source, f"unexpected field (a run's options: {', '.join(OPTIONS)})", field=key
+            )
     tasks = raw.tasks
     if not isinstance(tasks, list):
         raise TasksFileError(source, f"must be a list, not {_kind(tasks)}", field="tasks")

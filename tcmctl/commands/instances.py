@@ -10,9 +10,18 @@ from typing import Any
 import click
 
 from tcmctl import render
-from tcmctl.context import EXIT_FAILED, Ctx, json_option, pass_ctx
+from tcmctl.completion import complete_instance_id
+from tcmctl.context import EXIT_FAILED, EXIT_TIMEOUT, Ctx, json_option, pass_ctx
 
 ROLES = click.Choice(["executive", "manager", "specialist"])
+SPAWN_FLAGS = {
+    "workDir": "--workdir",
+    "context": "--context",
+    "parentId": "--parent",
+    "agent": "--agent",
+    "model": "--model",
+    "wait": "--no-wait",
+}
 LIST_COLUMNS = [
     "instanceId",
     "role",
@@ -35,7 +44,12 @@ LIST_COLUMNS = [
     help="Directory the agent works in.",
 )
 @click.option("--context", default="", help="What the instance is for (its assignment).")
-@click.option("--parent", "parent_id", help="Parent instance id (managers: an executive).")
+@click.option(
+    "--parent",
+    "parent_id",
+    help="Parent instance id (managers: an executive).",
+    shell_complete=complete_instance_id,
+)
 @click.option("--agent", default="claude", show_default=True, help="Agent profile (claude, shell).")
 @click.option("--model", help="Model name passed to the agent.")
 @click.option("--no-wait", is_flag=True, help="Return at once instead of when it is ready.")
@@ -63,6 +77,7 @@ def spawn(
             "model": model,
             "wait": not no_wait,
         },
+        flags=SPAWN_FLAGS,
     )
     obj.emit(
         result,
@@ -71,10 +86,14 @@ def spawn(
             f"(watch it: tcmctl attach {r['instanceId']} --ro)"
         ),
     )
+    if result["status"] in ("exited", "errored", "terminated"):  # it did not start
+        if result.get("lastError"):
+            click.echo(f"tcmctl: {result['instanceId']}: {result['lastError']}", err=True)
+        raise click.exceptions.Exit(EXIT_FAILED)
 
 
 @click.command()
-@click.argument("instance_id")
+@click.argument("instance_id", shell_complete=complete_instance_id)
 @click.argument("text")
 @json_option
 @pass_ctx
@@ -97,13 +116,14 @@ def _render_send(r: dict[str, Any]) -> str:
 
 
 @click.command()
-@click.argument("instance_id")
+@click.argument("instance_id", shell_complete=complete_instance_id)
 @click.option("-n", "--lines", default=50, show_default=True, type=click.IntRange(1, 50_000))
 @json_option
 @pass_ctx
 def read(obj: Ctx, instance_id: str, lines: int) -> None:
     """Show the last lines of an instance's screen and its last result."""
-    obj.emit(obj.call("read", {"instanceId": instance_id, "lines": lines}), _render_read)
+    out = obj.call("read", {"instanceId": instance_id, "lines": lines}, flags={"lines": "--lines"})
+    obj.emit(out, _render_read)
 
 
 def _render_read(r: dict[str, Any]) -> str:
@@ -115,7 +135,7 @@ def _render_read(r: dict[str, Any]) -> str:
 
 @click.command(name="list")
 @click.option("--role", type=ROLES)
-@click.option("--parent", "parent_id")
+@click.option("--parent", "parent_id", shell_complete=complete_instance_id)
 @click.option("--all", "include_terminated", is_flag=True, help="Include terminated ones.")
 @click.option("--all-nodes", is_flag=True, help="Every node sharing this Redis, with its node.")
 @json_option
@@ -131,6 +151,12 @@ def list_(
             "parentId": parent_id,
             "includeTerminated": include_terminated or None,
             "allNodes": all_nodes or None,
+        },
+        flags={
+            "role": "--role",
+            "parentId": "--parent",
+            "includeTerminated": "--all",
+            "allNodes": "--all-nodes",
         },
     )
     columns = [*LIST_COLUMNS, "node", "nodeAlive"] if all_nodes else LIST_COLUMNS
@@ -150,7 +176,7 @@ def _with_load(row: dict[str, Any]) -> dict[str, Any]:
 
 
 @click.command()
-@click.argument("instance_id")
+@click.argument("instance_id", shell_complete=complete_instance_id)
 @click.option("--cascade", is_flag=True, help="End the whole subtree, children first.")
 @click.option("--force", is_flag=True, help="End it even though it has live children.")
 @json_option
@@ -158,7 +184,9 @@ def _with_load(row: dict[str, Any]) -> dict[str, Any]:
 def terminate(obj: Ctx, instance_id: str, cascade: bool, force: bool) -> None:
     """End an instance."""
     result = obj.call(
-        "terminate", {"instanceId": instance_id, "cascade": cascade or None, "force": force or None}
+        "terminate",
+        {"instanceId": instance_id, "cascade": cascade or None, "force": force or None},
+        flags={"cascade": "--cascade", "force": "--force"},
     )
     obj.emit(result, _terminated)
 
@@ -174,7 +202,7 @@ def _terminated(r: dict[str, Any]) -> str:
 
 
 @click.command()
-@click.argument("instance_id")
+@click.argument("instance_id", shell_complete=complete_instance_id)
 @json_option
 @pass_ctx
 def restart(obj: Ctx, instance_id: str) -> None:
@@ -187,13 +215,20 @@ def restart(obj: Ctx, instance_id: str) -> None:
 
 
 @click.command()
-@click.argument("instance_ids", nargs=-1, required=True)
+@click.argument("instance_ids", nargs=-1, required=True, shell_complete=complete_instance_id)
 @click.option("--any", "any_idle", is_flag=True, help="Return when the first one is idle.")
-@click.option("--timeout", "timeout_s", type=float, default=600, show_default=True)
+@click.option(
+    "--timeout",
+    "timeout_s",
+    type=click.FloatRange(0, 86_400),
+    default=600,
+    show_default=True,
+    help="Seconds to wait at most.",
+)
 @json_option
 @pass_ctx
 def wait(obj: Ctx, instance_ids: tuple[str, ...], any_idle: bool, timeout_s: float) -> None:
-    """Block until the instances finish their turn (exit 1 on timeout)."""
+    """Block until the instances finish their turn (exit 5 when --timeout passes first)."""
     result = obj.call(
         "wait",
         {
@@ -201,6 +236,7 @@ def wait(obj: Ctx, instance_ids: tuple[str, ...], any_idle: bool, timeout_s: flo
             "until": "any-idle" if any_idle else "idle",
             "timeoutMs": int(timeout_s * 1000),
         },
+        flags={"timeoutMs": "--timeout", "until": "--any", "instanceIds": "INSTANCE_IDS"},
         timeout_s=timeout_s + 30,
     )
     obj.emit(
@@ -208,11 +244,17 @@ def wait(obj: Ctx, instance_ids: tuple[str, ...], any_idle: bool, timeout_s: flo
         lambda r: render.table(r["instances"], ["instanceId", "status", "idle", "lastResult"]),
     )
     if result["timedOut"]:
-        raise click.exceptions.Exit(EXIT_FAILED)
+        busy = [r["instanceId"] for r in result["instances"] if not r.get("idle")]
+        click.echo(
+            f"tcmctl: timed out after {render.cell(timeout_s)}s (--timeout); "
+            f"still busy: {', '.join(busy) or '-'}",
+            err=True,
+        )
+        raise click.exceptions.Exit(EXIT_TIMEOUT)
 
 
 @click.command()
-@click.argument("instance_id")
+@click.argument("instance_id", shell_complete=complete_instance_id)
 @click.option("--ro", is_flag=True, help="Read-only: watch without typing into it.")
 @pass_ctx
 def attach(obj: Ctx, instance_id: str, ro: bool) -> None:
@@ -229,7 +271,7 @@ def attach(obj: Ctx, instance_id: str, ro: bool) -> None:
 
 
 @click.command()
-@click.argument("instance_id", required=False)
+@click.argument("instance_id", required=False, shell_complete=complete_instance_id)
 @json_option
 @pass_ctx
 def health(obj: Ctx, instance_id: str | None) -> None:

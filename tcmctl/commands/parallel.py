@@ -1,44 +1,70 @@
 """Parallel work from the command line: parallel, distribute, jobs, queue, cancel, worktrees.
 
-With waiting, progress comes from `getParallelStatus` long-polls (the daemon answers when
-something changed): a live line on a terminal, one line per finished task otherwise, then
-a final table. The exit code is 0 only when every task completed.
+With waiting, the run is followed as `tcmctl run RUN_ID --follow` does (commands/runs.py).
+The exit code is 0 only when every task completed.
 """
 
 from __future__ import annotations
 
-import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import click
 
 from tcmctl import render
-from tcmctl.context import EXIT_FAILED, Ctx, json_option, pass_ctx
+from tcmctl.commands.runs import announce, finish
+from tcmctl.completion import complete_instance_id, complete_run_id
+from tcmctl.context import Ctx, json_option, pass_ctx
 
 STRATEGIES = click.Choice(["round-robin", "least-loaded", "capacity-aware"])
-RESULT_COLUMNS = ["taskId", "status", "priority", "managerId", "attempts", "durationMs", "result"]
 FILE_OPTIONS = ("agent", "isolation", "maxConcurrent", "timeoutMs", "retry", "keepSpecialists")
+FLAGS = {
+    "workDir": "--workdir",
+    "maxConcurrent": "--max-concurrent",
+    "agent": "--agent",
+    "strategy": "--strategy",
+    "managers": "--managers",
+}
 
 
-def _load(path: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+@dataclass
+class _File:
+    """A tasks file as loaded: where refusals of its values point."""
+
+    source: str
+    tasks: list[dict[str, Any]]
+    options: dict[str, Any]
+
+    @property
+    def fields(self) -> set[str]:
+        return {*self.options, "tasks"}
+
+
+def _load(path: str) -> _File:
     from tcmctl.tasksfile import TasksFileError, load_tasks
 
     try:
         loaded = load_tasks(Path(path))
     except TasksFileError as exc:
         raise click.BadParameter(str(exc), param_hint="TASKS_FILE") from None
-    return loaded.tasks, loaded.options
+    source = "<stdin>" if path == "-" else path
+    return _File(source, loaded.tasks, loaded.options)
 
 
-def _params(options: dict[str, Any], **overrides: Any) -> dict[str, Any]:
-    params = {k: options[k] for k in FILE_OPTIONS if k in options}
-    params.update({k: v for k, v in overrides.items() if v is not None})
-    return params
+def _params(
+    file: _File, given: dict[str, Any], **fixed: Any
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """The call's params (the file's options, then the flags given over them) and the
+    flag of each field a flag set, for refusals (FLAGS)."""
+    params = {k: file.options[k] for k in FILE_OPTIONS if k in file.options}
+    params.update({k: v for k, v in given.items() if v is not None})
+    params.update(fixed)
+    return params, {k: FLAGS[k] for k, v in given.items() if v is not None}
 
 
 @click.command()
-@click.argument("manager_id")
+@click.argument("manager_id", shell_complete=complete_instance_id)
 @click.argument("tasks_file", type=click.Path(allow_dash=True))
 @click.option("--workdir", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--max-concurrent", type=click.IntRange(1, 1000))
@@ -56,26 +82,32 @@ def parallel(
     wait: bool,
 ) -> None:
     """Run the tasks of TASKS_FILE in parallel under MANAGER_ID."""
-    tasks, options = _load(tasks_file)
-    workdir = workdir or (Path(options["workDir"]) if "workDir" in options else None)
-    params = _params(
-        options,
+    file = _load(tasks_file)
+    params, flags = _params(
+        file,
+        {
+            "workDir": str(workdir.resolve()) if workdir else None,
+            "maxConcurrent": max_concurrent,
+            "agent": agent,
+        },
         managerId=manager_id,
-        tasks=tasks,
+        tasks=file.tasks,
         wait=False,
-        workDir=str(workdir.resolve()) if workdir else None,
-        maxConcurrent=max_concurrent,
-        agent=agent,
     )
-    started = obj.call("executeParallel", params)
-    _finish(obj, started, wait)
+    if "workDir" not in params and "workDir" in file.options:
+        params["workDir"] = str(Path(file.options["workDir"]).resolve())
+    started = obj.call("executeParallel", params, flags=flags, file=file)
+    announce(obj, started, wait)
+    finish(obj, started, wait)
 
 
 @click.command()
 @click.argument("tasks_file", type=click.Path(allow_dash=True))
 @click.option("--strategy", type=STRATEGIES)
 @click.option(
-    "--workdir", type=click.Path(file_okay=False, path_type=Path), default=".", show_default=True
+    "--workdir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Where the tasks run (default: the file's workDir, else the current directory).",
 )
 @click.option("--managers", type=click.IntRange(1, 100), help="Spawn managers up to this many.")
 @click.option("--agent", help="Agent profile of new managers and the specialists.")
@@ -86,94 +118,36 @@ def distribute(
     obj: Ctx,
     tasks_file: str,
     strategy: str | None,
-    workdir: Path,
+    workdir: Path | None,
     managers: int | None,
     agent: str | None,
     wait: bool,
 ) -> None:
     """Spread the tasks of TASKS_FILE over the managers."""
-    tasks, options = _load(tasks_file)
-    params = _params(
-        options,
-        tasks=tasks,
+    file = _load(tasks_file)
+    params, flags = _params(
+        file,
+        {
+            "workDir": str(workdir.resolve()) if workdir else None,
+            "strategy": strategy,
+            "managers": managers,
+            "agent": agent,
+        },
+        tasks=file.tasks,
         wait=False,
-        workDir=str(workdir.resolve()),
-        strategy=strategy or options.get("strategy"),
-        managers=managers or options.get("managers"),
-        agent=agent,
     )
-    started = obj.call("distributeWork", params)
+    for key in ("strategy", "managers"):
+        if key not in params and key in file.options:
+            params[key] = file.options[key]
+    if "workDir" not in params:
+        params["workDir"] = str(Path(file.options.get("workDir", ".")).resolve())
+    started = obj.call("distributeWork", params, flags=flags, file=file)
+    announce(obj, started, wait)
     if not obj.json:
         for entry in started["distribution"]:
             who = entry["managerId"] or "(first free manager)"
             click.echo(f"{who}: {', '.join(entry['taskIds']) or '-'}")
-    _finish(obj, started, wait)
-
-
-def _finish(obj: Ctx, started: dict[str, Any], wait: bool) -> None:
-    if not wait:
-        obj.emit(
-            started, lambda r: f"{r['runId']} started ({r.get('total', r.get('totalTasks'))} tasks)"
-        )
-        return
-    final = _follow(obj, started["runId"])
-    obj.emit(
-        final,
-        lambda r: (
-            render.table(r["tasks"], RESULT_COLUMNS, max_width=50)
-            + f"\n{r['completedTasks']} completed, {r['failedTasks']} failed, "
-            f"{r['cancelledTasks']} cancelled"
-        ),
-    )
-    if final["completedTasks"] != len(final["tasks"]):
-        raise click.exceptions.Exit(EXIT_FAILED)
-
-
-def _follow(obj: Ctx, run_id: str) -> dict[str, Any]:
-    """Long-poll the run until it is done, showing progress on stderr."""
-    live = sys.stderr.isatty() and not obj.json
-    reported: set[str] = set()
-    change = None
-    client = obj.client(timeout_s=None)
-    while True:
-        st = client.call(
-            "getParallelStatus",
-            {"runId": run_id, "sinceChange": change, "waitMs": 1000 if change is not None else 0},
-        )
-        change = st["change"]
-        if live:
-            sys.stderr.write("\r\x1b[K" + _progress_line(st))
-            sys.stderr.flush()
-        elif not obj.json:
-            for task in st["tasks"]:
-                if (
-                    task["status"] in ("completed", "failed", "cancelled")
-                    and task["taskId"] not in reported
-                ):
-                    reported.add(task["taskId"])
-                    click.echo(
-                        f"{task['status']:9} {task['taskId']}  attempts={task['attempts']}"
-                        f"  {render.cell(task.get('error') or task.get('result'))[:80]}",
-                        err=True,
-                    )
-        if st["done"]:
-            if live:
-                sys.stderr.write("\n")
-            return dict(st)
-
-
-def _progress_line(st: dict[str, Any]) -> str:
-    total = len(st["tasks"]) or 1
-    done = st["completedTasks"] + st["failedTasks"] + st["cancelledTasks"]
-    width = 30
-    filled = int(width * done / total)
-    running = [t["instanceId"] for t in st["tasks"] if t["status"] == "active" and t["instanceId"]]
-    return (
-        f"[{'#' * filled}{'.' * (width - filled)}] {done}/{total}  "
-        f"active {st['activeSpecialists']} queued {st['queuedTasks']} "
-        f"done {st['completedTasks']} failed {st['failedTasks']}  "
-        f"{' '.join(running[:6])}"
-    )
+    finish(obj, started, wait)
 
 
 @click.command()
@@ -218,7 +192,7 @@ def queue(obj: Ctx) -> None:
 
 
 @click.command()
-@click.argument("job_or_run_id")
+@click.argument("job_or_run_id", shell_complete=complete_run_id)
 @json_option
 @pass_ctx
 def cancel(obj: Ctx, job_or_run_id: str) -> None:

@@ -47,6 +47,8 @@ NS = "instances"
 RECONCILE_INTERVAL_S = 0.5
 SCREEN_FALLBACK_AFTER_S = 3.0  # busy with no hook for this long: look at the screen
 _SAFE_PATH = re.compile(r"^[A-Za-z0-9_./+-]+$")
+EARLY_EXIT_S = 10.0  # an agent that ends this soon after its start did not start
+EARLY_EXIT_LINES = 5  # of its screen kept as its lastError
 Listener = Callable[[Instance, State], None]
 
 
@@ -265,6 +267,7 @@ class Instances:
         so a caller that retries gets exactly one new instance. The error it gets carries
         ``instanceId`` (the id rolled back) in its data.
         """
+        profile(fields.get("agent", "claude")).check(self.settings)  # before any record or file
         at_least = 0
         if parent is None and self.number_executive is not None:
             at_least = await self.number_executive(self.exec_counter()) or 0
@@ -576,6 +579,8 @@ class Instances:
                 continue  # launched (or changed) while we listed: our listing is stale for it
             pane = panes.get(inst.id)
             if pane is None or pane.dead:
+                if pane is not None and now - self.pane_since.get(inst.id, 0) < EARLY_EXIT_S:
+                    await self._early_exit(inst, pane, now - self.pane_since[inst.id])
                 self._exited(inst, pane)
             elif (
                 inst.status == State.BUSY
@@ -588,6 +593,23 @@ class Instances:
                 if profile(inst.agent).screen_state(screen) == State.READY:
                     log.info("screen shows ready", instance_id=inst.id)
                     self._set(inst, State.READY)
+
+    async def _early_exit(self, inst: Instance, pane: PaneInfo, after_s: float) -> None:
+        """An agent that ended within its first seconds did not start: the last lines it
+        wrote (a missing program, a bad flag) become its ``last_error``."""
+        try:  # the whole pane: what it wrote sits at the top of a tall, otherwise empty screen
+            screen = await self.tmux.capture(inst.id, 1000)
+        except TcmError:
+            screen = ""
+        lines = [
+            ln.rstrip()
+            for ln in screen.splitlines()
+            if ln.strip() and not ln.startswith("Pane is dead")  # tmux's own remain-on-exit line
+        ]
+        how = f"signal {pane.dead_signal}" if pane.dead_signal else f"status {pane.dead_status}"
+        inst.last_error = f"exited ({how}) {after_s:.1f}s after its start: " + (
+            " ⏎ ".join(lines[-EARLY_EXIT_LINES:]) or "(no output)"
+        )
 
     def _save_unsaved(self) -> None:
         for instance_id in list(self.unsaved):

@@ -58,6 +58,7 @@ class SpawnResult(BaseModel):
     parentId: str | None
     status: str
     tmuxTarget: str
+    lastError: str | None = None  # why it ended, when it did not start
 
 
 class SendParams(Params):
@@ -306,6 +307,7 @@ class InstanceTools:
             "parentId": inst.parent_id,
             "status": inst.status.value,
             "tmuxTarget": inst.id,
+            "lastError": inst.last_error,
         }
 
     async def send(self, caller: Caller, p: SendParams) -> dict[str, Any]:

@@ -108,6 +108,10 @@ class JobsParams(Params):
     limit: int = Field(default=100, ge=1, le=100_000)
 
 
+class RunsParams(Params):
+    limit: int = Field(default=50, ge=1, le=10_000, description="At most this many, newest first")
+
+
 class CancelParams(Params):
     jobId: str | None = None
     runId: str | None = None

@@ -21,11 +21,13 @@ from tcmd.work.params import (
     ExecuteParallelParams,
     JobsParams,
     RunOptions,
+    RunsParams,
     StatusParams,
     TaskSpec,
     WorktreesParams,
 )
 from tcmd.work.queue.base import FINAL, Job, JobState, Priority, RetryPolicy, stats_of
+from tcmd.work.runview import run_row, task_row
 
 
 class ParallelTools:
@@ -47,6 +49,16 @@ class ParallelTools:
                 "(managerId): counts, limit and every task.",
                 StatusParams,
                 self.status,
+                read_only=True,
+            ),
+            Tool(
+                "runs",
+                "Runs, newest first: counts of their tasks by state, when they started "
+                "and ended, their managers (an instance sees the runs of its subtree).",
+                RunsParams,
+                self.runs,
+                {"type": "array", "items": {"type": "object"}},
+                inline=True,
                 read_only=True,
             ),
             Tool(
@@ -104,7 +116,7 @@ class ParallelTools:
         if len(set(ids)) != len(ids):
             dupes = sorted({i for i in ids if ids.count(i) > 1})
             raise InvalidParams(f"tasks: duplicate task ids {', '.join(dupes)}")
-        profile(opts.agent)
+        profile(opts.agent).check(self.p.settings)  # a missing agent fails the run at once
         path = Path(work_dir)
         if not path.is_absolute() or not path.is_dir():
             raise InvalidParams(f"workDir: {work_dir} is not an absolute path to a directory")
@@ -182,7 +194,7 @@ class ParallelTools:
             "failed": sum(j.state == JobState.FAILED for j in jobs),
             "cancelled": sum(j.state == JobState.CANCELLED for j in jobs),
             "done": all(j.state in FINAL for j in jobs),
-            "results": [_task_row(j) for j in jobs],
+            "results": [task_row(j) for j in jobs],
         }
 
     async def execute_parallel(self, caller: Caller, p: ExecuteParallelParams) -> dict[str, Any]:
@@ -318,8 +330,13 @@ class ParallelTools:
             "peakActive": max((self.p.peak_per_manager.get(m, 0) for m in managers), default=0),
             "done": all(j.state in FINAL for j in jobs),
             "change": changes.count,
-            "tasks": [_task_row(j) for j in jobs],
+            "tasks": [task_row(j) for j in jobs],
         }
+
+    def runs(self, caller: Caller, p: RunsParams) -> list[dict[str, Any]]:
+        mine = [r for r in self.p.runs.values() if self._run_is_mine(caller, r)]
+        newest = sorted(mine, key=lambda r: r.created_at, reverse=True)[: p.limit]
+        return [run_row(self.p, r) for r in newest]
 
     def _mine(self, caller: Caller, job: Job) -> bool:
         """Whether ``caller`` may see and cancel ``job``: the operator; an instance for the
@@ -390,25 +407,3 @@ async def _until_started(instances: Any, inst: Instance) -> None:
     await instances.changes.wait_for(lambda: inst.status != State.STARTING, 60)
     if inst.status not in LIVE:
         raise Conflict(f"{inst.id} did not start ({inst.status.value})")
-
-
-def _task_row(job: Job) -> dict[str, Any]:
-    row = {
-        "taskId": job.task_id,
-        "jobId": job.job_id,
-        "name": job.task.get("name"),
-        "status": job.state.value,
-        "priority": job.priority.label,
-        "managerId": job.manager_id,
-        "instanceId": job.instance_id or job.extra.get("instanceId"),
-        "attempts": job.attempts,
-        "reruns": job.reruns,
-        "durationMs": job.duration_ms,
-        "result": job.result,
-        "error": job.last_error if job.state != JobState.COMPLETED else None,
-        "nextRetryAt": job.next_retry_at,
-    }
-    for key in ("branch", "hasCommits", "dirty", "worktree", "exitCode"):
-        if key in job.extra:
-            row[key] = job.extra[key]
-    return row

@@ -169,7 +169,7 @@ def test_instance_commands_end_to_end(daemon: DaemonProcess, tmp_path: Path) -> 
     assert table.splitlines()[0].split()[:3] == ["INSTANCEID", "ROLE", "PARENTID"]
     refused = run(["spawn", "manager", "--agent", "shell", "--workdir", str(tmp_path)], env)
     assert refused.returncode == 4
-    assert "parentId: a manager needs an executive parent" in refused.stderr
+    assert "--parent: a manager needs an executive parent" in refused.stderr
     assert run(["attach", "exec_9"], env).returncode == 4
     restarted = run(["restart", "exec_1", "--json"], env)
     assert json.loads(restarted.stdout)["status"] == "ready"

@@ -325,3 +325,22 @@ def test_unicode_keys_and_ids_through_stdin(monkeypatch: pytest.MonkeyPatch) -> 
     tasks = [{"id": "задача-1", "instruction": "echo ✓", "ключ": "значение"}]
     stdin(monkeypatch, json.dumps(tasks, ensure_ascii=False).encode())
     assert load_tasks(Path("-")).tasks == tasks
+
+
+@pytest.mark.parametrize(
+    ("name", "text"),
+    [
+        ("job.toml", 'agent = "shell"\nretries = 3\n[[tasks]]\nid = "a"\ninstruction = "x"\n'),
+        ("job.json", json.dumps({"retries": 3, "tasks": [TASK_A]})),
+    ],
+)
+def test_an_unknown_top_level_key_is_refused(tmp_path: Path, name: str, text: str) -> None:
+    message = error(tmp_path, name, text)
+    assert message.startswith(f"{tmp_path / name}: retries: unexpected field")
+    assert "maxConcurrent" in message  # it says what a run takes
+
+
+def test_claude_example_loads() -> None:
+    tf = load_tasks(ROOT / "examples" / "claude.toml")
+    assert tf.options["agent"] == "claude"
+    assert [t["id"] for t in tf.tasks] == ["haiku", "primes", "readme"]

@@ -8,7 +8,9 @@ after a daemon restart).
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -39,6 +41,9 @@ class AgentProfile(Protocol):
     name: str
     stall_ms: int | None  # busy this long with no sign of life: stuck (None: TCM_STALL_MS)
 
+    def check(self, settings: Settings) -> None:
+        """Refuse (InvalidParams) before anything is made when the agent cannot start."""
+
     def launch(self, inst: Instance, env: LaunchEnv, *, resume: bool) -> Launch:
         """argv and environment to start (or resume) ``inst``; may write its files."""
 
@@ -53,6 +58,13 @@ class AgentProfile(Protocol):
 
     def as_prompt(self, text: str) -> str:
         """What to type so the agent takes ``text`` as a prompt (and not as a command)."""
+
+
+def runnable(program: str) -> bool:
+    """Whether ``program`` would start: an executable path, or a name found on PATH."""
+    if "/" in program:
+        return os.path.isfile(program) and os.access(program, os.X_OK)
+    return shutil.which(program) is not None
 
 
 def prompt_line(screen: str) -> str | None:

@@ -19,7 +19,9 @@ import shlex
 from pathlib import Path
 
 from tcmctl.hook import command_line as hook_command_line
-from tcmd.instances.agents.base import Launch, LaunchEnv, text_in_box
+from tcmd.config import Settings
+from tcmd.errors import InvalidParams
+from tcmd.instances.agents.base import Launch, LaunchEnv, runnable, text_in_box
 from tcmd.instances.agents.claude_json import mark_trusted
 from tcmd.model import Instance, Role, State
 
@@ -67,6 +69,15 @@ _DIALOG = re.compile(
 class ClaudeProfile:
     name = "claude"
     stall_ms: int | None = None  # TCM_STALL_MS: tool hooks are its heartbeat
+
+    def check(self, settings: Settings) -> None:
+        program = settings.claude_command[0]
+        if not runnable(program):
+            raise InvalidParams(
+                f"agent: claude's command {program!r} is not found or not executable; "
+                "set TCM_CLAUDE_COMMAND (in tcmd's environment) to the Claude Code CLI",
+                data={"command": program, "variable": "TCM_CLAUDE_COMMAND"},
+            )
 
     def launch(self, inst: Instance, env: LaunchEnv, *, resume: bool) -> Launch:
         settings_path = env.instance_dir / "claude-settings.json"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 
+from tcmd.config import Settings
 from tcmd.instances.agents.base import Launch, LaunchEnv, text_in_box
 from tcmd.instances.agents.shell_runner import command_line
 from tcmd.model import Instance, State
@@ -20,6 +21,9 @@ class ShellProfile:
     name = "shell"
     # a quiet command (a build, a sleep) is no sign of trouble: a shell agent gets an hour
     stall_ms: int | None = 3_600_000
+
+    def check(self, settings: Settings) -> None:
+        """Nothing to find: it runs on tcmd's own interpreter."""
 
     def launch(self, inst: Instance, env: LaunchEnv, *, resume: bool) -> Launch:
         argv = [*command_line(env.python), "--session-id", inst.session_id]
