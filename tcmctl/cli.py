@@ -91,11 +91,13 @@ def _register_subcommands() -> None:
     """Add the commands of tcmctl.commands (they import this one: not at import)."""
     if "spawn" in cli.commands:
         return
-    from tcmctl.commands import daemon, instances, mcp, observe, parallel
+    from tcmctl.commands import daemon, instances, mcp, observe, parallel, tree
 
     cli.add_command(daemon.daemon)
     cli.add_command(mcp.mcp)  # its server half (tcmctl.mcp, the SDK) loads on use only
     for command in [*instances.COMMANDS, *parallel.COMMANDS, *observe.COMMANDS]:
+        cli.add_command(command)
+    for command in tree.COMMANDS:  # tree, top (Textual loads when top runs, not before)
         cli.add_command(command)
 
 

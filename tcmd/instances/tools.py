@@ -108,6 +108,7 @@ class ListRow(BaseModel):
     workDir: str
     status: str
     created: float
+    stateSince: float | None = None
     agent: str
 
 
