@@ -1,7 +1,8 @@
-"""The operator's view of the instance tree, printed once: ``tree``."""
+"""The operator's views: ``tree`` (the instance tree printed once) and ``top`` (live)."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import time
 
@@ -26,4 +27,17 @@ def tree(obj: Ctx) -> None:
     click.echo(overview.render(roots, now, width=max(width, 40)))
 
 
-COMMANDS = [tree]
+@click.command()
+@pass_ctx
+def top(obj: Ctx) -> None:
+    """A live full-screen view: the tree, a screen, the queue, runs, health (q quits)."""
+    path = obj.client().path  # reach (or autostart) tcmd before the screen is taken
+    settings = obj.call("status").get("settings", {})
+    from tcmctl.top.app import run_top  # Textual loads here only: other commands stay fast
+
+    run_top(
+        path, tmux_socket=settings.get("tmux_socket") or os.environ.get("TCM_TMUX_SOCKET", "tcm")
+    )
+
+
+COMMANDS = [tree, top]

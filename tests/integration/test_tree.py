@@ -96,7 +96,7 @@ def test_textual_is_imported_by_top_only() -> None:
     probe = (
         "import sys\n"
         "from tcmctl.cli import run\n"
-        "for argv in (['list', '--help'], ['tree', '--help']):\n"
+        "for argv in (['list', '--help'], ['tree', '--help'], ['top', '--help']):\n"
         "    try:\n"
         "        run(argv)\n"
         "    except SystemExit:\n"
