@@ -179,12 +179,13 @@ def test_top_survives_a_resize_and_a_daemon_restart(team: DaemonProcess, term: T
     term.wait_for("mgr_1_2")
     for width, height in ((120, 40), (80, 24)):
         term.tmux("resize-window", "-t", "top", "-x", str(width), "-y", str(height))
-        screen = term.wait_screen(
-            lambda s, h=height: len(lines := s.splitlines()) == h and KEYS_LINE in lines[-1],
+        term.wait_screen(  # the tree and the keys line, both drawn in the new size
+            lambda s, h=height: (
+                len(lines := s.splitlines()) == h and KEYS_LINE in lines[-1] and "mgr_1_2" in s
+            ),
             5,
             f"top redrawn in {width}x{height}",
         )
-        assert "mgr_1_2" in screen
     old_pid = team.proc.pid  # type: ignore[union-attr]
     team.terminate()
     term.wait_for("unreachable")
@@ -204,3 +205,38 @@ def test_top_draws_without_colour_under_no_color(team: DaemonProcess) -> None:
         coloured = term.screen(colours=True)
         assert not COLOUR.search(coloured), COLOUR.search(coloured)
         assert "\x1b[" in coloured  # styles remain: the selected row is drawn reversed
+
+
+def test_top_cancels_a_run_and_restarts_with_confirmation(
+    team: DaemonProcess, term: Terminal, tmp_path: Path
+) -> None:
+    run = team.call(
+        "executeParallel",
+        {
+            "managerId": "mgr_1_1",
+            "agent": "shell",
+            "workDir": str(tmp_path),
+            "wait": False,
+            "maxConcurrent": 1,
+            "tasks": [{"id": f"nap{n}", "instruction": "sleep 60"} for n in range(3)],
+        },
+    )
+    run_id = run["runId"]
+    screen = term.wait_for(f"{run_id} 0/3 (1 active)")
+    assert "queue" in screen
+    term.keys("c")
+    term.wait_for(f"Cancel run {run_id}?")
+    term.keys("y")
+    term.wait_for(f"{run_id} 3/3 done (3 cancelled)")
+    status = team.call("getParallelStatus", {"runId": run_id})
+    assert status["done"] and status["cancelledTasks"] == 3
+    term.wait_for("── exec_1")  # the first row is selected
+    term.keys("r")
+    term.wait_for("Restart exec_1?")
+    term.keys("y")
+    wait_until(
+        lambda: next(r for r in team.call("list") if r["instanceId"] == "exec_1")["restarts"],
+        10,
+        what="exec_1 restarted",
+    )
+    wait_until(lambda: term.row("exec_1")[1:2] == ["ready"], 10, what="exec_1 ready again")
