@@ -29,6 +29,7 @@ from tcmd.errors import TcmError
 COLUMNS = [("id", "INSTANCE"), ("state", "STATE"), ("age", "IN STATE")]
 COLUMNS += [("health", "HEALTH"), ("mem", "MEM"), ("doing", "DOING")]
 RESYNC_AFTER_S = 0.15  # gather a burst of events into one snapshot
+RESYNC_GAP_S = 0.5  # and no more than two a second: a busy run must not load tcmd
 IDLE_RESYNC_S = 5.0  # the store's health and counters have no events of their own
 PREVIEW_LINES = 5
 GONE = ("terminated", "exited")
@@ -72,6 +73,7 @@ class TopApp(App[None]):
         self.filter_text = ""
         self.linked = True
         self._fetching = self._again = False
+        self._fetched_at = 0.0  # when the last snapshot was asked for (monotonic)
         self._resync_timer: Any = None
         self._stop = threading.Event()
 
@@ -115,6 +117,7 @@ class TopApp(App[None]):
     def apply_events(self, events: list[dict[str, Any]]) -> None:
         """Move what an event says at once; ask for a snapshot for the rest."""
         structural = False
+        touched: set[str] = set()
         for e in events:
             node = self.nodes.get(str(e.get("instanceId")))
             if e["kind"] == "instance.state" and node is not None and e["new"] not in GONE:
@@ -123,7 +126,9 @@ class TopApp(App[None]):
                 node.verdict, node.score = e.get("verdict"), e.get("score")
             else:
                 structural = True
-        self._draw_tree()
+                continue
+            touched.add(node.id)
+        self._draw_tree(touched)
         self._draw_daemon_line()
         if structural:
             self._resync_soon()
@@ -132,7 +137,8 @@ class TopApp(App[None]):
 
     def _resync_soon(self) -> None:
         if self._resync_timer is None:
-            self._resync_timer = self.set_timer(RESYNC_AFTER_S, self.resync)
+            gap = self._fetched_at + RESYNC_GAP_S - time.monotonic()
+            self._resync_timer = self.set_timer(max(RESYNC_AFTER_S, gap), self.resync)
 
     def resync(self) -> None:
         """Take a fresh snapshot in a thread (one at a time; asked again: once more)."""
@@ -140,7 +146,7 @@ class TopApp(App[None]):
         if self._fetching:
             self._again = True
             return
-        self._fetching = True
+        self._fetching, self._fetched_at = True, time.monotonic()
         self.run_worker(self._fetch, thread=True, group="fetch")
 
     def _fetch(self) -> None:
@@ -183,7 +189,9 @@ class TopApp(App[None]):
         now = time.time()
         return [(d, n) for d, n in rows if needle in " ".join(overview.cells(0, n, now)).lower()]
 
-    def _draw_tree(self) -> None:
+    def _draw_tree(self, only: set[str] | None = None) -> None:
+        """Rebuild the rows when the set of rows changed, else update the cells of
+        ``only`` (those instances; None: every row)."""
         table: DataTable[Text] = self.query_one("#tree", DataTable)
         now = time.time()
         visible = self._visible()
@@ -204,6 +212,8 @@ class TopApp(App[None]):
                 table.move_cursor(row=ids.index(self.selected))
             return
         for depth, node in visible:
+            if only is not None and node.id not in only:
+                continue
             for key, value in self._cells(depth, node, now).items():
                 table.update_cell(node.id, key, value)
 

@@ -5,7 +5,8 @@
 A real daemon runs INSTANCES shell agents (default 200: one executive, 9 managers, the
 rest specialists spawned under them); `tcmctl top` runs in an 80×24 tmux pane. Each round
 sends exec_1 a prompt and times its ``instance.state`` event (the daemon's clock) to the
-first capture-pane that shows the new state on exec_1's row. Target (issue 14): <= 100 ms.
+first capture-pane that shows the new state on exec_1's row. Target (issue 14): <= 100 ms
+from an event to the screen; figures in docs/operations.md (Watching the tree).
 """
 
 from __future__ import annotations
