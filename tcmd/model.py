@@ -170,6 +170,7 @@ def public_row(get: Callable[[str], Any]) -> dict[str, Any]:
         "workDir": get("work_dir"),
         "status": getattr(status, "value", status),
         "created": get("created"),
+        "stateSince": get("updated"),  # when it entered its status (time in state)
         "agent": get("agent"),
         "model": get("model"),
         "lastResult": get("last_result"),

@@ -109,6 +109,7 @@ class ListRow(BaseModel):
     workDir: str
     status: str
     created: float
+    stateSince: float | None = None
     agent: str
 
 
