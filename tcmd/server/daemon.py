@@ -21,6 +21,7 @@ from typing import Any
 
 import structlog
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from tcmd.api import OPERATOR, Caller, Catalogue
 from tcmd.changes import Changes
@@ -49,7 +50,9 @@ from tcmd.store.mirror import Mirror
 from tcmd.tmux import Tmux
 from tcmd.work.dispatcher import Parallel
 from tcmd.work.queue.local import LocalJobQueue
+from tcmd.work.queue.redis import RedisJobQueue
 from tcmd.work.retention import Retention
+from tcmd.work.shared import WAIT_S, SharedWork
 from tcmd.work.tools import ParallelTools
 
 log = structlog.get_logger(__name__)
@@ -108,6 +111,7 @@ class Daemon:
         self.stopping = asyncio.Event()
         self.node = ""  # this daemon's node id, known at start (it may live in the state dir)
         self.mirror: Mirror | None = None
+        self.shared: SharedWork | None = None  # the shared job queue (REDIS_URL set)
         self.locks = PidLocks(settings.socket_path)
         self._background: set[asyncio.Task[Any]] = set()
         self._signals = 0
@@ -197,7 +201,9 @@ class Daemon:
         if self.settings.redis_url:
             self.mirror = self._mirror(self.settings.redis_url)
             self.instances.number_executive = partial(self.mirror.number, "exec")
+            self.instances.number_child = self._number_child
             self._spawn(self.mirror.run())  # never fails: Redis down is a fallback, not an end
+            self.shared = self._shared(self.settings.redis_url)
         self.events.load()
         self._observe()
         if self.settings.hooks == "http":  # before any launch: the agents' settings name it
@@ -207,6 +213,9 @@ class Daemon:
         self._spawn(self.instances.watch())
         await self.parallel.start()
         self._spawn(self.parallel.timer())
+        if self.shared is not None:
+            self._spawn(self.shared.run())
+            self._spawn(self.shared.notices())
         self._spawn(self.health.run())  # also pings the systemd watchdog
         self._spawn(self.retention.run())
         instance_tools = InstanceTools(
@@ -216,7 +225,7 @@ class Daemon:
         instance_tools.emit = self.emit
         self.catalogue.extend(CoreTools(self, self.counts).tools())
         self.catalogue.extend(instance_tools.tools())
-        self.catalogue.extend(ParallelTools(self.parallel).tools())
+        self.catalogue.extend(ParallelTools(self.parallel, self.shared).tools())
         self.catalogue.extend(HealthTools(self.health).tools())
         self.catalogue.extend(
             ObserveTools(
@@ -255,6 +264,9 @@ class Daemon:
         self.tmux.disconnect()  # the control client; the server and its panes live on
         if self.mirror is not None:
             await self.mirror.close()
+        if self.shared is not None:
+            with contextlib.suppress(RedisError, OSError):
+                await self.shared.q.client.aclose()
         self.store.close()
         self.locks.release()
         log.info("tcmd stopped")
@@ -273,6 +285,23 @@ class Daemon:
             info=lambda: {"pid": os.getpid(), "socket": str(self.settings.socket_path)},
             metrics=self.registry.snapshot,
         )
+
+    def _shared(self, url: str) -> SharedWork:
+        """The shared job queue: its own client, whose reads may block for a BLPOP."""
+        client = Redis.from_url(
+            url,
+            socket_timeout=REDIS_TIMEOUT_S + WAIT_S,
+            socket_connect_timeout=REDIS_TIMEOUT_S,
+        )
+        queue = RedisJobQueue(
+            client, prefix=self.settings.redis_prefix, lease_ms=self.settings.lease_ms
+        )
+        return SharedWork(self.parallel, queue, self.node)
+
+    async def _number_child(self, parent_id: str, above: int) -> int | None:
+        """A child number of ``parent_id`` shared by every node (None: Redis is away)."""
+        assert self.mirror is not None
+        return await self.mirror.number(f"child:{parent_id}", above)
 
     def _node_metrics(self) -> dict[str, Any]:
         """Every node's last published metrics, this node's as of now."""

@@ -25,6 +25,7 @@ from tcmd.work.queue.base import Job, JobState, Lease, Priority, RetryPolicy, St
 
 DEFAULT_PREFIX = "tcm:"
 DEFAULT_LEASE_MS = 30_000
+NOTICES_MAX = 10_000  # job ids waiting for their origin node to read them
 QUEUE_TAG = "{q}"  # every key of the queue shares this hash tag: one cluster slot
 _OPTIONAL = (
     "next_retry_at", "last_error", "result", "instance_id",
@@ -48,6 +49,7 @@ class RedisJobQueue:
         rng: random.Random | None = None,
     ) -> None:
         self._redis = client
+        self.client = client
         self.base = f"{prefix}{QUEUE_TAG}:"
         self.lease_ms = lease_ms
         self._rng = rng if rng is not None else random.Random()  # noqa: S311  # jitter, not secrets
@@ -229,6 +231,50 @@ class RedisJobQueue:
             "throughputPerMin": int(done),
         }
 
+    # -- what the dispatchers of several nodes share beside the jobs --------------------------
+    async def put_run(self, run_id: str, doc: dict[str, Any]) -> None:
+        """What a node running another node's job needs of its run (workDir, agent, …)."""
+        await self._redis.set(self.base + "run:" + run_id, orjson.dumps(doc))
+
+    async def get_run(self, run_id: str) -> dict[str, Any] | None:
+        raw = await self._redis.get(self.base + "run:" + run_id)
+        return None if raw is None else dict(orjson.loads(raw))
+
+    async def notify(self, node: str, job_id: str) -> None:
+        """Tell ``node`` (the job's origin) that another node moved its job."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.lpush(self.base + "notice:" + node, job_id)
+            pipe.ltrim(self.base + "notice:" + node, 0, NOTICES_MAX - 1)
+            await pipe.execute()
+
+    async def notice(self, node: str, timeout_s: float) -> str | None:
+        """The next job id another node moved for ``node`` (BLPOP), None after ``timeout_s``."""
+        popped = await self._redis.blpop([self.base + "notice:" + node], timeout=timeout_s)
+        return None if popped is None else _text(popped[1])
+
+    async def peek(self, manager_id: str, n: int) -> list[tuple[str, str]]:
+        """``(job_id, run_id)`` of the ``n`` best queued jobs of ``manager_id``, unclaimed."""
+        ready = await self._redis.zrange(self.base + "ready:" + manager_id, 0, n - 1)
+        ids = [_text(i) for i in ready]
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for job_id in ids:
+                pipe.hget(self.base + "job:" + job_id, "spec")
+            specs = await pipe.execute()
+        return [
+            (job_id, str(orjson.loads(spec)["run_id"]))
+            for job_id, spec in zip(ids, specs, strict=True) if spec
+        ]  # fmt: skip
+
+    async def waiting_managers(self) -> dict[str, int]:
+        """Managers (not the pool) with queued or retrying jobs → how many."""
+        raw = await self._redis.hgetall(self.base + "stats")
+        out = {}
+        for key, value in raw.items():
+            name = _text(key)
+            if name.startswith("wait:") and name != "wait:" and int(value) > 0:
+                out[name[5:]] = int(value)
+        return out
+
     async def _end(self, job_id: str, state: JobState, error: str) -> Job:
         reply = await self._finish(self._keys, [self.base, job_id, state.value, error])
         return _job(_pairs(_checked(reply, job_id, None)[0]))
@@ -243,6 +289,7 @@ def _fields(job: Job) -> list[str]:
         "task": job.task,
         "retry": [job.retry.attempts, job.retry.base_ms, job.retry.cap_ms],
         "created_at": job.created_at,
+        "node": job.node,
     }
     out = [
         "job_id", job.job_id,
@@ -270,6 +317,7 @@ def _job(raw: dict[str, Any]) -> Job:
         "task": spec["task"],
         "retry": RetryPolicy(*spec["retry"]),
         "created_at": spec["created_at"],
+        "node": spec.get("node"),
         "priority": Priority(int(raw["priority"])),
         "state": JobState(_text(raw["state"])),
         "extra": orjson.loads(raw["extra"]),
