@@ -117,13 +117,14 @@ class SharedWork:
     # -- submitting ---------------------------------------------------------------------------
     async def new_job_ids(self, n: int) -> list[str] | None:
         """``n`` ids unique across the nodes; None when Redis cannot give them now."""
+        known = {j.job_id for j in self.p.queue.jobs()}
+        above = max((int(i.rpartition("_")[2]) for i in known), default=0)
         try:
             async with asyncio.timeout(ENQUEUE_TIMEOUT_S):
-                ids = await self.q.new_job_ids(n)
+                ids = await self.q.new_job_ids(n, above)  # above this node's own ids
         except DOWN:
             return None
-        known = {j.job_id for j in self.p.queue.jobs()}
-        return None if known.intersection(ids) else ids  # a local id of a fallback run
+        return None if known.intersection(ids) else ids
 
     async def submit(self, run: Run, jobs: list[Job]) -> None:
         """The run's jobs into the view and Redis; into the local queue if Redis fails."""

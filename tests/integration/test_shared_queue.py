@@ -128,3 +128,62 @@ def test_a_node_stopped_past_its_lease_loses_the_job_and_its_ack_is_stale(
         again = {j["jobId"]: j for j in a.call("jobs", {"runId": run_id})}[job_id]
         assert again["state"] == "completed"
     r.close()
+
+
+def test_a_killed_node_s_leased_jobs_complete_on_the_other_once(
+    tmp_path: Path, daemon_factory: type[DaemonProcess], redis_server: RedisServer
+) -> None:
+    lease = {"TCM_LEASE_MS": "1500"}
+    a = start(tmp_path, daemon_factory, redis_server, "a", **lease)
+    b = start(tmp_path, daemon_factory, redis_server, "b", **lease)
+    mgr = manager_on(a)
+    log = tmp_path / "ran.log"
+    tasks = [timed(f"t{i}", log, body=f"sleep 2; echo out-{i}") for i in range(5)]
+    run_id = run(a, mgr, tasks, maxConcurrent=2, wait=False)["runId"]
+    ids = [j["jobId"] for j in a.call("jobs", {"runId": run_id})]
+    r = redis.Redis(port=redis_server.port, decode_responses=True)
+
+    def held_by_b() -> list[str]:
+        rows = [(i, r.hmget(f"tcm:{{q}}:job:{i}", "state", "node")) for i in ids]
+        return [i for i, (state, node) in rows if state == "active" and node == "b"]
+
+    held = wait_until(held_by_b, 20, what="node b to run one of a's jobs")
+    b.daemon.kill9()
+    status = wait_until(
+        lambda: (s := a.call("getParallelStatus", {"runId": run_id}))["done"] and s,
+        40,
+        what="a to finish every job, the killed node's too",
+    )
+    assert status["completedTasks"] == 5, status
+    rows = {t["jobId"]: t for t in status["tasks"]}
+    for job_id in held:
+        assert rows[job_id]["ranOn"] == "a" and rows[job_id]["reruns"] >= 1, rows[job_id]
+    completions = [int(r.hget(f"tcm:{{q}}:job:{i}", "attempts") or 0) for i in ids]
+    assert r.hget("tcm:{q}:stats", "state:completed") == "5", completions
+    r.close()
+
+
+def test_without_redis_new_runs_go_to_the_local_queue_and_back_when_it_returns(
+    tmp_path: Path, daemon_factory: type[DaemonProcess], redis_server: RedisServer
+) -> None:
+    a = start(tmp_path, daemon_factory, redis_server, "a")
+    mgr = manager_on(a)
+    log = tmp_path / "ran.log"
+    first = run(a, mgr, [timed(f"s{i}", log, body="echo shared") for i in range(2)])
+    assert {r["ranOn"] for r in first["results"]} == {"a"}  # through the shared queue
+    redis_server.stop()
+    local = run(a, mgr, [timed(f"l{i}", log, body="echo local") for i in range(3)])
+    assert local["completed"] == 3, local  # no RPC error: the local queue ran them
+    assert all("ranOn" not in r for r in local["results"])
+    redis_server.start()  # empty: its job counter starts again at 1
+    again = wait_until(
+        lambda: (
+            d := run(a, mgr, [timed(f"x{i}", log, body="echo back") for i in range(2)])
+        )["results"][0].get("ranOn")
+        and d,
+        30,
+        what="runs to go through Redis again",
+    )
+    assert again["completed"] == 2
+    ids = [j["jobId"] for j in a.call("jobs", {})]
+    assert len(ids) == len(set(ids)), ids  # no id handed out twice, Redis emptied or not

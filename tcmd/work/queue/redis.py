@@ -63,14 +63,19 @@ class RedisJobQueue:
         self._reap = client.register_script(lua.REAP)
         self._next_due = client.register_script(lua.NEXT_DUE)
         self._stats = client.register_script(lua.STATS)
+        self._ids_above = client.register_script(lua.IDS_ABOVE)
 
     async def new_job_id(self) -> str:
         """A fresh ``job_<n>`` from INCR: unique across every node on this Redis."""
         return f"job_{await self._redis.incr(self.base + 'ids:job')}"
 
-    async def new_job_ids(self, n: int) -> list[str]:
-        """``n`` fresh ids in one INCRBY (a run's tasks, a batch)."""
-        last = await self._redis.incrby(self.base + "ids:job", n)
+    async def new_job_ids(self, n: int, above: int = 0) -> list[str]:
+        """``n`` fresh ids in one INCRBY (a run's tasks, a batch), all numbered above
+        ``above`` (the caller's own ids: a Redis that lost its data starts again at 1)."""
+        if above:
+            last = int(await self._ids_above(self._keys, [self.base, n, above]))
+        else:
+            last = await self._redis.incrby(self.base + "ids:job", n)
         return [f"job_{i}" for i in range(last - n + 1, last + 1)]
 
     async def enqueue(self, job: Job) -> Job:
