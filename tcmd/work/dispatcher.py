@@ -296,8 +296,8 @@ class Parallel:
             await self._release(spec, run)
             if spec is not None:
                 self.specialists.discard(spec.id)
-            if (own := self.runs.get(run.run_id)) is not None:  # not another node's run
-                self._finish_run_if_done(own)
+            if self.runs.get(run.run_id) is run:  # not another node's run
+                self._finish_run_if_done(run)
 
     async def _failed(
         self, job: Job, ticket: Ticket, wt: worktrees.Worktree | None, exc: TaskFailed | TcmError

@@ -107,7 +107,7 @@ class SharedWork:
         self.p = parallel
         self.q = queue
         self.node = node
-        self.runs: dict[str, Run] = {}  # other nodes' runs this node ran jobs of
+        self.runs: dict[str, Run] = {}  # "node:run_id" → another node's run it ran jobs of
         self.view_stale = True  # re-read the view's unfinished shared jobs at (re)connection
         self._poked = asyncio.Event()
         self._wake_task: asyncio.Task[bool] | None = None
@@ -137,7 +137,7 @@ class SharedWork:
         self.p.save_run(run)
         try:
             async with asyncio.timeout(ENQUEUE_TIMEOUT_S):
-                await self.q.put_run(run.run_id, run.to_json())
+                await self.q.put_run(self.node, run.run_id, run.to_json())
                 await self.q.enqueue_many(jobs)
         except DOWN as exc:
             log.warning("shared queue unreachable: the run's jobs go to the local queue",
@@ -284,20 +284,23 @@ class SharedWork:
     async def _fit(self, mid: str, n: int) -> int:
         """How many of ``mid``'s next jobs this node can run (their workDir exists here)."""
         fit = 0
-        for _, run_id in await self.q.peek(mid, n):
-            run = await self._run_of(run_id)
+        for node, run_id in await self.q.peek(mid, n):
+            run = await self._run_of(node, run_id)
             if run is None or not Path(run.work_dir).is_dir():
                 break
             fit += 1
         return fit
 
-    async def _run_of(self, run_id: str) -> Run | None:
-        if (run := self.p.runs.get(run_id) or self.runs.get(run_id)) is not None:
+    async def _run_of(self, node: str | None, run_id: str) -> Run | None:
+        """The run of a job of ``node``: this node's own, or another's (cached)."""
+        if node == self.node:
+            return self.p.runs.get(run_id)
+        if (run := self.runs.get(f"{node}:{run_id}")) is not None:
             return run
-        doc = await self.q.get_run(run_id)
+        doc = await self.q.get_run(str(node), run_id)
         if doc is None:
             return None
-        run = self.runs[run_id] = Run(**doc)
+        run = self.runs[f"{node}:{run_id}"] = Run(**doc)
         return run
 
     def _start(self, lease: Lease, mid: str) -> None:
@@ -320,7 +323,7 @@ class SharedWork:
             if not ticket.own:
                 await self.moved(job)  # its origin shows it active, here
             try:
-                run = await self._run_of(job.run_id)
+                run = await self._run_of(job.node, job.run_id)
             except DOWN:
                 run = None
             if run is None:

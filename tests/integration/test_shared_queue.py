@@ -46,14 +46,17 @@ def test_a_full_manager_s_jobs_run_on_the_other_node_each_once(
 ) -> None:
     a = start(tmp_path, daemon_factory, redis_server, "a")
     b = start(tmp_path, daemon_factory, redis_server, "b")
+    # b's own run first: run ids are per node, so both nodes have a run_1
+    assert run(b, manager_on(b), [{"id": "own", "instruction": "pwd"}])["runId"] == "run_1"
     mgr = manager_on(a)
     log = tmp_path / "ran.log"
-    tasks = [timed(f"t{i}", log, body=f"sleep 0.8; echo out-{i}") for i in range(10)]
+    tasks = [timed(f"t{i}", log, body=f"sleep 0.8; echo out-{i} $PWD") for i in range(10)]
     done = run(a, mgr, tasks, maxConcurrent=2)
+    assert done["runId"] == "run_1"
     assert done["completed"] == 10 and done["done"], done
     rows = {r["taskId"]: r for r in done["results"]}
     assert {t: r["result"].strip() for t, r in rows.items()} == {
-        f"t{i}": f"out-{i}" for i in range(10)
+        f"t{i}": f"out-{i} {a.work_dir}" for i in range(10)  # a's run's workDir, on b too
     }
     ran = Counter(line.split()[1] for line in log.read_text().splitlines() if line[0] == "S")
     assert ran == dict.fromkeys(rows, 1), ran  # every task started exactly once

@@ -237,12 +237,13 @@ class RedisJobQueue:
         }
 
     # -- what the dispatchers of several nodes share beside the jobs --------------------------
-    async def put_run(self, run_id: str, doc: dict[str, Any]) -> None:
-        """What a node running another node's job needs of its run (workDir, agent, …)."""
-        await self._redis.set(self.base + "run:" + run_id, orjson.dumps(doc))
+    async def put_run(self, node: str, run_id: str, doc: dict[str, Any]) -> None:
+        """What a node running another node's job needs of its run (workDir, agent, …);
+        run ids are per node, so the key names the run's node."""
+        await self._redis.set(f"{self.base}run:{node}:{run_id}", orjson.dumps(doc))
 
-    async def get_run(self, run_id: str) -> dict[str, Any] | None:
-        raw = await self._redis.get(self.base + "run:" + run_id)
+    async def get_run(self, node: str, run_id: str) -> dict[str, Any] | None:
+        raw = await self._redis.get(f"{self.base}run:{node}:{run_id}")
         return None if raw is None else dict(orjson.loads(raw))
 
     async def notify(self, node: str, job_id: str) -> None:
@@ -258,7 +259,7 @@ class RedisJobQueue:
         return None if popped is None else _text(popped[1])
 
     async def peek(self, manager_id: str, n: int) -> list[tuple[str, str]]:
-        """``(job_id, run_id)`` of the ``n`` best queued jobs of ``manager_id``, unclaimed."""
+        """``(node, run_id)`` of the ``n`` best queued jobs of ``manager_id``, unclaimed."""
         ready = await self._redis.zrange(self.base + "ready:" + manager_id, 0, n - 1)
         ids = [_text(i) for i in ready]
         async with self._redis.pipeline(transaction=False) as pipe:
@@ -266,8 +267,8 @@ class RedisJobQueue:
                 pipe.hget(self.base + "job:" + job_id, "spec")
             specs = await pipe.execute()
         return [
-            (job_id, str(orjson.loads(spec)["run_id"]))
-            for job_id, spec in zip(ids, specs, strict=True) if spec
+            (str(parsed.get("node")), str(parsed["run_id"]))
+            for spec in specs if spec and (parsed := orjson.loads(spec))
         ]  # fmt: skip
 
     async def waiting_managers(self) -> dict[str, int]:
