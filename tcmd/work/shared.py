@@ -24,8 +24,10 @@ from typing import Any
 import structlog
 from redis.exceptions import RedisError
 
+from tcmd.errors import NotFound, TcmError, Unavailable
 from tcmd.work.dispatcher import RUN_GONE, Parallel, Run
 from tcmd.work.queue.base import FINAL, Job, JobState, Lease, StaleLease
+from tcmd.work.queue.local import JOBS_NS
 from tcmd.work.queue.redis import RedisJobQueue
 
 log = structlog.get_logger(__name__)
@@ -80,6 +82,10 @@ class LeaseTicket:
             except StaleLease as exc:
                 self.stale(exc)
                 return None
+            except NotFound:  # Redis lost its data: the origin queues the job again
+                log.warning("job gone from Redis: this attempt's word is lost",
+                            job_id=self.job.job_id)  # fmt: skip
+                return None
             except DOWN as exc:
                 if time.time() > self.expires_at:
                     log.warning("lease ran out while Redis was away: the job runs again",
@@ -129,12 +135,20 @@ class SharedWork:
     async def submit(self, run: Run, jobs: list[Job]) -> None:
         """The run's jobs into the view and Redis; into the local queue if Redis fails."""
         view = self.p.queue
-        for job in jobs:
-            job.extra["shared"] = True
-            job.queued_at = time.time()
-            view.reflect(job)  # before Redis: a notice about it may come back at once
-            run.job_ids[job.task_id] = job.job_id
-        self.p.save_run(run)
+        try:
+            for job in jobs:
+                job.extra["shared"] = True
+                job.queued_at = time.time()
+                view.reflect(job)  # before Redis: a notice about it may come back at once
+                run.job_ids[job.task_id] = job.job_id
+            self.p.save_run(run)
+        except Exception:  # nothing queued: the view forgets them (start() fails leftovers)
+            for job in jobs:
+                view.unreflect(job.job_id)
+                with contextlib.suppress(TcmError):
+                    self.p.store.delete(JOBS_NS, job.job_id)
+            run.job_ids.clear()
+            raise
         try:
             async with asyncio.timeout(ENQUEUE_TIMEOUT_S):
                 await self.q.put_run(self.node, run.run_id, run.to_json())
@@ -150,7 +164,14 @@ class SharedWork:
 
     async def cancel(self, job: Job) -> Job:
         """Cancel a shared job in Redis (its holder's lease ends), then here."""
-        done = await self.q.cancel(job.job_id)
+        try:
+            done = await self.q.cancel(job.job_id)
+        except DOWN as exc:
+            raise Unavailable(
+                f"{job.job_id} waits in the shared queue, which Redis cannot reach now: "
+                "cancel it again when Redis is back",
+                data={"jobId": job.job_id, "dependency": "redis"},
+            ) from exc
         await self.moved(done)
         self.p.emit_job(done)
         if (attempt := self.p.attempts.get(job.job_id)) is not None:
@@ -169,7 +190,7 @@ class SharedWork:
     def _reflect(self, job: Job) -> None:
         try:
             held = self.p.queue.get(job.job_id)
-        except Exception:  # forgotten by retention meanwhile
+        except NotFound:  # forgotten by retention meanwhile
             return
         if not held.extra.get("shared") or (held.state in FINAL and job.state not in FINAL):
             return
@@ -184,17 +205,28 @@ class SharedWork:
             try:
                 job_id = await self.q.notice(self.node, WAIT_S)
                 if job_id is not None:
-                    self._reflect(await self.q.get(job_id))
+                    with contextlib.suppress(NotFound):
+                        self._reflect(await self.q.get(job_id))
                 attempt = 0
             except DOWN:
                 attempt += 1
                 await asyncio.sleep(BACKOFF_S[min(attempt, len(BACKOFF_S) - 1)])
 
     async def _catch_up(self) -> None:
-        """Re-read every unfinished shared job of the view (notices lost while away)."""
+        """Re-read every unfinished shared job of the view (notices lost while away); one
+        Redis lost with its data (no persistence) is given them again, queued."""
         for job in self.p.queue.jobs():
-            if job.extra.get("shared") and job.state not in FINAL:
+            if not job.extra.get("shared") or job.state in FINAL:
+                continue
+            try:
                 self._reflect(await self.q.get(job.job_id))
+            except NotFound:
+                if (run := self.p.runs.get(job.run_id)) is None:
+                    continue
+                log.warning("shared job lost by Redis: queued again", job_id=job.job_id)
+                again = Job.from_json(job.to_json())  # the view's own object stays counted
+                await self.q.put_run(self.node, run.run_id, run.to_json())
+                self._reflect(await self.q.enqueue(again))
         self.view_stale = False
 
     # -- claiming -----------------------------------------------------------------------------
@@ -209,8 +241,10 @@ class SharedWork:
                         await self._catch_up()
                     await self._round()
                     attempt = 0
-                except DOWN as exc:
-                    if attempt == 0:
+                except Exception as exc:  # Redis away (or a bug): the loop must go on
+                    if not isinstance(exc, DOWN):
+                        log.exception("claim round failed")
+                    elif attempt == 0:
                         log.warning("shared queue unreachable: claims wait", error=str(exc))
                     self.view_stale = True
                     attempt += 1

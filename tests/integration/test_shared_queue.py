@@ -190,3 +190,22 @@ def test_without_redis_new_runs_go_to_the_local_queue_and_back_when_it_returns(
     assert again["completed"] == 2
     ids = [j["jobId"] for j in a.call("jobs", {})]
     assert len(ids) == len(set(ids)), ids  # no id handed out twice, Redis emptied or not
+
+
+def test_a_redis_that_lost_its_data_mid_run_gets_the_unfinished_jobs_again(
+    tmp_path: Path, daemon_factory: type[DaemonProcess], redis_server: RedisServer
+) -> None:
+    a = start(tmp_path, daemon_factory, redis_server, "a", TCM_LEASE_MS="3000")
+    mgr = manager_on(a)
+    log = tmp_path / "ran.log"
+    tasks = [timed(f"t{i}", log, body=f"sleep 1; echo out-{i}") for i in range(4)]
+    run_id = run(a, mgr, tasks, maxConcurrent=2, wait=False)["runId"]
+    redis_server.stop()
+    redis_server.start()  # empty: no persistence in the tests' Redis
+    status = wait_until(
+        lambda: (s := a.call("getParallelStatus", {"runId": run_id}))["done"] and s,
+        60,
+        what="every job to finish after Redis came back empty",
+    )
+    assert status["completedTasks"] == 4, status
+    assert {t["result"].strip() for t in status["tasks"]} == {f"out-{i}" for i in range(4)}
