@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from tcmd.errors import Forbidden, Unavailable
-from tests.integration.test_shared_queue import manager_on, start
+from tests.integration.test_shared_queue import manager_on, run, start
 from tests.redis_server import RedisServer
 from tests.support import DaemonProcess, wait_until
 
@@ -45,3 +45,26 @@ def test_read_send_wait_terminate_on_another_node_and_its_death(
     wait_until(lambda: seen(other, alive=False), 15, what="b reported dead")
     with pytest.raises(Unavailable, match="node b"):
         a.call("read", {"instanceId": other})
+
+
+def test_a_manager_reads_its_specialist_that_ran_on_another_node(
+    tmp_path: Path, daemon_factory: type[DaemonProcess], redis_server: RedisServer
+) -> None:
+    a = start(tmp_path, daemon_factory, redis_server, "a")
+    b = start(tmp_path, daemon_factory, redis_server, "b")
+    mgr = manager_on(a)
+    tasks = [{"id": f"t{i}", "instruction": f"sleep 0.5; echo kept-{i}"} for i in range(6)]
+    done = run(a, mgr, tasks, maxConcurrent=1, keepSpecialists=True)
+    assert done["completed"] == 6, done
+    on_b = [r for r in done["results"] if r["ranOn"] == "b"]
+    assert on_b, done["results"]  # a ran one at a time: b took the others
+    spec = on_b[0]["instanceId"]
+    wait_until(
+        lambda: any(r["instanceId"] == spec for r in a.call("list", {"allNodes": True})),
+        10,
+        what="b's specialist seen from a",
+    )
+    # the manager (its token, on a) is the parent of a specialist that lives on b
+    read = a.call("read", {"instanceId": spec}, token=a.token(mgr))
+    assert read["lastResult"].strip() == on_b[0]["result"].strip()
+    assert b.call("read", {"instanceId": spec})["status"] == read["status"]
