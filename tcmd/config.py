@@ -162,6 +162,7 @@ _SPEC: dict[str, tuple[str, Callable[[str, str], Any]]] = {
     "redis_prefix": ("TCM_REDIS_PREFIX", _redis_prefix),
     "redis_outbox": ("TCM_REDIS_OUTBOX", _int(100, 10_000_000)),
     "node_id": ("TCM_NODE_ID", _node_id),
+    "lease_ms": ("TCM_LEASE_MS", _int(500, 3_600_000)),
     "max_manager_concurrency": ("MAX_MANAGER_CONCURRENCY", _int(1, 1000)),
     "max_specialists_per_manager": ("MAX_SPECIALISTS_PER_MANAGER", _int(1, 1000)),
     "health_check_interval_ms": ("HEALTH_CHECK_INTERVAL", _int(50, 86_400_000)),
@@ -207,6 +208,7 @@ class Settings:
     redis_prefix: str = "tcm:"  # every key tcm writes starts with it
     redis_outbox: int = 50_000  # documents waiting for Redis; past it: a full resync
     node_id: str | None = None  # None: hostname + a suffix kept in the state dir
+    lease_ms: int = 30_000  # a shared-queue lease: a dead node's jobs run elsewhere after it
     max_manager_concurrency: int = 5
     max_specialists_per_manager: int = 3
     health_check_interval_ms: int = 10_000

@@ -35,7 +35,7 @@ from tcmd.instances.agents.registry import profile
 from tcmd.instances.identity import IN_TMUX, OUTSIDE, VANISHED, Identity, InPane, Who
 from tcmd.instances.sessions import Sessions
 from tcmd.instances.tokens import Tokens
-from tcmd.model import LIVE, Instance, Role, State, check_move, child_id
+from tcmd.model import LIVE, Instance, Role, State, check_move, child_id, number_of
 from tcmd.store import StateDamaged, StateStore
 from tcmd.tmux import NoServer, PaneInfo, SessionExists, Tmux
 
@@ -82,6 +82,9 @@ class Instances:
         # with Redis: the next executive number across every node (above the local counter);
         # None when Redis cannot say (then the local counter numbers it)
         self.number_executive: Callable[[int], Awaitable[int | None]] | None = None
+        # with Redis: the next child number of a parent across every node (a manager's
+        # specialists may run on other nodes), above the parent's own counter
+        self.number_child: Callable[[str, int], Awaitable[int | None]] | None = None
         self.sessions = Sessions(tmux)  # names in use, orphans, doomed sessions
         self.unsaved: set[str] = set()  # ids whose last change the store refused: retried
 
@@ -226,6 +229,26 @@ class Instances:
             node=self.node,
             **fields,
         )
+        return self._register(inst)
+
+    def create_under(self, parent_id: str, n: int, **fields: Any) -> Instance:
+        """A specialist under a manager of another node, numbered from ``n`` (which that
+        parent's shared counter gave): it runs here, its parent lives there."""
+        taken = self.sessions.in_use
+        while (new_id := f"spec_{number_of(parent_id)}_{n}") in self.by_id or new_id in taken:
+            n += 1
+        inst = Instance(
+            id=new_id,
+            role=Role.SPECIALIST,
+            parent_id=parent_id,
+            token=secrets.token_urlsafe(32),
+            session_id=str(uuid.uuid4()),
+            node=self.node,
+            **fields,
+        )
+        return self._register(inst)
+
+    def _register(self, inst: Instance) -> Instance:
         self.by_id[inst.id] = inst
         self.tokens.add(inst.token, inst.id)
         try:
@@ -271,6 +294,8 @@ class Instances:
         at_least = 0
         if parent is None and self.number_executive is not None:
             at_least = await self.number_executive(self.exec_counter()) or 0
+        elif parent is not None and self.number_child is not None:
+            at_least = await self.number_child(parent.id, parent.next_child - 1) or 0
         inst = self.create(role, parent, at_least=at_least, **fields)
         try:
             await self.launch(inst, resume=False)

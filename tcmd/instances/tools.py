@@ -7,7 +7,7 @@ beside them. Every handler checks the caller's role first (``authz.py``).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -18,6 +18,7 @@ from tcmd.errors import Conflict, InvalidParams, NotFound
 from tcmd.instances.agents.registry import profile
 from tcmd.instances.authz import check_target, is_descendant, spawn_parent
 from tcmd.instances.delivery import Delivery
+from tcmd.instances.forward import MARGIN_S, Forwarder
 from tcmd.instances.registry import Instances
 from tcmd.model import IDLE, LIVE, Instance, Role, State, public_row
 
@@ -194,6 +195,7 @@ class InstanceTools:
         self.delivery = delivery
         self.peers = peers  # node -> {"alive", "instances"}: other daemons, from Redis
         self.emit: Callable[..., None] = lambda kind, **fields: None  # the event log's
+        self.forwarder: Forwarder | None = None  # calls on other nodes' instances (Redis)
         # more fields for `list` rows from other services (a manager's parallelExecution)
         self.row_extras: list[Callable[[Instance], dict[str, Any]]] = []
 
@@ -212,14 +214,14 @@ class InstanceTools:
                 "Send a prompt to an instance. Delivered when the agent acknowledges it; "
                 "queued in order while the instance is busy.",
                 SendParams,
-                self.send,
+                self._anywhere("send", self.send),
                 result_schema(SendResult),
             ),
             Tool(
                 "read",
                 "The last lines of an instance's screen, its status and last result.",
                 ReadParams,
-                self.read,
+                self._anywhere("read", self.read),
                 result_schema(ReadResult),
                 read_only=True,
             ),
@@ -237,7 +239,7 @@ class InstanceTools:
                 "End an instance; cascade=true ends its whole subtree, children first. "
                 "The answer names the prompts dropped (running or queued).",
                 TerminateParams,
-                self.terminate,
+                self._anywhere("terminate", self.terminate),
                 result_schema(TerminateResult),
                 destructive=True,
             ),
@@ -245,7 +247,7 @@ class InstanceTools:
                 "restart",
                 "Relaunch an instance's agent, resuming its conversation when the agent can.",
                 RestartParams,
-                self.restart,
+                self._anywhere("restart", self.restart),
                 result_schema(RestartResult),
                 destructive=True,
             ),
@@ -254,7 +256,7 @@ class InstanceTools:
                 "Block until the instances finish their turn (idle: all; any-idle: "
                 "the first), or the timeout passes.",
                 WaitParams,
-                self.wait,
+                self._anywhere("wait", self.wait),
                 result_schema(WaitResult),
                 read_only=True,
             ),
@@ -281,8 +283,34 @@ class InstanceTools:
         self, caller: Caller, instance_id: str, action: str, *, itself: bool = False
     ) -> Instance:
         inst = self.instances.get(instance_id)
-        check_target(caller, inst, self.instances.find, action, itself=itself)
+        check_target(caller, inst, self._find_anywhere, action, itself=itself)
         return inst
+
+    def _find_anywhere(self, instance_id: str) -> Instance | None:
+        """This node's instance, else another node's mirrored record (for ancestry)."""
+        found = self.instances.find(instance_id)
+        if found is None and self.forwarder is not None:
+            return self.forwarder.record(instance_id)
+        return found
+
+    def _anywhere(self, method: str, handler: Callable[[Caller, Any], Awaitable[Any]]) -> Any:
+        """``handler``, or, for an instance of another node, the call forwarded there."""
+
+        async def run(caller: Caller, p: Any) -> Any:
+            fwd = self.forwarder
+            if fwd is None:
+                return await handler(caller, p)
+            ids = list(getattr(p, "instanceIds", None) or [p.instanceId])
+            away = {i: o for i in ids if self.instances.find(i) is None and (o := fwd.owner(i))}
+            if not away:
+                return await handler(caller, p)
+            if len(away) < len(ids) or len(set(away.values())) > 1:
+                raise InvalidParams("instanceIds: wait on the instances of one node at a time")
+            node, alive = next(iter(away.values()))
+            timeout_s = getattr(p, "timeoutMs", 0) / 1000 + MARGIN_S
+            return await fwd.call(node, alive, method, p.model_dump(), caller, timeout_s)
+
+        return run
 
     async def spawn(self, caller: Caller, p: SpawnParams) -> dict[str, Any]:
         role = Role(p.role)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import os
 import signal
 import sys
@@ -21,15 +22,17 @@ from typing import Any
 
 import structlog
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from tcmd.api import OPERATOR, Caller, Catalogue
 from tcmd.changes import Changes
 from tcmd.config import Settings
-from tcmd.errors import ConfigError
+from tcmd.errors import ConfigError, Forbidden
 from tcmd.health.loop import Health
 from tcmd.health.tools import HealthTools
 from tcmd.instances.authz import may_see
 from tcmd.instances.delivery import Delivery
+from tcmd.instances.forward import Forwarder
 from tcmd.instances.registry import Instances
 from tcmd.instances.tools import InstanceTools
 from tcmd.model import Instance, Role, State
@@ -49,12 +52,15 @@ from tcmd.store.mirror import Mirror
 from tcmd.tmux import Tmux
 from tcmd.work.dispatcher import Parallel
 from tcmd.work.queue.local import LocalJobQueue
+from tcmd.work.queue.redis import RedisJobQueue
 from tcmd.work.retention import Retention
+from tcmd.work.shared import WAIT_S, SharedWork
 from tcmd.work.tools import ParallelTools
 
 log = structlog.get_logger(__name__)
 SHUTDOWN_GRACE_S = 5.0
 STOP_TASKS_S = 2.0  # how long stop() waits for cancelled background tasks
+FORWARDED_TOOLS = frozenset({"send", "read", "terminate", "restart", "wait"})
 REDIS_TIMEOUT_S = 2.0  # a Redis that does not answer within this is down (for the mirror)
 
 
@@ -108,6 +114,8 @@ class Daemon:
         self.stopping = asyncio.Event()
         self.node = ""  # this daemon's node id, known at start (it may live in the state dir)
         self.mirror: Mirror | None = None
+        self.shared: SharedWork | None = None  # the shared job queue (REDIS_URL set)
+        self.forwarder: Forwarder | None = None  # calls on other nodes' instances
         self.locks = PidLocks(settings.socket_path)
         self._background: set[asyncio.Task[Any]] = set()
         self._signals = 0
@@ -195,9 +203,7 @@ class Daemon:
         self.boots = int(self.store.get("meta", "boots") or 0) + 1
         self.store.put("meta", "boots", self.boots)
         if self.settings.redis_url:
-            self.mirror = self._mirror(self.settings.redis_url)
-            self.instances.number_executive = partial(self.mirror.number, "exec")
-            self._spawn(self.mirror.run())  # never fails: Redis down is a fallback, not an end
+            self._with_redis(self.settings.redis_url)
         self.events.load()
         self._observe()
         if self.settings.hooks == "http":  # before any launch: the agents' settings name it
@@ -207,6 +213,9 @@ class Daemon:
         self._spawn(self.instances.watch())
         await self.parallel.start()
         self._spawn(self.parallel.timer())
+        if self.shared is not None:
+            self._spawn(self.shared.run())
+            self._spawn(self.shared.notices())
         self._spawn(self.health.run())  # also pings the systemd watchdog
         self._spawn(self.retention.run())
         instance_tools = InstanceTools(
@@ -214,9 +223,12 @@ class Daemon:
         )
         instance_tools.row_extras.append(self._manager_load)
         instance_tools.emit = self.emit
+        instance_tools.forwarder = self.forwarder
+        if self.forwarder is not None:
+            self._spawn(self.forwarder.serve(self._forwarded))
         self.catalogue.extend(CoreTools(self, self.counts).tools())
         self.catalogue.extend(instance_tools.tools())
-        self.catalogue.extend(ParallelTools(self.parallel).tools())
+        self.catalogue.extend(ParallelTools(self.parallel, self.shared).tools())
         self.catalogue.extend(HealthTools(self.health).tools())
         self.catalogue.extend(
             ObserveTools(
@@ -254,6 +266,9 @@ class Daemon:
             log.warning("background task did not stop in time", task=task.get_name())
         if self.mirror is not None:
             await self.mirror.close()
+        if self.shared is not None:
+            with contextlib.suppress(RedisError, OSError):
+                await self.shared.q.client.aclose()
         self.store.close()
         self.locks.release()
         log.info("tcmd stopped")
@@ -272,6 +287,44 @@ class Daemon:
             info=lambda: {"pid": os.getpid(), "socket": str(self.settings.socket_path)},
             metrics=self.registry.snapshot,
         )
+
+    def _with_redis(self, url: str) -> None:
+        """REDIS_URL set: the mirror, ids numbered across nodes, the shared job queue and
+        the forwarding of calls to other nodes' instances."""
+        self.mirror = self._mirror(url)
+        self.instances.number_executive = partial(self.mirror.number, "exec")
+        self.instances.number_child = self._number_child
+        self._spawn(self.mirror.run())  # never fails: Redis down is a fallback, not an end
+        blocking = Redis.from_url(  # for BLPOP/XREAD: its reads may wait that long
+            url, socket_timeout=REDIS_TIMEOUT_S + WAIT_S, socket_connect_timeout=REDIS_TIMEOUT_S
+        )
+        self.shared = self._shared(blocking)
+        self.forwarder = Forwarder(
+            blocking,
+            node=self.node,
+            prefix=self.settings.redis_prefix,
+            peers=lambda: self.mirror.peers if self.mirror else {},
+        )
+
+    def _shared(self, client: Redis) -> SharedWork:
+        """The shared job queue, on the client whose reads may block for a BLPOP."""
+        queue = RedisJobQueue(
+            client, prefix=self.settings.redis_prefix, lease_ms=self.settings.lease_ms
+        )
+        return SharedWork(self.parallel, queue, self.node)
+
+    async def _forwarded(self, method: str, params: dict[str, Any], caller: Caller) -> Any:
+        """A call another node forwarded to one of this node's instances."""
+        if method not in FORWARDED_TOOLS:
+            raise Forbidden(f"{method} is not forwarded between nodes")
+        tool = self.catalogue.get(method)
+        result = tool.handler(caller, Catalogue.bind(tool, caller, params))
+        return await result if inspect.isawaitable(result) else result
+
+    async def _number_child(self, parent_id: str, above: int) -> int | None:
+        """A child number of ``parent_id`` shared by every node (None: Redis is away)."""
+        assert self.mirror is not None
+        return await self.mirror.number(f"child:{parent_id}", above)
 
     def _node_metrics(self) -> dict[str, Any]:
         """Every node's last published metrics, this node's as of now."""

@@ -41,6 +41,7 @@ from tcmd.store import StateStore
 from tcmd.work import worktrees
 from tcmd.work.queue.base import FINAL, Job, JobState
 from tcmd.work.queue.local import LocalJobQueue
+from tcmd.work.tickets import LocalTicket, Ticket
 
 log = structlog.get_logger(__name__)
 RUNS = "runs"
@@ -100,6 +101,8 @@ class Parallel:
         self.peak_managers = 0
         self.worktree_root = settings.state_dir / "worktrees"
         self._wake = asyncio.Event()
+        self.poke: Callable[[], None] | None = None  # the shared queue's claim loop (Redis)
+        self._numbering = asyncio.Lock()  # Redis: a shared number, then its instance, in order
         self.emit: Callable[..., Any] = lambda kind, **fields: None  # the event log, when wired
         instances.listeners.append(self._on_instance)
 
@@ -135,7 +138,7 @@ class Parallel:
             if job.state in FINAL:
                 continue
             try:
-                self._emit_job(self.queue.give_up(job.job_id, RUN_GONE.format(run_id=job.run_id)))
+                self.emit_job(self.queue.give_up(job.job_id, RUN_GONE.format(run_id=job.run_id)))
             except TcmError as exc:  # still queued: its attempt gives up when it is taken
                 log.warning("cannot fail a job whose run is gone", job_id=job.job_id,
                             error=exc.message)  # fmt: skip
@@ -201,12 +204,14 @@ class Parallel:
                     self.peak_per_manager.get(mid, 0), self.active[mid]
                 )
                 self.peak_managers = max(self.peak_managers, len(busy))
-                task = asyncio.get_running_loop().create_task(self._attempt(job, mid))
+                task = asyncio.get_running_loop().create_task(self.attempt(job, mid))
                 self.attempts[job.job_id] = task
-                task.add_done_callback(functools.partial(self._attempt_done, job.job_id, mid))
+                task.add_done_callback(functools.partial(self.attempt_done, job.job_id, mid))
         self.instances.changes.fire()
+        if self.poke is not None:
+            self.poke()
 
-    def _emit_job(self, job: Job) -> None:
+    def emit_job(self, job: Job) -> None:
         """A ``job.state`` event: what finished (or will retry), how long it took and waited."""
         wait_ms = None
         if job.started_at is not None:
@@ -220,7 +225,7 @@ class Parallel:
         """Have the timer dispatch soon and re-read the next retry time."""
         self._wake.set()
 
-    def _attempt_done(self, job_id: str, manager_id: str, task: asyncio.Task[None]) -> None:
+    def attempt_done(self, job_id: str, manager_id: str, task: asyncio.Task[None]) -> None:
         """The end of an attempt, however it ended (even cancelled before it began): free
         the manager's slot, then fill it."""
         if self.attempts.get(job_id) is task:
@@ -248,11 +253,17 @@ class Parallel:
         self._wake.set()
 
     # -- one attempt --------------------------------------------------------------------------
-    async def _attempt(self, job: Job, manager_id: str) -> None:
-        run = self.runs.get(job.run_id)
+    async def attempt(
+        self, job: Job, manager_id: str, ticket: Ticket | None = None, run: Run | None = None
+    ) -> None:
+        """One attempt; ``ticket`` and ``run`` come with a job of the shared queue."""
+        if ticket is None:
+            ticket = LocalTicket(self.queue, job.job_id)
+            run = self.runs.get(job.run_id)
         if run is None:  # start() fails such jobs; this holds should one still come by
             self.runless.add(job.job_id)
-            self._emit_job(self.queue.give_up(job.job_id, RUN_GONE.format(run_id=job.run_id)))
+            if (gone := await ticket.give_up(RUN_GONE.format(run_id=job.run_id))) is not None:
+                self.emit_job(gone)
             return
         spec: Instance | None = None
         wt: worktrees.Worktree | None = None
@@ -260,39 +271,63 @@ class Parallel:
         try:
             work_dir = Path(run.work_dir)
             if run.isolation == "worktree":
-                wt = await self._worktree(job, run)
+                wt = await self._worktree(job, run, ticket)
                 work_dir = wt.workdir
-            spec = self.instances.create(
-                Role.SPECIALIST, self.instances.get(manager_id), work_dir=str(work_dir),
-                agent=run.agent, context=str(job.task.get("context") or ""), model=None,
-            )  # fmt: skip
+            spec = await self._specialist(manager_id, run, job, str(work_dir))
             self.specialists.add(spec.id)
-            self.queue.annotate(job.job_id, instance_id=spec.id)  # persisted: found after a crash
+            await ticket.annotate(instance_id=spec.id)  # persisted: found after a crash
             result, extra = await self._run_task(job, run, spec)
             extra["instanceId"] = spec.id
             await self._release(spec, run)
             if wt is not None:  # the agent is gone: nothing can write into it any more
                 extra.update(await worktrees.finish(wt))
-            self._emit_job(self.queue.complete(job.job_id, result, extra))
+            if (done := await ticket.complete(result, extra)) is not None:
+                self.emit_job(done)
             log.info("task completed", job_id=job.job_id, task_id=job.task_id,
                      ms=round((time.monotonic() - started) * 1000))  # fmt: skip
         except (TaskFailed, TcmError) as exc:
-            reason = exc.message if isinstance(exc, TcmError) else str(exc)
             await self._release(spec, run)
-            if wt is not None and job.attempts >= job.retry.attempts:  # the last attempt
-                self.queue.annotate(job.job_id, extra=await worktrees.finish(wt))
-            failed = self.queue.fail(job.job_id, reason, time.time())
-            self._emit_job(failed)
-            log.info("task attempt failed", job_id=job.job_id, task_id=job.task_id,
-                     error=reason, state=failed.state)  # fmt: skip
+            await self._failed(job, ticket, wt, exc)
         except Exception as exc:  # a bug must not leave the job active forever
             log.exception("attempt failed unexpectedly", job_id=job.job_id)
-            self._emit_job(self.queue.fail(job.job_id, f"internal error: {exc!r}", time.time()))
-        finally:  # the slot is freed by _attempt_done, whatever happens here
+            if (failed := await ticket.fail(f"internal error: {exc!r}")) is not None:
+                self.emit_job(failed)
+        finally:  # the slot is freed by attempt_done, whatever happens here
             await self._release(spec, run)
             if spec is not None:
                 self.specialists.discard(spec.id)
-            self._finish_run_if_done(run)
+            if self.runs.get(run.run_id) is run:  # not another node's run
+                self._finish_run_if_done(run)
+
+    async def _failed(
+        self, job: Job, ticket: Ticket, wt: worktrees.Worktree | None, exc: TaskFailed | TcmError
+    ) -> None:
+        reason = exc.message if isinstance(exc, TcmError) else str(exc)
+        if wt is not None and job.attempts >= job.retry.attempts:  # the last attempt
+            await ticket.annotate(extra=await worktrees.finish(wt))
+        if (failed := await ticket.fail(reason)) is not None:
+            self.emit_job(failed)
+            log.info("task attempt failed", job_id=job.job_id, task_id=job.task_id,
+                     error=reason, state=failed.state)  # fmt: skip
+
+    async def _specialist(self, manager_id: str, run: Run, job: Job, work_dir: str) -> Instance:
+        """The attempt's specialist under its manager. With Redis its number comes from the
+        manager's counter shared by every node: it may run on a node that is not its
+        manager's (then only the id's number is the manager's: the record lives here)."""
+        fields: dict[str, Any] = {"work_dir": work_dir, "agent": run.agent, "model": None,
+                                  "context": str(job.task.get("context") or "")}  # fmt: skip
+        number = self.instances.number_child
+        if number is None:
+            return self.instances.create(Role.SPECIALIST, self.instances.get(manager_id), **fields)
+        async with self._numbering:  # numbers taken in order, each used before the next
+            manager = self.instances.find(manager_id)
+            if manager is None:  # another node's manager: its job came from the shared queue
+                n = await number(manager_id, 0)
+                if n is None:
+                    raise TaskFailed(f"no number for a specialist of {manager_id}: Redis is away")
+                return self.instances.create_under(manager_id, n, **fields)
+            n = await number(manager_id, manager.next_child - 1)
+            return self.instances.create(Role.SPECIALIST, manager, at_least=n or 0, **fields)
 
     async def _release(self, spec: Instance | None, run: Run) -> None:
         """Terminate the attempt's specialist (unless the run keeps them for inspection)."""
@@ -300,12 +335,12 @@ class Parallel:
             with contextlib.suppress(TcmError):
                 await self.instances.terminate(spec)
 
-    async def _worktree(self, job: Job, run: Run) -> worktrees.Worktree:
+    async def _worktree(self, job: Job, run: Run, ticket: Ticket) -> worktrees.Worktree:
         existing = job.extra.get("worktreeInfo")
         if existing:  # a retry works on in the same worktree: nothing is thrown away
             return worktrees.Worktree.from_json(existing)
         wt = await worktrees.create(Path(run.work_dir), self.worktree_root, run.run_id, job.task_id)
-        self.queue.annotate(job.job_id, extra={"worktreeInfo": wt.to_json(), "branch": wt.branch})
+        await ticket.annotate(extra={"worktreeInfo": wt.to_json(), "branch": wt.branch})
         return wt
 
     async def _run_task(self, job: Job, run: Run, spec: Instance) -> tuple[str, dict[str, Any]]:
@@ -441,7 +476,7 @@ class Parallel:
 
     def cancel(self, job: Job) -> Job:
         cancelled = self.queue.cancel(job.job_id)
-        self._emit_job(cancelled)
+        self.emit_job(cancelled)
         if (attempt := self.attempts.get(job.job_id)) is not None:
             attempt.cancel()  # its finally terminates the specialist
         self.kick()

@@ -26,7 +26,7 @@ def task_row(job: Job) -> dict[str, Any]:
         "error": job.last_error if job.state != JobState.COMPLETED else None,
         "nextRetryAt": job.next_retry_at,
     }
-    for key in ("branch", "hasCommits", "dirty", "worktree", "exitCode"):
+    for key in ("branch", "hasCommits", "dirty", "worktree", "exitCode", "ranOn"):
         if key in job.extra:
             row[key] = job.extra[key]
     return row

@@ -28,11 +28,13 @@ from tcmd.work.params import (
 )
 from tcmd.work.queue.base import FINAL, Job, JobState, Priority, RetryPolicy, stats_of
 from tcmd.work.runview import run_row, task_row
+from tcmd.work.shared import SharedWork
 
 
 class ParallelTools:
-    def __init__(self, parallel: Parallel) -> None:
+    def __init__(self, parallel: Parallel, shared: SharedWork | None = None) -> None:
         self.p = parallel
+        self.shared = shared  # the shared queue (REDIS_URL set)
 
     def tools(self) -> list[Tool[Any]]:
         return [
@@ -139,7 +141,7 @@ class ParallelTools:
             node=self.p.instances.node,
         )
 
-    def _enqueue(
+    async def _enqueue(
         self, run: Run, tasks: list[TaskSpec], opts: RunOptions, assignment: dict[str, str | None]
     ) -> None:
         retry = RetryPolicy(
@@ -153,9 +155,13 @@ class ParallelTools:
                 else {}
             )
         )
+        ids = None if self.shared is None else await self.shared.new_job_ids(len(tasks))
+        shared = ids is not None
+        if ids is None:
+            ids = [self.p.queue.new_job_id() for _ in tasks]
         jobs = [
             Job(
-                job_id=self.p.queue.new_job_id(),
+                job_id=job_id,
                 run_id=run.run_id,
                 task_id=task.id,
                 task=task.model_dump(),
@@ -164,9 +170,12 @@ class ParallelTools:
                 retry=retry,
                 node=self.p.instances.node,
             )
-            for task in tasks
+            for task, job_id in zip(tasks, ids, strict=True)
         ]
-        self.p.submit(run, jobs)
+        if shared and self.shared is not None:
+            await self.shared.submit(run, jobs)
+        else:
+            self.p.submit(run, jobs)
         for manager_id in run.manager_ids:
             if opts.maxConcurrent is not None:
                 self.p.limits[manager_id] = opts.maxConcurrent
@@ -205,7 +214,7 @@ class ParallelTools:
         if manager.status not in LIVE:
             raise Conflict(f"managerId: {manager.id} has {manager.status.value}")
         run = await self._new_run(p, p.tasks, [manager.id], p.workDir or manager.work_dir)
-        self._enqueue(run, p.tasks, p, {t.id: manager.id for t in p.tasks})
+        await self._enqueue(run, p.tasks, p, {t.id: manager.id for t in p.tasks})
         if not p.wait:
             return {"runId": run.run_id, "total": len(p.tasks)}
         return await self._await_run(run)
@@ -232,7 +241,7 @@ class ParallelTools:
         run = await self._new_run(p, p.tasks, [m.id for m in managers], work_dir)
         run.strategy = p.strategy
         where = {tid: a.manager_id for a in assignments for tid in a.task_ids}
-        self._enqueue(run, p.tasks, p, where)
+        await self._enqueue(run, p.tasks, p, where)
         out: dict[str, Any] = {
             "runId": run.run_id,
             "strategy": p.strategy,
@@ -392,7 +401,14 @@ class ParallelTools:
             targets = self.p.run_jobs(run)
         if not all(self._mine(caller, j) for j in targets):
             raise Forbidden(f"{caller.instance_id} may cancel only the jobs of its own runs")
-        done = [self.p.cancel(j).job_id for j in targets if j.state not in FINAL]
+        done = []
+        for job in targets:
+            if job.state in FINAL:
+                continue
+            if self.shared is not None and job.extra.get("shared"):
+                done.append((await self.shared.cancel(job)).job_id)
+            else:
+                done.append(self.p.cancel(job).job_id)
         self.p.finish_runs()
         return {"cancelled": done}
 

@@ -672,3 +672,25 @@ def test_heaps_do_not_keep_dead_entries(queue: LocalJobQueue) -> None:
     assert len(queue._ready[None].entries) < 200
     assert drain(queue, "m1", T0) == [f"j{n}" for n in range(990, 1000)]
     assert queue._ready == {}
+
+
+def test_a_shared_job_is_held_and_counted_but_never_taken_nor_recovered(
+    store: JsonFileStore, queue: LocalJobQueue, clock: Clock
+) -> None:
+    """The view of jobs that wait in the shared (Redis) queue: the local dispatch and a
+    restart leave them to their lease."""
+    shared = new_job("job_7", manager="mgr_1_1")
+    shared.extra["shared"] = True
+    queue.reflect(shared)
+    queue.put(new_job("job_8", manager="mgr_1_1"))
+    assert queue.waiting("mgr_1_1") == 2
+    assert drain(queue, "mgr_1_1", clock()) == ["job_8"]  # only the local one is taken
+    running = Job.from_json({**shared.to_json(), "state": "active", "instance_id": "spec_1_1_3"})
+    queue.reflect(running)
+    assert queue.get("job_7").state is JobState.ACTIVE and queue.waiting("mgr_1_1") == 0
+    assert ids(queue.jobs()) == ["job_7", "job_8"]  # a reflection keeps the job's place
+    reopened = open_queue(store, clock)
+    assert ids(reopened.recover()) == ["job_8"]  # the active shared job is its lease's
+    assert reopened.get("job_7").state is JobState.ACTIVE
+    assert drain(reopened, "mgr_1_1", clock()) == ["job_8"]
+    assert persisted(store, "job_7").instance_id == "spec_1_1_3"

@@ -127,7 +127,8 @@ class LocalJobQueue:
         for job in loaded:
             self._jobs[job.job_id] = job
             self._count(job, 1)
-            self._enqueue(job)
+            if not job.extra.get("shared"):  # a shared job waits in Redis, not here
+                self._enqueue(job)
         self._seq = loaded[-1].seq if loaded else 0
 
     def new_job_id(self) -> str:
@@ -265,7 +266,10 @@ class LocalJobQueue:
     def recover(self) -> list[Job]:
         """After a daemon crash: active jobs → queued, ``reruns`` + 1, attempts kept."""
         now = self._clock()
-        lost = [job for job in self._jobs.values() if job.state is ACTIVE]
+        lost = [
+            job for job in self._jobs.values()
+            if job.state is ACTIVE and not job.extra.get("shared")  # its lease decides
+        ]  # fmt: skip
         for job in lost:
             self._commit(job, state=QUEUED, reruns=job.reruns + 1, queued_at=now)
             self._enqueue(job)
@@ -288,6 +292,29 @@ class LocalJobQueue:
                 self._enqueue(job)
         self._ready.pop(from_manager, None)  # only dead entries are left in it
         return moving
+
+    def reflect(self, job: Job) -> Job:
+        """Hold ``job`` as the shared queue (Redis) says it is: stored and counted, never on
+        a heap (only the shared queue hands it out). Replaces the record of the same id."""
+        old = self._jobs.get(job.job_id)
+        if old is not None:
+            self._dequeue(old)
+            self._count(old, -1)
+        try:
+            self._store.put(JOBS_NS, job.job_id, job)
+        except BaseException:
+            if old is not None:
+                self._count(old, 1)
+            raise
+        self._jobs[job.job_id] = job  # an existing key keeps its place (oldest first)
+        self._count(job, 1)
+        return job
+
+    def unreflect(self, job_id: str) -> None:
+        """Drop a shared job from memory (it is put again as a local one); unknown: ignored."""
+        if (job := self._jobs.pop(job_id, None)) is not None:
+            self._dequeue(job)
+            self._count(job, -1)
 
     def get(self, job_id: str) -> Job:
         """The job (NotFound when unknown)."""

@@ -25,6 +25,7 @@ from tcmd.work.queue.base import Job, JobState, Lease, Priority, RetryPolicy, St
 
 DEFAULT_PREFIX = "tcm:"
 DEFAULT_LEASE_MS = 30_000
+NOTICES_MAX = 10_000  # job ids waiting for their origin node to read them
 QUEUE_TAG = "{q}"  # every key of the queue shares this hash tag: one cluster slot
 _OPTIONAL = (
     "next_retry_at", "last_error", "result", "instance_id",
@@ -48,6 +49,7 @@ class RedisJobQueue:
         rng: random.Random | None = None,
     ) -> None:
         self._redis = client
+        self.client = client
         self.base = f"{prefix}{QUEUE_TAG}:"
         self.lease_ms = lease_ms
         self._rng = rng if rng is not None else random.Random()  # noqa: S311  # jitter, not secrets
@@ -61,14 +63,19 @@ class RedisJobQueue:
         self._reap = client.register_script(lua.REAP)
         self._next_due = client.register_script(lua.NEXT_DUE)
         self._stats = client.register_script(lua.STATS)
+        self._ids_above = client.register_script(lua.IDS_ABOVE)
 
     async def new_job_id(self) -> str:
         """A fresh ``job_<n>`` from INCR: unique across every node on this Redis."""
         return f"job_{await self._redis.incr(self.base + 'ids:job')}"
 
-    async def new_job_ids(self, n: int) -> list[str]:
-        """``n`` fresh ids in one INCRBY (a run's tasks, a batch)."""
-        last = await self._redis.incrby(self.base + "ids:job", n)
+    async def new_job_ids(self, n: int, above: int = 0) -> list[str]:
+        """``n`` fresh ids in one INCRBY (a run's tasks, a batch), all numbered above
+        ``above`` (the caller's own ids: a Redis that lost its data starts again at 1)."""
+        if above:
+            last = int(await self._ids_above(self._keys, [self.base, n, above]))
+        else:
+            last = await self._redis.incrby(self.base + "ids:job", n)
         return [f"job_{i}" for i in range(last - n + 1, last + 1)]
 
     async def enqueue(self, job: Job) -> Job:
@@ -229,6 +236,51 @@ class RedisJobQueue:
             "throughputPerMin": int(done),
         }
 
+    # -- what the dispatchers of several nodes share beside the jobs --------------------------
+    async def put_run(self, node: str, run_id: str, doc: dict[str, Any]) -> None:
+        """What a node running another node's job needs of its run (workDir, agent, …);
+        run ids are per node, so the key names the run's node."""
+        await self._redis.set(f"{self.base}run:{node}:{run_id}", orjson.dumps(doc))
+
+    async def get_run(self, node: str, run_id: str) -> dict[str, Any] | None:
+        raw = await self._redis.get(f"{self.base}run:{node}:{run_id}")
+        return None if raw is None else dict(orjson.loads(raw))
+
+    async def notify(self, node: str, job_id: str) -> None:
+        """Tell ``node`` (the job's origin) that another node moved its job."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.lpush(self.base + "notice:" + node, job_id)
+            pipe.ltrim(self.base + "notice:" + node, 0, NOTICES_MAX - 1)
+            await pipe.execute()
+
+    async def notice(self, node: str, timeout_s: float) -> str | None:
+        """The next job id another node moved for ``node`` (BLPOP), None after ``timeout_s``."""
+        popped = await self._redis.blpop([self.base + "notice:" + node], timeout=timeout_s)
+        return None if popped is None else _text(popped[1])
+
+    async def peek(self, manager_id: str, n: int) -> list[tuple[str, str]]:
+        """``(node, run_id)`` of the ``n`` best queued jobs of ``manager_id``, unclaimed."""
+        ready = await self._redis.zrange(self.base + "ready:" + manager_id, 0, n - 1)
+        ids = [_text(i) for i in ready]
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for job_id in ids:
+                pipe.hget(self.base + "job:" + job_id, "spec")
+            specs = await pipe.execute()
+        return [
+            (str(parsed.get("node")), str(parsed["run_id"]))
+            for spec in specs if spec and (parsed := orjson.loads(spec))
+        ]  # fmt: skip
+
+    async def waiting_managers(self) -> dict[str, int]:
+        """Managers (not the pool) with queued or retrying jobs → how many."""
+        raw = await self._redis.hgetall(self.base + "stats")
+        out = {}
+        for key, value in raw.items():
+            name = _text(key)
+            if name.startswith("wait:") and name != "wait:" and int(value) > 0:
+                out[name[5:]] = int(value)
+        return out
+
     async def _end(self, job_id: str, state: JobState, error: str) -> Job:
         reply = await self._finish(self._keys, [self.base, job_id, state.value, error])
         return _job(_pairs(_checked(reply, job_id, None)[0]))
@@ -243,6 +295,7 @@ def _fields(job: Job) -> list[str]:
         "task": job.task,
         "retry": [job.retry.attempts, job.retry.base_ms, job.retry.cap_ms],
         "created_at": job.created_at,
+        "node": job.node,
     }
     out = [
         "job_id", job.job_id,
@@ -270,6 +323,7 @@ def _job(raw: dict[str, Any]) -> Job:
         "task": spec["task"],
         "retry": RetryPolicy(*spec["retry"]),
         "created_at": spec["created_at"],
+        "node": spec.get("node"),
         "priority": Priority(int(raw["priority"])),
         "state": JobState(_text(raw["state"])),
         "extra": orjson.loads(raw["extra"]),

@@ -332,3 +332,16 @@ return {redis.call('HGETALL', STATS), redis.call('LRANGE', WAITS, 0, -1),
   redis.call('LRANGE', RUNS, 0, -1), redis.call('ZCOUNT', DONE, int(ms - WINDOW_MS), '+inf')}
 """
 )
+
+# ARGV: base, n, floor. INCRBY ids:job n, but never ending at or below floor + n.
+# → the last id number handed out
+IDS_ABOVE = r"""
+local k = ARGV[1] .. 'ids:job'
+local n, floor = tonumber(ARGV[2]), tonumber(ARGV[3])
+local last = redis.call('INCRBY', k, n)
+if last - n < floor then
+  last = floor + n
+  redis.call('SET', k, string.format('%.0f', last))
+end
+return last
+"""
