@@ -84,15 +84,17 @@ def test_a_full_manager_s_jobs_run_on_the_other_node_each_once(
     assert {j["state"] for j in a.call("jobs", {})} == {"completed"}
 
 
-def test_a_node_stopped_past_its_lease_loses_the_job_and_its_ack_is_stale(
-    tmp_path: Path, daemon_factory: type[DaemonProcess], redis_server: RedisServer
-) -> None:
+def b_runs_one_of_as_jobs(
+    tmp_path: Path, daemon_factory: type[DaemonProcess], redis_server: RedisServer, n: int
+) -> tuple[AgentDaemon, AgentDaemon, str, list[str], redis.Redis]:
+    """Nodes a and b (leases of 1.5 s), a run of ``n`` 2-s tasks under a's manager limited
+    to 2, and the moment b runs some of them: (a, b, run id, the jobs b holds, a client)."""
     lease = {"TCM_LEASE_MS": "1500"}
     a = start(tmp_path, daemon_factory, redis_server, "a", **lease)
     b = start(tmp_path, daemon_factory, redis_server, "b", **lease)
     mgr = manager_on(a)
     log = tmp_path / "ran.log"
-    tasks = [timed(f"t{i}", log, body=f"sleep 2; echo out-{i}") for i in range(4)]
+    tasks = [timed(f"t{i}", log, body=f"sleep 2; echo out-{i}") for i in range(n)]
     run_id = run(a, mgr, tasks, maxConcurrent=2, wait=False)["runId"]
     ids = [j["jobId"] for j in a.call("jobs", {"runId": run_id})]
     r = redis.Redis(port=redis_server.port, decode_responses=True)
@@ -102,6 +104,13 @@ def test_a_node_stopped_past_its_lease_loses_the_job_and_its_ack_is_stale(
         return [i for i, (state, node) in rows if state == "active" and node == "b"]
 
     held = wait_until(held_by_b, 20, what="node b to run one of a's jobs")
+    return a, b, run_id, held, r
+
+
+def test_a_node_stopped_past_its_lease_loses_the_job_and_its_ack_is_stale(
+    tmp_path: Path, daemon_factory: type[DaemonProcess], redis_server: RedisServer
+) -> None:
+    a, b, run_id, held, r = b_runs_one_of_as_jobs(tmp_path, daemon_factory, redis_server, 4)
     assert b.daemon.proc is not None
     os.kill(b.daemon.proc.pid, signal.SIGSTOP)
     try:
@@ -136,21 +145,7 @@ def test_a_node_stopped_past_its_lease_loses_the_job_and_its_ack_is_stale(
 def test_a_killed_node_s_leased_jobs_complete_on_the_other_once(
     tmp_path: Path, daemon_factory: type[DaemonProcess], redis_server: RedisServer
 ) -> None:
-    lease = {"TCM_LEASE_MS": "1500"}
-    a = start(tmp_path, daemon_factory, redis_server, "a", **lease)
-    b = start(tmp_path, daemon_factory, redis_server, "b", **lease)
-    mgr = manager_on(a)
-    log = tmp_path / "ran.log"
-    tasks = [timed(f"t{i}", log, body=f"sleep 2; echo out-{i}") for i in range(5)]
-    run_id = run(a, mgr, tasks, maxConcurrent=2, wait=False)["runId"]
-    ids = [j["jobId"] for j in a.call("jobs", {"runId": run_id})]
-    r = redis.Redis(port=redis_server.port, decode_responses=True)
-
-    def held_by_b() -> list[str]:
-        rows = [(i, r.hmget(f"tcm:{{q}}:job:{i}", "state", "node")) for i in ids]
-        return [i for i, (state, node) in rows if state == "active" and node == "b"]
-
-    held = wait_until(held_by_b, 20, what="node b to run one of a's jobs")
+    a, b, run_id, held, r = b_runs_one_of_as_jobs(tmp_path, daemon_factory, redis_server, 5)
     b.daemon.kill9()
     status = wait_until(
         lambda: (s := a.call("getParallelStatus", {"runId": run_id}))["done"] and s,
@@ -161,6 +156,7 @@ def test_a_killed_node_s_leased_jobs_complete_on_the_other_once(
     rows = {t["jobId"]: t for t in status["tasks"]}
     for job_id in held:
         assert rows[job_id]["ranOn"] == "a" and rows[job_id]["reruns"] >= 1, rows[job_id]
+    ids = [j["jobId"] for j in a.call("jobs", {"runId": run_id})]
     completions = [int(r.hget(f"tcm:{{q}}:job:{i}", "attempts") or 0) for i in ids]
     assert r.hget("tcm:{q}:stats", "state:completed") == "5", completions
     r.close()
