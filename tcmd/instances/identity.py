@@ -63,17 +63,6 @@ def stat(pid: int) -> tuple[int, int]:
     return int(fields[1]), int(fields[19])
 
 
-def session_of(pid: int) -> int | None:
-    """The session id of ``pid`` (field 6 of its stat), None when it cannot be read."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as fh:
-            raw = fh.read()
-    except OSError:
-        return None
-    fields = raw[raw.rfind(b")") + 2 :].split()
-    return int(fields[3]) if len(fields) > 3 else None
-
-
 class Identity:
     """The pane processes tcm started, and the verdicts about callers derived from them."""
 
