@@ -42,6 +42,7 @@ from tcmd.work import worktrees
 from tcmd.work.queue.base import FINAL, Job, JobState
 from tcmd.work.queue.local import LocalJobQueue
 from tcmd.work.tickets import LocalTicket, Ticket
+from tcmd.work.waiting import Waiting
 
 log = structlog.get_logger(__name__)
 RUNS = "runs"
@@ -104,6 +105,10 @@ class Parallel:
         self.poke: Callable[[], None] | None = None  # the shared queue's claim loop (Redis)
         self._numbering = asyncio.Lock()  # Redis: a shared number, then its instance, in order
         self.emit: Callable[..., Any] = lambda kind, **fields: None  # the event log, when wired
+        # tasks waiting for their dependencies (work/waiting.py): queued when they are ready
+        self.waiting = Waiting(store, queue, lambda: instances.node, self._live_manager)
+        self.waiting.emit = self.emit_job
+        self.waiting.released = self.kick
         instances.listeners.append(self._on_instance)
 
     # -- start-up ---------------------------------------------------------------------------
@@ -115,6 +120,7 @@ class Parallel:
             self.runs[run.run_id] = run
         self.queue.load()
         orphans = [j.instance_id for j in self.queue.jobs(state=JobState.ACTIVE) if j.instance_id]
+        self.waiting.load({r.run_id: (r.agent, r.job_ids) for r in self.runs.values()})
         self._heal()
         for job in self.queue.recover():
             log.info("job re-queued after a restart", job_id=job.job_id, reruns=job.reruns)
@@ -145,7 +151,10 @@ class Parallel:
                 continue
             log.warning("job failed: its run is gone", job_id=job.job_id, run_id=job.run_id)
         for run in self.runs.values():
-            gone = [task for task, job_id in run.job_ids.items() if job_id not in known]
+            gone = [
+                task for task, job_id in run.job_ids.items()
+                if job_id not in known and not self.waiting.holds(run.run_id, task)
+            ]  # fmt: skip
             for task in gone:
                 del run.job_ids[task]
             if gone:
@@ -188,6 +197,8 @@ class Parallel:
     # -- dispatch ---------------------------------------------------------------------------
     def dispatch(self) -> None:
         """Start every job that may start now, under the limits."""
+        if self.waiting.stalled:
+            self.waiting.retry_stalled()
         now = time.time()
         busy = {m for m, n in self.active.items() if n > 0}
         for manager in sorted(self.live_managers(), key=lambda m: m.id):
@@ -220,6 +231,19 @@ class Parallel:
                   state=job.state.value, attempts=job.attempts, durationMs=job.duration_ms,
                   waitMs=wait_ms, error=job.last_error if job.state != JobState.COMPLETED
                   else None)  # fmt: skip
+        self.job_moved(job)
+
+    def job_moved(self, job: Job) -> None:
+        """A job of this node's runs moved (here, or on another node: the shared queue's
+        notice): a final one releases or cancels the tasks that wait for it."""
+        try:
+            self.waiting.ended(job)
+        except Exception:  # the store refused: the next start replays the job states
+            log.exception("dependents of a finished job not released", job_id=job.job_id)
+
+    def _live_manager(self, manager_id: str) -> bool:
+        inst = self.instances.find(manager_id)
+        return inst is not None and inst.status in LIVE
 
     def kick(self) -> None:
         """Have the timer dispatch soon and re-read the next retry time."""
@@ -392,9 +416,17 @@ class Parallel:
 
     # -- runs ---------------------------------------------------------------------------------
     def run_jobs(self, run: Run) -> list[Job]:
-        return [self.queue.get(j) for j in run.job_ids.values()]
+        """The run's jobs, in task order; a task waiting for its dependencies has none yet."""
+        if not self.waiting.pending(run.run_id):
+            return [self.queue.get(j) for j in run.job_ids.values()]
+        return [
+            self.queue.get(j) for t, j in run.job_ids.items()
+            if not self.waiting.is_waiting(run.run_id, t)
+        ]  # fmt: skip
 
     def run_done(self, run: Run) -> bool:
+        if self.waiting.pending(run.run_id):
+            return False
         return all(j.state in FINAL for j in self.run_jobs(run))
 
     def finish_runs(self) -> None:
@@ -427,6 +459,7 @@ class Parallel:
         for job_id in jobs:
             self.queue.forget(job_id)
             self.runless.discard(job_id)
+        self.waiting.drop(run.run_id)  # a graph left by a crash here: dropped at the next start
 
     def forget_runless(self, ended_before: float) -> int:
         """Forget the finished jobs whose run is gone that ended before ``ended_before``."""

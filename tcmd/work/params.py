@@ -40,6 +40,17 @@ class TaskSpec(Params):
     timeoutMs: int | None = Field(
         default=None, ge=1, le=86_400_000, description="Time limit of one attempt"
     )
+    dependsOn: list[TaskId] = Field(
+        default_factory=list,
+        max_length=10_000,
+        description="Ids of tasks of the same run this one waits for; it gets their results "
+        "({{ID.result}} in the instruction, else appended to its context)",
+    )
+    runIfDependencyFails: bool = Field(
+        default=False,
+        description="Run even when a dependency failed or was cancelled (its error is given "
+        "where its result would be); otherwise such a task is cancelled",
+    )
 
     @field_validator("completionPattern")
     @classmethod

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from tcmd.work.dispatcher import Parallel, Run
-from tcmd.work.queue.base import FINAL, Job, JobState
+from tcmd.work.queue.base import Job, JobState
 
 
 def task_row(job: Job) -> dict[str, Any]:
@@ -29,7 +29,22 @@ def task_row(job: Job) -> dict[str, Any]:
     for key in ("branch", "hasCommits", "dirty", "worktree", "exitCode", "ranOn"):
         if key in job.extra:
             row[key] = job.extra[key]
+    if job.task.get("dependsOn"):
+        row["dependsOn"] = list(job.task["dependsOn"])
     return row
+
+
+def run_tasks(parallel: Parallel, run: Run) -> list[dict[str, Any]]:
+    """Every task of a run in task order: its job's row, or what it waits for."""
+    waiting = parallel.waiting
+    if not waiting.pending(run.run_id):
+        return [task_row(j) for j in parallel.run_jobs(run)]
+    return [
+        waiting.row(run.run_id, task_id)
+        if waiting.is_waiting(run.run_id, task_id)
+        else task_row(parallel.queue.get(job_id))
+        for task_id, job_id in run.job_ids.items()
+    ]
 
 
 def run_row(parallel: Parallel, run: Run) -> dict[str, Any]:
@@ -40,8 +55,9 @@ def run_row(parallel: Parallel, run: Run) -> dict[str, Any]:
         "runId": run.run_id,
         "createdAt": run.created_at,
         "finishedAt": run.finished_at,
-        "done": all(j.state in FINAL for j in jobs),
-        "total": len(jobs),
+        "done": parallel.run_done(run),
+        "total": len(run.job_ids),
+        "waiting": parallel.waiting.pending(run.run_id),
         "active": by[JobState.ACTIVE],
         "queued": by[JobState.QUEUED] + by[JobState.RETRYING],
         "completed": by[JobState.COMPLETED],

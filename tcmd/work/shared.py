@@ -195,6 +195,7 @@ class SharedWork:
         if not held.extra.get("shared") or (held.state in FINAL and job.state not in FINAL):
             return
         self.p.queue.reflect(job)
+        self.p.job_moved(job)  # the tasks waiting for it (work/waiting.py)
         self.p.instances.changes.fire()
         self.p.finish_runs()
 

@@ -4,16 +4,17 @@ jobs, queueStats, cancel, worktrees (their parameters: ``parallel_params``).
 
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
 from typing import Any
 
 from tcmd.api import Caller, NoParams, Tool
-from tcmd.errors import Conflict, Forbidden, InvalidParams, NotFound
+from tcmd.errors import Conflict, Forbidden, InvalidParams, NotFound, TcmError
 from tcmd.instances.agents.registry import profile
 from tcmd.instances.authz import check_target, may_see
 from tcmd.model import LIVE, Instance, Role, State
-from tcmd.work import distribution, worktrees
+from tcmd.work import distribution, graph, handoff, worktrees
 from tcmd.work.dispatcher import Parallel, Run
 from tcmd.work.params import (
     CancelParams,
@@ -27,14 +28,19 @@ from tcmd.work.params import (
     WorktreesParams,
 )
 from tcmd.work.queue.base import FINAL, Job, JobState, Priority, RetryPolicy, stats_of
-from tcmd.work.runview import run_row, task_row
+from tcmd.work.runview import run_row, run_tasks, task_row
 from tcmd.work.shared import SharedWork
+from tcmd.work.waiting import SharedRelease
+
+_UNSET_GRAPH_FIELDS = {"dependsOn", "runIfDependencyFails"}  # kept out of a job without them
 
 
 class ParallelTools:
     def __init__(self, parallel: Parallel, shared: SharedWork | None = None) -> None:
         self.p = parallel
         self.shared = shared  # the shared queue (REDIS_URL set)
+        if shared is not None:  # a task whose dependencies ended goes into Redis then
+            parallel.waiting.to_shared = SharedRelease(shared.q.enqueue, self._catch_up_later)
 
     def tools(self) -> list[Tool[Any]]:
         return [
@@ -106,6 +112,13 @@ class ParallelTools:
             ),
         ]
 
+    def _catch_up_later(self) -> None:
+        """Redis did not take a ready task: the claim loop's catch-up puts it there."""
+        if self.shared is not None:
+            self.shared.view_stale = True
+        if self.p.poke is not None:
+            self.p.poke()
+
     # -- runs ---------------------------------------------------------------------------------
     async def _new_run(
         self,
@@ -118,6 +131,7 @@ class ParallelTools:
         if len(set(ids)) != len(ids):
             dupes = sorted({i for i in ids if ids.count(i) > 1})
             raise InvalidParams(f"tasks: duplicate task ids {', '.join(dupes)}")
+        _check_graph(tasks)
         profile(opts.agent).check(self.p.settings)  # a missing agent fails the run at once
         path = Path(work_dir)
         if not path.is_absolute() or not path.is_dir():
@@ -164,7 +178,7 @@ class ParallelTools:
                 job_id=job_id,
                 run_id=run.run_id,
                 task_id=task.id,
-                task=task.model_dump(),
+                task=task.model_dump(exclude=_UNSET_GRAPH_FIELDS if not task.dependsOn else None),
                 priority=Priority.parse(task.priority),
                 manager_id=assignment[task.id],
                 retry=retry,
@@ -172,10 +186,27 @@ class ParallelTools:
             )
             for task, job_id in zip(tasks, ids, strict=True)
         ]
-        if shared and self.shared is not None:
-            await self.shared.submit(run, jobs)
-        else:
-            self.p.submit(run, jobs)
+        ready = [j for j in jobs if not j.task.get("dependsOn")]
+        if len(ready) < len(jobs):  # a graph: the others wait in the run (work/waiting.py)
+            run.job_ids.update((j.task_id, j.job_id) for j in jobs)  # every task, in order
+            later = [j for j in jobs if j.task.get("dependsOn")]
+            self.p.waiting.add(run.run_id, run.agent, run.job_ids, later)
+        try:
+            if shared and self.shared is not None:
+                await self.shared.submit(run, ready)
+            else:
+                self.p.submit(run, ready)
+        except BaseException:
+            if len(ready) < len(jobs):
+                with contextlib.suppress(TcmError):  # a graph left behind: dropped at start
+                    self.p.waiting.drop(run.run_id)
+            raise
+        if len(ready) < len(jobs):
+            if len(run.job_ids) < len(jobs):  # the shared queue fell back to the local one
+                run.job_ids.clear()
+                run.job_ids.update((j.task_id, j.job_id) for j in jobs)
+                self.p.save_run(run)
+            self.p.waiting.submitted(run.run_id, shared=bool(ready[0].extra.get("shared")))
         for manager_id in run.manager_ids:
             if opts.maxConcurrent is not None:
                 self.p.limits[manager_id] = opts.maxConcurrent
@@ -185,9 +216,15 @@ class ParallelTools:
         job_ids = list(run.job_ids.values())
         done = 0  # job_ids[:done] are final, and a final job stays final
 
+        def final(job_id: str) -> bool:
+            try:
+                return self.p.queue.get(job_id).state in FINAL
+            except NotFound:  # a task waiting for its dependencies: no job yet
+                return False
+
         def all_final() -> bool:  # checked on every change: O(1) amortised, not O(jobs)
             nonlocal done
-            while done < len(job_ids) and self.p.queue.get(job_ids[done]).state in FINAL:
+            while done < len(job_ids) and final(job_ids[done]):
                 done += 1
             return done == len(job_ids)
 
@@ -198,12 +235,12 @@ class ParallelTools:
         jobs = self.p.run_jobs(run)
         return {
             "runId": run.run_id,
-            "total": len(jobs),
+            "total": len(run.job_ids),
             "completed": sum(j.state == JobState.COMPLETED for j in jobs),
             "failed": sum(j.state == JobState.FAILED for j in jobs),
             "cancelled": sum(j.state == JobState.CANCELLED for j in jobs),
-            "done": all(j.state in FINAL for j in jobs),
-            "results": [task_row(j) for j in jobs],
+            "done": self.p.run_done(run),
+            "results": run_tasks(self.p, run),
         }
 
     async def execute_parallel(self, caller: Caller, p: ExecuteParallelParams) -> dict[str, Any]:
@@ -324,22 +361,25 @@ class ParallelTools:
             await changes.wait_for(lambda: changes.count != since, p.waitMs / 1000)
         if run is not None:
             jobs, managers = self.p.run_jobs(run), run.manager_ids
+            rows, waiting = run_tasks(self.p, run), self.p.waiting.pending(run.run_id)
         else:
             jobs, managers = self.p.queue.jobs(manager_id=p.managerId), [str(p.managerId)]
+            rows, waiting = [task_row(j) for j in jobs], 0
         by = {s: sum(j.state == s for j in jobs) for s in JobState}
         return {
             "runId": p.runId,
             "managerId": p.managerId,
             "activeSpecialists": by[JobState.ACTIVE],
             "queuedTasks": by[JobState.QUEUED] + by[JobState.RETRYING],
+            "waitingTasks": waiting,
             "completedTasks": by[JobState.COMPLETED],
             "failedTasks": by[JobState.FAILED],
             "cancelledTasks": by[JobState.CANCELLED],
             "maxConcurrent": sum(self.p.limit_for(m) for m in managers),
             "peakActive": max((self.p.peak_per_manager.get(m, 0) for m in managers), default=0),
-            "done": all(j.state in FINAL for j in jobs),
+            "done": not waiting and all(j.state in FINAL for j in jobs),
             "change": changes.count,
-            "tasks": [task_row(j) for j in jobs],
+            "tasks": rows,
         }
 
     def runs(self, caller: Caller, p: RunsParams) -> list[dict[str, Any]]:
@@ -392,16 +432,28 @@ class ParallelTools:
     async def cancel(self, caller: Caller, p: CancelParams) -> dict[str, Any]:
         if bool(p.jobId) == bool(p.runId):
             raise InvalidParams("params: give exactly one of jobId or runId")
+        waiting: list[str] = []  # the run's tasks that wait for dependencies
         if p.jobId:
-            targets = [self.p.queue.get(p.jobId)]
+            try:
+                targets = [self.p.queue.get(p.jobId)]
+            except NotFound:
+                waiting_task = self.p.waiting.find(p.jobId)
+                if waiting_task is None:
+                    raise
+                targets, waiting = [waiting_task], [p.jobId]
         else:
             run = self.p.runs.get(str(p.runId))
             if run is None:
                 raise NotFound(f"no run {p.runId!r}")
             targets = self.p.run_jobs(run)
+            waiting = [run.job_ids[t] for t in self.p.waiting.waiting_tasks(run.run_id)]
         if not all(self._mine(caller, j) for j in targets):
             raise Forbidden(f"{caller.instance_id} may cancel only the jobs of its own runs")
-        done = []
+        if p.jobId and waiting:
+            cancelled = self.p.waiting.cancel_task(p.jobId)
+            self.p.finish_runs()
+            return {"cancelled": [cancelled.job_id] if cancelled else []}
+        done = [j.job_id for j in self.p.waiting.cancel_run(str(p.runId))] if waiting else []
         for job in targets:
             if job.state in FINAL:
                 continue
@@ -417,6 +469,23 @@ class ParallelTools:
         if p.prune:
             return {"pruned": await worktrees.prune(root)}
         return {"worktrees": await worktrees.list_worktrees(root)}
+
+
+def _check_graph(tasks: list[TaskSpec]) -> None:
+    """Refuse a run whose dependencies cannot run (-32602, naming the field); and a
+    placeholder ``{{X.result}}`` whose X is not among the task's dependsOn."""
+    try:
+        graph.check([(t.id, t.dependsOn) for t in tasks])
+    except graph.GraphError as exc:
+        raise InvalidParams(str(exc), data={"field": exc.field}) from None
+    for i, task in enumerate(tasks):
+        for name in handoff.named(task.instruction):
+            if name not in task.dependsOn:
+                raise InvalidParams(
+                    f"tasks[{i}].instruction: {{{{{name}.result}}}} names {name}, which is not "
+                    f"in its dependsOn",
+                    data={"field": f"tasks[{i}].instruction"},
+                )
 
 
 async def _until_started(instances: Any, inst: Instance) -> None:
