@@ -20,6 +20,8 @@ refused as the daemon refuses an unknown task key. Tasks are kept exactly as wri
 - ``id``, ``instruction``: required, non-empty strings; ids unique.
 - ``name``, ``context``: strings; ``completionPattern``: a string that compiles as a regex.
 - ``priority``: one of critical, high, medium, low; ``timeoutMs``: a positive integer.
+- ``dependsOn``: a list of ids of tasks in the same file; ``runIfDependencyFails``: a
+  boolean. Cycles are found by the daemon, which names one.
 
 Imported by the CLI, which must start fast: stdlib and orjson only, tomllib on demand.
 """
@@ -52,7 +54,16 @@ OPTIONS = (
     "workDir",
 )
 _REQUIRED = ("id", "instruction")
-_CHECKED = (*_REQUIRED, "name", "context", "completionPattern", "priority", "timeoutMs")
+_CHECKED = (
+    *_REQUIRED,
+    "name",
+    "context",
+    "completionPattern",
+    "priority",
+    "timeoutMs",
+    "dependsOn",
+    "runIfDependencyFails",
+)
 
 
 class TasksFileError(InvalidParams, ValueError):
@@ -229,6 +240,16 @@ def _check(raw: _Raw, source: str) -> TasksFile:
                 field="id",
             )
         first_seen[task_id] = where
+    for i, task in enumerate(tasks):
+        for dep in task.get("dependsOn", ()):
+            if dep not in first_seen:
+                where = f"line {raw.lines[i]}" if raw.lines is not None else f"tasks[{i}]"
+                raise TasksFileError(
+                    source,
+                    f"{_show(dep)} is no task of this file",
+                    where=f"{where} (id {_show(task['id'])})",
+                    field="dependsOn",
+                )
     return TasksFile(tasks=tasks, options=raw.options)
 
 
@@ -255,6 +276,12 @@ def _problem(field: str, value: Any) -> str | None:
         if value in PRIORITIES:
             return None
         return f"must be one of {', '.join(PRIORITIES)}, not {_show(value)}"
+    if field == "runIfDependencyFails":
+        return None if type(value) is bool else f"must be true or false, not {_show(value)}"
+    if field == "dependsOn":
+        if isinstance(value, list) and all(isinstance(v, str) and v.strip() for v in value):
+            return None
+        return f"must be a list of task ids, not {_show(value)}"
     if field == "timeoutMs":
         # type() rather than isinstance(): bool is an int subclass, and true is no timeout.
         if type(value) is int and value > 0:

@@ -26,6 +26,7 @@ RUNS_COLUMNS = [
     "total",
     "active",
     "queued",
+    "waiting",
     "completed",
     "failed",
     "cancelled",
@@ -49,6 +50,8 @@ def final_table(st: dict[str, Any]) -> str:
 
 
 def _reason(task: dict[str, Any]) -> str | None:
+    if task["status"] == "waiting":
+        return f"waiting on {', '.join(task.get('waitingOn') or ())}"
     if task.get("error"):
         return f"error: {task['error']}"
     return task.get("result")
@@ -94,7 +97,7 @@ def _news(tasks: list[dict[str, Any]], seen: dict[str, tuple[str, int]], at_s: f
     lines = []
     for task in tasks:
         key = (task["status"], task["attempts"])
-        if seen.get(task["taskId"]) == key or task["status"] == "queued":
+        if seen.get(task["taskId"]) == key or task["status"] in ("queued", "waiting"):
             continue
         seen[task["taskId"]] = key
         tid, status, attempts = task["taskId"], task["status"], task["attempts"]
@@ -130,6 +133,7 @@ def _progress_line(st: dict[str, Any]) -> str:
     return (
         f"[{'#' * filled}{'.' * (width - filled)}] {done}/{total}  "
         f"active {st['activeSpecialists']} queued {st['queuedTasks']} "
+        f"waiting {st.get('waitingTasks', 0)} "
         f"done {st['completedTasks']} failed {st['failedTasks']}"
     )
 
@@ -183,13 +187,15 @@ def runs(obj: Ctx, limit: int) -> None:
 @json_option
 @pass_ctx
 def run_(obj: Ctx, run_id: str, follow_it: bool) -> None:
-    """Show one run: every task, a failed task's reason (--follow: until it ends)."""
+    """Show one run: every task, a failed task's reason, what a waiting task waits on
+    (--follow: until it ends)."""
     if follow_it:
         show(obj, follow(obj, run_id))
         return
     st = obj.call("getParallelStatus", {"runId": run_id})
     state = "done" if st["done"] else f"running ({st['activeSpecialists']} active, "
-    state += "" if st["done"] else f"{st['queuedTasks']} queued)"
+    waiting = f", {st['waitingTasks']} waiting" if st.get("waitingTasks") else ""
+    state += "" if st["done"] else f"{st['queuedTasks']} queued{waiting})"
     obj.emit(st, lambda r: f"{run_id}  {state}\n{final_table(r)}")
 
 

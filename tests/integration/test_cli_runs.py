@@ -112,3 +112,28 @@ def test_ctrl_c_leaves_the_run_going_and_says_how_to_come_back(
     back = run(["run", "run_1", "--follow"], daemon.env)
     assert back.returncode == 0, back.stderr
     assert "1 completed, 0 failed, 0 cancelled" in back.stdout
+
+
+def test_run_shows_what_a_waiting_task_waits_on(daemon: DaemonProcess, tmp_path: Path) -> None:
+    _manager(daemon, tmp_path)
+    graph = tmp_path / "g.json"
+    graph.write_text(
+        json.dumps(
+            {
+                "agent": "shell",
+                "tasks": [
+                    {"id": "first", "instruction": "sleep 60"},
+                    {"id": "second", "instruction": "true", "dependsOn": ["first"]},
+                ],
+            }
+        )
+    )
+    out = run(["parallel", "mgr_1_1", str(graph), "--no-wait"], daemon.env)
+    assert out.returncode == 0, out.stderr
+    shown = wait_until(
+        lambda: "active" in (o := run(["run", "run_1"], daemon.env).stdout) and o, 15
+    )
+    second = next(ln for ln in shown.splitlines() if ln.startswith("second "))
+    assert "waiting" in second and "waiting on first" in second
+    assert "1 waiting)" in shown.splitlines()[0]
+    assert run(["cancel", "run_1"], daemon.env).returncode == 0

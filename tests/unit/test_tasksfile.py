@@ -231,6 +231,10 @@ def task_json(**fields: object) -> str:
         ("j.json", task_json(context={}), "(id 'x'): context: must be a string, not an object"),
         ("j.json", task_json(completionPattern="(a"), "completionPattern: not a valid regex"),
         ("j.json", task_json(completionPattern=1), "completionPattern: must be a string"),
+        ("j.json", task_json(dependsOn="a"), "(id 'x'): dependsOn: must be a list of task ids"),
+        ("j.json", task_json(dependsOn=[""]), "dependsOn: must be a list of task ids"),
+        ("j.json", task_json(dependsOn=["zz"]), "tasks[1] (id 'x'): dependsOn: 'zz' is no task"),
+        ("j.json", task_json(runIfDependencyFails=1), "runIfDependencyFails: must be true or f"),
     ],
 )
 def test_errors_name_file_task_and_field(
@@ -344,3 +348,14 @@ def test_claude_example_loads() -> None:
     tf = load_tasks(ROOT / "examples" / "claude.toml")
     assert tf.options["agent"] == "claude"
     assert [t["id"] for t in tf.tasks] == ["haiku", "primes", "readme"]
+
+
+def test_dependencies_are_kept_as_written(tmp_path: Path) -> None:
+    path = tmp_path / "g.toml"
+    path.write_text(
+        '[[tasks]]\nid = "a"\ninstruction = "echo a"\n\n'
+        '[[tasks]]\nid = "b"\ninstruction = "echo {{a.result}}"\ndependsOn = ["a"]\n'
+        "runIfDependencyFails = true\n"
+    )
+    tasks = load_tasks(path).tasks
+    assert tasks[1]["dependsOn"] == ["a"] and tasks[1]["runIfDependencyFails"] is True
