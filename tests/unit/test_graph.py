@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import shlex
 import time
+from pathlib import Path
 
 import pytest
 
+from tcmd.store.jsonfile import JsonFileStore
 from tcmd.work.graph import Graph, GraphError, check
 from tcmd.work.handoff import RESULT_CAP_CHARS, RESULTS_HEADING, TOTAL_CAP_CHARS, Outcome, hand_over
+from tcmd.work.queue.base import Job, JobState, RetryPolicy
+from tcmd.work.queue.local import LocalJobQueue
+from tcmd.work.waiting import Waiting
 
 
 def test_check_names_unknown_ids_self_dependencies_and_one_cycle() -> None:
@@ -93,3 +98,50 @@ def test_hand_over_caps_each_result_and_the_total() -> None:
     assert all(len(s) <= RESULT_CAP_CHARS + 40 for s in sections)
     assert len(out["context"]) <= TOTAL_CAP_CHARS + 400
     assert "characters cut]" in sections[0]
+
+
+def test_after_a_crash_the_graph_is_rebuilt_from_the_job_states(tmp_path: Path) -> None:
+    """A dies completed before its dependents were released (kill -9 in between): the
+    next start releases them, with A's result, and never touches A again."""
+    tasks = {
+        "A": {"id": "A", "instruction": "a"},
+        "B": {"id": "B", "instruction": "b {{A.result}}", "dependsOn": ["A"]},
+        "C": {"id": "C", "instruction": "c", "dependsOn": ["A"]},
+        "D": {"id": "D", "instruction": "d", "dependsOn": ["B", "C"]},
+    }
+    job_ids = {t: f"job_{i}" for i, t in enumerate(tasks, 1)}
+    once = RetryPolicy(attempts=1)
+    jobs = [
+        Job(job_ids[t], "run_1", t, task, manager_id="m1", retry=once) for t, task in tasks.items()
+    ]
+
+    def opened() -> tuple[JsonFileStore, LocalJobQueue, Waiting]:
+        store = JsonFileStore(tmp_path / "store")
+        store.open()
+        queue = LocalJobQueue(store)
+        queue.load()
+        return store, queue, Waiting(store, queue, lambda: None, lambda m: True)
+
+    store, queue, waiting = opened()
+    waiting.add("run_1", "claude", job_ids, jobs[1:])
+    queue.put(jobs[0])
+    waiting.submitted("run_1", shared=False)
+    taken = queue.take("m1", time.time())
+    assert taken is not None and taken.task_id == "A"
+    queue.complete("job_1", "A-said", {})  # ... and tcmd dies before waiting.ended
+    store.close()
+
+    store, queue, waiting = opened()
+    waiting.load({"run_1": ("claude", job_ids)})
+    assert [j.task_id for j in queue.jobs(state=JobState.QUEUED)] == ["B", "C"]
+    assert queue.get("job_2").task["instruction"] == "b A-said"
+    assert RESULTS_HEADING in queue.get("job_3").task["context"]
+    assert waiting.row("run_1", "D")["waitingOn"] == ["B", "C"]
+    assert queue.get("job_1").attempts == 1
+    b = queue.take("m1", time.time())
+    assert b is not None and b.task_id == "B"
+    waiting.ended(queue.fail(b.job_id, "boom", time.time()))  # its only attempt
+    assert queue.get("job_4").state is JobState.CANCELLED
+    assert queue.get("job_4").last_error == "dependency B failed"
+    assert waiting.pending("run_1") == 0
+    store.close()
