@@ -364,7 +364,9 @@ class ParallelTools:
             rows, waiting = run_tasks(self.p, run), self.p.waiting.pending(run.run_id)
         else:
             jobs, managers = self.p.queue.jobs(manager_id=p.managerId), [str(p.managerId)]
-            rows, waiting = [task_row(j) for j in jobs], 0
+            held = self.p.waiting.of_manager(str(p.managerId))
+            rows = [task_row(j) for j in jobs] + [self.p.waiting.row(*w) for w in held]
+            waiting = len(held)
         by = {s: sum(j.state == s for j in jobs) for s in JobState}
         return {
             "runId": p.runId,

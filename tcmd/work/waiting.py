@@ -308,6 +308,15 @@ class Waiting:
             "waitingOn": [d for d in deps if not self._final(rg.job_ids[d])],
         }
 
+    def of_manager(self, manager_id: str) -> list[tuple[str, str]]:
+        """(run id, task id) of every waiting task assigned to the manager."""
+        return [
+            (rg.run_id, task_id)
+            for rg in self.graphs.values()
+            for task_id in sorted(rg.graph.pending, key=rg.order.__getitem__)
+            if rg.templates[task_id].manager_id == manager_id
+        ]
+
     def _final(self, job_id: str) -> bool:
         job = self._job(job_id)
         return job is not None and job.state in FINAL

@@ -160,6 +160,24 @@ def test_priorities_apply_among_the_ready_tasks(agents: AgentDaemon, tmp_path: P
     assert sorted(spans, key=lambda t: spans[t][0]) == ["root", "crit", "mid", "low1", "low2"]
 
 
+def test_distribute_work_runs_a_chain_across_managers(agents: AgentDaemon) -> None:
+    team(agents, managers=2)
+    tasks = [
+        {"id": "one", "instruction": "echo 1"},
+        {"id": "two", "instruction": "echo {{one.result}}2", "dependsOn": ["one"]},
+        {"id": "three", "instruction": "echo {{two.result}}3", "dependsOn": ["two"]},
+    ]
+    out = agents.call(
+        "distributeWork",
+        {"tasks": tasks, "agent": "shell", "workDir": str(agents.work_dir), "wait": True},
+    )
+    assert [d["taskIds"] for d in out["distribution"]] == [["one", "three"], ["two"]]
+    rows = {r["taskId"]: r for r in out["results"]}
+    assert out["completed"] == 3, out
+    assert rows["three"]["result"].strip() == "123"  # each result handed to the next
+    assert rows["two"]["managerId"] != rows["three"]["managerId"]
+
+
 def test_cancelling_a_run_cancels_its_waiting_tasks(agents: AgentDaemon) -> None:
     [mgr] = team(agents)
     tasks = [
@@ -172,6 +190,12 @@ def test_cancelling_a_run_cancels_its_waiting_tasks(agents: AgentDaemon) -> None
         lambda: agents.call("getParallelStatus", {"runId": run["runId"]})["activeSpecialists"] == 1,
         10,
     )
+    by_manager = agents.call("getParallelStatus", {"managerId": mgr})
+    assert by_manager["waitingTasks"] == 2
+    assert [(t["taskId"], t["waitingOn"]) for t in by_manager["tasks"][1:]] == [
+        ("next", ["slow"]),
+        ("last", ["next"]),
+    ]
     out = agents.call("cancel", {"runId": run["runId"]})
     assert len(out["cancelled"]) == 3
     status = finished(agents, run["runId"], 10)
