@@ -106,7 +106,7 @@ class Parallel:
         self._numbering = asyncio.Lock()  # Redis: a shared number, then its instance, in order
         self.emit: Callable[..., Any] = lambda kind, **fields: None  # the event log, when wired
         # tasks waiting for their dependencies (work/waiting.py): queued when they are ready
-        self.waiting = Waiting(store, queue, lambda: instances.node, self._live_manager)
+        self.waiting = Waiting(store, queue, self._live_manager)
         self.waiting.emit = self.emit_job
         self.waiting.released = self.kick
         instances.listeners.append(self._on_instance)

@@ -50,6 +50,7 @@ class RunGraph:
     templates: dict[str, Job]  # tasks with dependencies → their job as it will be queued
     graph: Graph
     shared: bool = False  # its jobs go through the shared queue (Redis)
+    node: str | None = None  # the node whose run it is
     order: dict[str, int] = field(default_factory=dict)  # task id → place in the run
 
     def record(self) -> dict[str, Any]:
@@ -73,12 +74,10 @@ class Waiting:
         self,
         store: StateStore,
         queue: LocalJobQueue,
-        node: Callable[[], str | None],
         live_manager: Callable[[str], bool],
     ) -> None:
         self.store = store
         self.queue = queue
-        self.node = node
         self.live_manager = live_manager
         self.graphs: dict[str, RunGraph] = {}
         self.emit: Callable[[Job], None] = lambda job: None  # a job.state event
@@ -151,17 +150,16 @@ class Waiting:
             {j.task_id: j for j in waiting},
             Graph(deps, pending=pending, run_anyway=anyway),
             order={t: i for i, t in enumerate(job_ids)},
+            node=waiting[0].node,
         )
 
     # -- ends -----------------------------------------------------------------------------
     def ended(self, job: Job) -> None:
-        """A job of this node's runs moved: when it is final, release or cancel what
-        waited for it."""
-        if job.state not in FINAL or job.node != self.node():
+        """A job moved: when it is final and of one of this node's graphs (run ids are
+        per node: another node's run_1 is not ours), release or cancel what waited for it."""
+        if job.state not in FINAL or (rg := self.graphs.get(job.run_id)) is None:
             return
-        if (rg := self.graphs.get(job.run_id)) is not None and rg.job_ids.get(
-            job.task_id
-        ) == job.job_id:
+        if job.node == rg.node and rg.job_ids.get(job.task_id) == job.job_id:
             self._ended(rg, job)
 
     def _ended(self, rg: RunGraph, job: Job) -> None:

@@ -182,7 +182,7 @@ def open_waiting() -> Iterator[tuple[LocalJobQueue, Waiting]]:
         try:
             queue = LocalJobQueue(store, rng=random.Random(1))
             queue.load()
-            yield queue, Waiting(store, queue, lambda: None, lambda m: True)
+            yield queue, Waiting(store, queue, lambda m: True)
         finally:
             store.close()
 

@@ -120,7 +120,7 @@ def test_after_a_crash_the_graph_is_rebuilt_from_the_job_states(tmp_path: Path) 
         store.open()
         queue = LocalJobQueue(store)
         queue.load()
-        return store, queue, Waiting(store, queue, lambda: None, lambda m: True)
+        return store, queue, Waiting(store, queue, lambda m: True)
 
     store, queue, waiting = opened()
     waiting.add("run_1", "claude", job_ids, jobs[1:])
