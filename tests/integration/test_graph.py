@@ -184,6 +184,7 @@ def test_cancelling_a_run_cancels_its_waiting_tasks(agents: AgentDaemon) -> None
         {"id": "slow", "instruction": "sleep 30"},
         {"id": "next", "instruction": "true", "dependsOn": ["slow"]},
         {"id": "last", "instruction": "true", "dependsOn": ["next"]},
+        {"id": "other", "instruction": "true", "dependsOn": ["slow"]},
     ]
     run = run_parallel(agents, mgr, tasks, wait=False)
     wait_until(
@@ -191,15 +192,27 @@ def test_cancelling_a_run_cancels_its_waiting_tasks(agents: AgentDaemon) -> None
         10,
     )
     by_manager = agents.call("getParallelStatus", {"managerId": mgr})
-    assert by_manager["waitingTasks"] == 2
+    assert by_manager["waitingTasks"] == 3
     assert [(t["taskId"], t["waitingOn"]) for t in by_manager["tasks"][1:]] == [
         ("next", ["slow"]),
         ("last", ["next"]),
+        ("other", ["slow"]),
     ]
+    one = agents.call("cancel", {"jobId": by_manager["tasks"][1]["jobId"]})  # a waiting task
+    assert one["cancelled"] == [by_manager["tasks"][1]["jobId"]]
+    assert states(agents, run["runId"]) == {
+        "slow": "active",
+        "next": "cancelled",
+        "last": "cancelled",  # its dependency was cancelled
+        "other": "waiting",
+    }
     out = agents.call("cancel", {"runId": run["runId"]})
-    assert len(out["cancelled"]) == 3
+    assert len(out["cancelled"]) == 2  # other (waiting) and slow (running)
     status = finished(agents, run["runId"], 10)
-    assert [t["status"] for t in status["tasks"]] == ["cancelled"] * 3
+    assert [t["status"] for t in status["tasks"]] == ["cancelled"] * 4
+    errors = {t["taskId"]: t["error"] for t in status["tasks"]}
+    assert errors["last"] == "dependency next was cancelled"
+    assert errors["other"] is None  # cancelled with its run, not by a dependency
 
 
 def test_kill9_mid_graph_then_the_graph_completes_and_nothing_completed_runs_again(
