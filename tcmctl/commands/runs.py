@@ -44,8 +44,20 @@ def final_table(st: dict[str, Any]) -> str:
     return (
         render.table(rows, RESULT_COLUMNS, max_width=60)
         + f"\n{st['completedTasks']} completed, {st['failedTasks']} failed, "
-        f"{st['cancelledTasks']} cancelled"
+        f"{st['cancelledTasks']} cancelled" + overlap_lines(st)
     )
+
+
+def overlap_lines(st: dict[str, Any]) -> str:
+    """A worktree run's changed files per task and the paths more than one task changed."""
+    if "overlap" not in st:
+        return ""
+    counts = [f"{t['taskId']} {t['changedCount']}" for t in st["tasks"] if "changedCount" in t]
+    text = f"\nfiles changed: {', '.join(counts) or 'none yet'}"
+    if st["overlap"]:
+        text += f"\nchanged by more than one task ({st['overlapCount']}):"
+        text += "".join(f"\n  {o['path']}  {', '.join(o['taskIds'])}" for o in st["overlap"])
+    return text
 
 
 def _reason(task: dict[str, Any]) -> str | None:
