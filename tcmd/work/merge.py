@@ -188,7 +188,9 @@ async def plan(
     check_branch_name(target)
     await check_git(repo)
     ref = f"refs/heads/{target}"
-    await git(repo, "check-ref-format", ref)
+    rc, _ = await git_answer(repo, "check-ref-format", ref, ok=(0, 1))
+    if rc:
+        raise InvalidParams(f"into: {target!r} is not a branch name", data={"field": "into"})
     old = await _commit_of(repo, ref)
     if old is None:
         raise NotFound(f"into: no branch {target!r} in {repo}", data={"field": "into"})
