@@ -7,6 +7,7 @@ mergeRun tool, and the repository is read back with git.
 
 from __future__ import annotations
 
+import json
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -170,3 +171,34 @@ def test_overlap_is_reported_while_the_tasks_still_run(agents: AgentDaemon) -> N
     signal.touch()
     wait_until(lambda: agents.call("getParallelStatus", {"runId": run_id})["done"], 30, 0.1)
     assert git(repo, "rev-parse", "--abbrev-ref", "HEAD") == "main"
+
+
+def test_the_graph_example_runs_and_merges(agents: AgentDaemon, tmp_path: Path) -> None:
+    """examples/graph.toml as the README runs it. Without dependsOn in this daemon (the task
+    graph is not built yet), its independent tasks run and merge alone."""
+    repo = agents.work_dir
+    git(repo, "init", "-q", "-b", "main")
+    git(repo, "config", "user.name", "demo")
+    git(repo, "config", "user.email", "demo@example.invalid")
+    git(repo, "commit", "-q", "--allow-empty", "-m", "start")
+    example = Path(__file__).parents[2] / "examples" / "graph.toml"
+    schema = json.dumps(agents.call("describe", {"name": "executeParallel"}))
+    graph = "dependsOn" in schema
+    if not graph:
+        text = example.read_text()
+        example = tmp_path / "flat.toml"
+        example.write_text(text[: text.index('[[tasks]]\nid = "report"')])
+    out = run(["distribute", str(example), "--workdir", str(repo), "--wait"], agents.daemon.env)
+    assert out.returncode == 0, out.stdout + out.stderr
+    run_id = out.stderr.split(":")[0]
+    plan = run(["merge", run_id, "--dry-run"], agents.daemon.env)
+    assert plan.returncode == 0, plan.stdout + plan.stderr
+    assert "dry run: main is untouched" in plan.stdout
+    done = run(["merge", run_id], agents.daemon.env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert (repo / "primes.txt").read_text().split()[:4] == ["2", "3", "5", "7"]
+    assert (repo / "squares.txt").read_text().split()[-1] == "100"
+    if graph:
+        report = (repo / "REPORT.md").read_text()
+        assert "primes.txt: 25 primes" in report
+        assert "squares.txt: 10 squares" in report
