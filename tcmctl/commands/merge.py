@@ -25,7 +25,7 @@ def describe(out: dict[str, Any]) -> str:
     width = max([len(s["taskId"]) for s in steps] + [4])
     for s in steps:
         note = ", ".join(s["paths"]) if s["paths"] else (s["reason"] or "")
-        lines.append(f"  {s['taskId']:<{width}}  {s['status']:<16} {render.cell(note)}")
+        lines.append(f"  {s['taskId']:<{width}}  {s['status']:<16} {render.cell(note)}".rstrip())
     conflicting = [s["taskId"] for s in steps if s["status"] == "conflicting"]
     if out["applied"]:
         merged = ", ".join(out["merged"]) or "nothing"

@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from tcmd.errors import Conflict
-from tests.integration.test_cli import run
+from tcmd.errors import Conflict, Forbidden, InvalidParams
+from tests.integration.test_cli import TCMCTL, run
 from tests.support import AgentDaemon, wait_until
 
 COMMIT = "git add -A && git commit -qm {msg}"
@@ -137,8 +137,17 @@ def test_squash_into_another_branch_and_a_dry_run_changes_nothing(agents: AgentD
     assert git(repo, "show", "integration:x.txt") == "x"
     assert git(repo, "show", "integration:y.txt") == "y"
     assert git(repo, "rev-parse", "main") == old  # the checked-out branch is not the target
-    with pytest.raises(Exception, match="into"):
+    with pytest.raises(InvalidParams, match="into"):
         agents.call("mergeRun", {"runId": run_id, "into": "-rf"})
+    spec = agents.spawn("specialist", parent="mgr_1_1", agent="shell")["instanceId"]
+    with pytest.raises(Forbidden, match="may not merge"):
+        agents.call("mergeRun", {"runId": run_id, "dryRun": True}, token=agents.token(spec))
+    mine = agents.call("mergeRun", {"runId": run_id, "into": "integration", "squash": True},
+                       token=agents.token("exec_1"))  # fmt: skip
+    assert [s["status"] for s in mine["steps"]] == ["already-merged"] * 2 + ["nothing-to-merge"]
+    shared = run_tasks(agents, [{"id": "s", "instruction": "true"}], isolation="shared")
+    with pytest.raises(InvalidParams, match="isolation=shared"):
+        agents.call("mergeRun", {"runId": shared["runId"]})
 
 
 def test_overlap_is_reported_while_the_tasks_still_run(agents: AgentDaemon) -> None:
@@ -168,8 +177,17 @@ def test_overlap_is_reported_while_the_tasks_still_run(agents: AgentDaemon) -> N
     ]
     shown = run(["run", run_id], agents.daemon.env)
     assert "same.txt  p, q" in shown.stdout, shown.stdout
+    follow = subprocess.Popen(
+        [*TCMCTL, "run", run_id, "--follow"],
+        env=agents.daemon.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     signal.touch()
-    wait_until(lambda: agents.call("getParallelStatus", {"runId": run_id})["done"], 30, 0.1)
+    _, err = follow.communicate(timeout=30)
+    assert follow.returncode == 0, err
+    assert "overlap   same.txt  changed by p, q" in err
     assert git(repo, "rev-parse", "--abbrev-ref", "HEAD") == "main"
 
 
