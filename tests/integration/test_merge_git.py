@@ -115,3 +115,50 @@ async def test_old_git_is_refused_naming_the_version(
     monkeypatch.setattr(worktrees, "GIT_BIN", str(old))
     with pytest.raises(Unavailable, match=r"needs git >= 2\.38.*this is 2\.34"):
         await merge.check_git(repo)
+
+
+async def test_overlap_looks_are_cached_rate_limited_and_told_once(
+    repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """git runs at most once per REFRESH_S per running task, once more after it ended,
+    and a shared path is announced once."""
+    from tcmd.work import overlap
+    from tcmd.work.queue.base import Job, JobState
+
+    root = tmp_path / "worktrees"
+    wts = [await worktrees.create(repo, root, "run_1", t) for t in ("a", "b")]
+    jobs = [Job(f"job_{w.branch[-1]}", "run_1", w.branch[-1], {}, state=JobState.ACTIVE,
+                attempts=1, extra={"worktreeInfo": w.to_json()}) for w in wts]  # fmt: skip
+    (wts[0].path / "file.txt").write_text("a\n")  # tracked, unstaged
+    events: list[dict[str, object]] = []
+    looks = overlap.Overlaps(lambda kind, **f: events.append({"kind": kind, **f}))
+    calls = 0
+    real = overlap.changed_files
+
+    async def counted(wt: worktrees.Worktree) -> list[str]:
+        nonlocal calls
+        calls += 1
+        return await real(wt)
+
+    monkeypatch.setattr(overlap, "changed_files", counted)
+    seen = await looks.look("run_1", jobs)
+    assert seen == {"files": {"a": ["file.txt"], "b": []}, "shared": {}} and calls == 2
+    (wts[1].path / "file.txt").write_text("b\n")
+    (wts[1].path / "new dir").mkdir()
+    (wts[1].path / "new dir" / "n.txt").write_text("untracked\n")
+    assert (await looks.look("run_1", jobs))["shared"] == {} and calls == 2  # cached
+    monkeypatch.setattr(overlap, "REFRESH_S", 0.0)
+    seen = await looks.look("run_1", jobs)
+    assert seen["files"]["b"] == ["file.txt", "new dir/n.txt"] and calls == 4
+    assert seen["shared"] == {"file.txt": ["a", "b"]}
+    await looks.look("run_1", jobs)
+    assert [(e["kind"], e["path"], e["taskIds"]) for e in events] == [
+        ("run.overlap", "file.txt", ["a", "b"])
+    ]
+    for job in jobs:
+        job.state = JobState.COMPLETED
+    await looks.look("run_1", jobs)
+    await looks.look("run_1", jobs)
+    assert calls == 8  # once more each after the end, then never again
+    looks.forget(set())
+    assert len(looks) == 0
