@@ -6,8 +6,10 @@ staged, unstaged and untracked (not ignored) while its worktree is on disk; once
 worktree is gone (finished clean), its branch against that commit.
 
 Cost is bounded: git runs only when a run's status is asked for, at most once per task per
-``REFRESH_S`` while the task runs, and once more after it ended (then never again for that
-attempt): two git calls for a worktree, one for a branch, at most ``PARALLEL_GIT`` at a time.
+``REFRESH_S`` while the task runs (or per ``REFRESH_PER_TASK_S`` x the run's running tasks,
+when that is longer: about 10 % of a core at most however many run), and once more after it
+ended (then never again for that attempt): two git calls for a worktree, one for a branch
+(``rev-parse`` and ``diff``), at most ``PARALLEL_GIT`` at a time.
 The first time a path is seen changed by two tasks of a run, a ``run.overlap`` event says so
 (``runId, path, taskIds``; at most ``EVENTS_PER_LOOK`` per look, the rest counted in
 ``more``). What was reported lives in memory: after a restart an overlap is reported again.
@@ -31,6 +33,7 @@ from tcmd.work.worktrees import Worktree, git, git_answer
 log = structlog.get_logger(__name__)
 
 REFRESH_S = 2.0
+REFRESH_PER_TASK_S = 0.1  # with many running tasks, each is looked at less often
 PARALLEL_GIT = 4
 EVENTS_PER_LOOK = 20
 SHOWN_PER_TASK = 200  # changedFiles in a status answer; changedCount has the full number
@@ -84,7 +87,9 @@ class Overlaps:
         """``{"files": {taskId: [path]}, "shared": {path: [taskId]}}`` for a run's tasks."""
         async with self._locks.setdefault(run_id, asyncio.Lock()):
             now, known = time.monotonic(), self._seen.setdefault(run_id, {})
-            stale = [j for j in jobs if self._stale(known.get(j.job_id), j, now)]
+            running = sum(j.state not in FINAL and "worktreeInfo" in j.extra for j in jobs)
+            every = max(REFRESH_S, running * REFRESH_PER_TASK_S)
+            stale = [j for j in jobs if self._stale(known.get(j.job_id), j, now, every)]
             await asyncio.gather(*(self._refresh(known, j, now) for j in stale))
             files = {j.task_id: seen.files for j in jobs if (seen := known.get(j.job_id))}
             shared = shared_paths(files)
@@ -105,12 +110,12 @@ class Overlaps:
         return len(self._locks)
 
     @staticmethod
-    def _stale(seen: _Seen | None, job: Job, now: float) -> bool:
+    def _stale(seen: _Seen | None, job: Job, now: float, every: float) -> bool:
         if "worktreeInfo" not in job.extra or job.state == JobState.QUEUED:
             return False
         if seen is None or seen.key != _key(job):
             return True
-        return job.state not in FINAL and now - seen.at >= REFRESH_S
+        return job.state not in FINAL and now - seen.at >= every
 
     async def _refresh(self, known: dict[str, _Seen], job: Job, now: float) -> None:
         key = _key(job)  # before the await: a later state is looked at again

@@ -148,6 +148,7 @@ async def test_overlap_looks_are_cached_rate_limited_and_told_once(
     (wts[1].path / "new dir" / "n.txt").write_text("untracked\n")
     assert (await looks.look("run_1", jobs))["shared"] == {} and calls == 2  # cached
     monkeypatch.setattr(overlap, "REFRESH_S", 0.0)
+    monkeypatch.setattr(overlap, "REFRESH_PER_TASK_S", 0.0)
     seen = await looks.look("run_1", jobs)
     assert seen["files"]["b"] == ["file.txt", "new dir/n.txt"] and calls == 4
     assert seen["shared"] == {"file.txt": ["a", "b"]}
