@@ -299,7 +299,7 @@ async def _checked_out_in(repo: Path, ref: str) -> Path | None:
         if entry.startswith("worktree "):
             path = Path(entry[len("worktree ") :])
         elif entry == f"branch {ref}" and path is not None:
-            return path
+            return path if path.is_dir() else None  # a worktree deleted by hand: no files
     return None
 
 
