@@ -50,6 +50,7 @@ class Candidate:
     task_id: str
     branch: str | None  # tcm/<run>/<task>; None: the task never had a worktree
     completed: bool
+    state: str = "completed"  # the job's state, for the reason of a task left out
     base: str | None = None  # the commit its worktree started from
     depends_on: tuple[str, ...] = ()
     name: str | None = None
@@ -200,7 +201,7 @@ async def plan(
         steps.append(step)
         blocked_by = [d for d in c.depends_on if d in left_out]
         if not c.completed:
-            step.status, step.reason = NOT_COMPLETED, "the task did not complete"
+            step.status, step.reason = NOT_COMPLETED, f"the task is {c.state}"
         elif blocked_by:
             step.status, step.reason = BLOCKED, f"depends on {', '.join(blocked_by)}, left out"
         else:

@@ -111,6 +111,7 @@ def _candidate(job: Job) -> merge.Candidate:
         task_id=job.task_id,
         branch=job.extra.get("branch") or info.get("branch"),
         completed=job.state == JobState.COMPLETED,
+        state=job.state.value,
         base=info.get("base"),
         depends_on=tuple(str(d) for d in depends),
         name=job.task.get("name"),
