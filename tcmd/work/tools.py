@@ -15,6 +15,7 @@ from tcmd.instances.authz import check_target, may_see
 from tcmd.model import LIVE, Instance, Role, State
 from tcmd.work import distribution, worktrees
 from tcmd.work.dispatcher import Parallel, Run
+from tcmd.work.overlap import Overlaps, annotate
 from tcmd.work.params import (
     CancelParams,
     DistributeParams,
@@ -27,6 +28,7 @@ from tcmd.work.params import (
     WorktreesParams,
 )
 from tcmd.work.queue.base import FINAL, Job, JobState, Priority, RetryPolicy, stats_of
+from tcmd.work.runmerge import MergeTool
 from tcmd.work.runview import run_row, task_row
 from tcmd.work.shared import SharedWork
 
@@ -35,6 +37,10 @@ class ParallelTools:
     def __init__(self, parallel: Parallel, shared: SharedWork | None = None) -> None:
         self.p = parallel
         self.shared = shared  # the shared queue (REDIS_URL set)
+        self.overlaps = Overlaps(self._emit)
+
+    def _emit(self, kind: str, **fields: Any) -> None:
+        self.p.emit(kind, **fields)  # looked up at each event: the daemon wires it late
 
     def tools(self) -> list[Tool[Any]]:
         return [
@@ -104,6 +110,7 @@ class ParallelTools:
                 destructive=True,
                 operator_only=True,
             ),
+            MergeTool(self.p, self._run_is_mine).tool(),
         ]
 
     # -- runs ---------------------------------------------------------------------------------
@@ -327,7 +334,7 @@ class ParallelTools:
         else:
             jobs, managers = self.p.queue.jobs(manager_id=p.managerId), [str(p.managerId)]
         by = {s: sum(j.state == s for j in jobs) for s in JobState}
-        return {
+        status = {
             "runId": p.runId,
             "managerId": p.managerId,
             "activeSpecialists": by[JobState.ACTIVE],
@@ -341,6 +348,11 @@ class ParallelTools:
             "change": changes.count,
             "tasks": [task_row(j) for j in jobs],
         }
+        if run is not None and run.isolation == "worktree":  # files changed, overlaps
+            annotate(status, await self.overlaps.look(run.run_id, jobs))
+            if len(self.overlaps) > len(self.p.runs):
+                self.overlaps.forget(self.p.runs)
+        return status
 
     def runs(self, caller: Caller, p: RunsParams) -> list[dict[str, Any]]:
         mine = [r for r in self.p.runs.values() if self._run_is_mine(caller, r)]
