@@ -60,6 +60,7 @@ class Session:
         self.turn: Task | None = None
         self.working = False  # spinner shown; Escape interrupts
         self.turn_t0 = 0.0
+        self.messages_written = 0  # assistant messages of this turn in the transcript
         self.queue: list[tuple[str, str, str]] = []  # (raw, prompt, display)
         self.dialog: list[Any] | None = None  # [selected option, chosen option or None]
         self.tasks: set[Task] = set()
