@@ -36,7 +36,7 @@ from tcmd.errors import TcmError
 from tcmd.model import Instance
 from tcmd.prices import Prices
 from tcmd.store import StateStore
-from tcmd.usage.transcript import KINDS, WIDTH, Counts, NotATranscript, Tally, messages, read_new
+from tcmd.usage.transcript import KINDS, WIDTH, Counts, NotATranscript, Tally, read_new
 
 log = structlog.get_logger(__name__)
 NS = "usage"
@@ -156,7 +156,7 @@ class Ledger:
             acct = Account.for_instance(inst)
         offset = acct.offsets.get(path, 0)
         try:
-            chunk, end = read_new(path, offset)
+            found, end = read_new(path, offset)
         except NotATranscript as exc:
             log.debug("transcript not read", instance_id=inst.id, reason=str(exc))
             return False
@@ -165,7 +165,7 @@ class Ledger:
             return False
         tally = Tally(acct.seen)
         grown: dict[str, Counts] = {}
-        for msg in messages(chunk):
+        for msg in found:
             new = msg.key not in tally.seen
             if (more := tally.add(msg)) is not None:
                 acct.messages += new

@@ -26,6 +26,7 @@ file: the path comes from the agent.
 
 from __future__ import annotations
 
+import mmap
 import os
 import stat
 from collections.abc import Iterator
@@ -39,6 +40,8 @@ SYNTHETIC = "<synthetic>"
 KINDS = ("input", "output", "cacheCreation", "cacheRead")
 WIDTH = 5  # a count vector: the four kinds, then the 1-hour part of cacheCreation
 MAX_READ = 64 * 1024 * 1024  # per call; the rest is read at the next hook
+WINDOW = 4096  # of a long line's start and end that say whether it is an assistant one
+ASSISTANT, USAGE = b'"assistant"', b'"usage"'
 _FIELDS = (
     "input_tokens",
     "output_tokens",
@@ -46,6 +49,7 @@ _FIELDS = (
     "cache_read_input_tokens",
 )
 Counts = list[int]
+Buffer = bytes | mmap.mmap
 
 
 class NotATranscript(Exception):
@@ -85,24 +89,40 @@ def message_of(entry: Any) -> Message | None:
     return Message(":".join(ids), model, (*counts, min(hour, counts[2])))
 
 
-def messages(chunk: bytes) -> Iterator[Message]:
-    """The usage-bearing assistant entries among complete lines of ``chunk``."""
-    for line in chunk.split(b"\n"):
-        # most lines (tool results, prompts, file snapshots) are passed over unparsed
-        if b'"usage"' not in line or b'"assistant"' not in line:
-            continue
-        try:
-            found = message_of(orjson.loads(line))
-        except orjson.JSONDecodeError:
-            continue
-        if found is not None:
-            yield found
+def messages(buf: Buffer, start: int, stop: int) -> Iterator[Message]:
+    """The usage-bearing assistant entries among the complete lines of ``buf[start:stop]``.
+
+    Most of a transcript's bytes are tool results and file snapshots in user lines, so
+    lines are found with a one-byte search (memchr) and only the assistant ones parsed.
+    A long line is judged by its two ends: Claude Code writes ``"role":"assistant"``
+    near the start of an assistant line and ``"type":"assistant"`` after its message,
+    at the end; a long user line is skipped without reading its middle.
+    """
+    while start < stop:
+        end = buf.find(b"\n", start, stop)
+        if end == -1:
+            end = stop
+        if end - start > 2 * WINDOW:
+            head, tail = buf[start : start + WINDOW], buf[end - WINDOW : end]
+            wanted = ASSISTANT in head or ASSISTANT in tail
+        else:
+            wanted = ASSISTANT in buf[start:end]
+        if wanted and USAGE in (line := buf[start:end]):
+            try:
+                found = message_of(orjson.loads(line))
+            except orjson.JSONDecodeError:
+                found = None
+            if found is not None:
+                yield found
+        start = end + 1
 
 
-def read_new(path: str, offset: int) -> tuple[bytes, int]:
-    """The complete lines of ``path`` after ``offset``, and the offset after them.
+def read_new(path: str, offset: int) -> tuple[list[Message], int]:
+    """The messages in the complete lines of ``path`` after ``offset``; the offset after
+    them (a line still being written is read next time).
 
-    A file shorter than ``offset`` was replaced or cut: it is read again from the start
+    The file is mapped, not copied: only the lines that are parsed are ever copied. A
+    file shorter than ``offset`` was replaced or cut: it is read again from the start
     (identities already counted are not counted twice, see ``Tally``).
     """
     try:
@@ -115,14 +135,18 @@ def read_new(path: str, offset: int) -> tuple[bytes, int]:
             raise NotATranscript(f"{path}: not a regular file")
         if info.st_size < offset:
             offset = 0
-        want = min(info.st_size - offset, MAX_READ)
-        if want <= 0:
-            return b"", offset
-        data = os.pread(fd, want, offset)
+        if info.st_size == offset:
+            return [], offset
+        base = offset - offset % mmap.ALLOCATIONGRANULARITY
+        length = min(info.st_size - base, MAX_READ)
+        with mmap.mmap(fd, length, prot=mmap.PROT_READ, offset=base) as view:
+            last = view.rfind(b"\n", offset - base)
+            if last == -1:
+                return [], offset
+            found = list(messages(view, offset - base, last + 1))
+        return found, base + last + 1
     finally:
         os.close(fd)
-    end = data.rfind(b"\n") + 1  # a line still being written waits for the next read
-    return data[:end], offset + end
 
 
 class Tally:

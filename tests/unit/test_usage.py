@@ -14,7 +14,7 @@ from tcmd.model import Instance, Role
 from tcmd.prices import Prices
 from tcmd.store.jsonfile import JsonFileStore
 from tcmd.usage.ledger import Ledger, scopes_of
-from tcmd.usage.transcript import NotATranscript, messages, read_new
+from tcmd.usage.transcript import NotATranscript, read_new
 
 
 def assistant(
@@ -52,19 +52,44 @@ def test_one_message_written_in_several_lines_counts_once(tmp_path: Path) -> Non
            assistant("m2", 3, 1, cw=100, cr=50),
            {"type": "assistant", "message": {"id": "e", "model": "<synthetic>",
                                              "usage": {"input_tokens": 0}}})  # fmt: skip
-    chunk, end = read_new(str(t), 0)
+    found, end = read_new(str(t), 0)
     assert end == t.stat().st_size
-    found = list(messages(chunk))
     assert [m.key for m in found] == ["m1:req_m1", "m1:req_m1", "m2:req_m2"]
+
+
+def test_long_lines_are_judged_by_their_ends(tmp_path: Path) -> None:
+    t = tmp_path / "t.jsonl"
+    big = assistant("m1", 10, 5000)
+    big["message"]["content"] = [
+        {"type": "tool_use", "name": "Write", "input": {"content": "a" * 50_000}}
+    ]
+    result = {
+        "type": "user",
+        "message": {
+            "role": "user",
+            "content": [
+                {
+                    "type": "tool_result",
+                    "content": "b" * 50_000 + '"usage" "assistant"' + "c" * 50_000,
+                }
+            ],
+        },
+    }
+    append(t, result, big, result)
+    found, _ = read_new(str(t), 0)
+    assert [(m.key, m.counts) for m in found] == [("m1:req_m1", (10, 5000, 0, 0, 0))]
 
 
 def test_a_line_still_being_written_waits_for_the_next_read(tmp_path: Path) -> None:
     t = tmp_path / "t.jsonl"
     append(t, assistant("m1", 1, 1), tail='{"type":"assistant","mess')
-    chunk, end = read_new(str(t), 0)
-    assert len(list(messages(chunk))) == 1
+    found, end = read_new(str(t), 0)
+    assert len(found) == 1
     assert end < t.stat().st_size
-    assert read_new(str(t), end) == (b"", end)  # nothing complete after it yet
+    assert read_new(str(t), end) == ([], end)  # nothing complete after it yet
+    with t.open("a") as f:
+        f.write('sage":{}}\n')  # the line ends: read from where the last read stopped
+    assert read_new(str(t), end) == ([], t.stat().st_size)
 
 
 def test_only_regular_files_are_read(tmp_path: Path) -> None:
@@ -169,3 +194,18 @@ def test_scopes_come_from_the_ids() -> None:
     assert scopes_of("mgr_4_1") == ("mgr_4_1", "exec_4")
     assert scopes_of("exec_7") == (None, "exec_7")
     assert scopes_of("weird") == (None, None)
+
+
+def test_reads_on_from_any_offset_of_a_long_transcript(
+    tmp_path: Path, store: JsonFileStore
+) -> None:
+    t = tmp_path / "t.jsonl"
+    ledger = Ledger(store, Prices.load())
+    for i in range(300):  # offsets far past the first page, at no page boundary
+        append(
+            t,
+            {"type": "user", "message": {"content": "x" * (i * 7 % 500)}},
+            assistant(f"m{i}", 1, i),
+        )
+        ledger.read(spec(), str(t))
+    assert ledger.of("all") == {"claude-sonnet-4-5": [300, sum(range(300)), 0, 0, 0]}
