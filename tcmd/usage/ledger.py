@@ -24,6 +24,7 @@ records. Listeners hear every growth (metrics, budgets).
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 from collections.abc import Callable
@@ -43,6 +44,11 @@ NS = "usage"
 # a turn's edges: its end (Stop, StopFailure), and catching up before the next one or at
 # a (re)start, when the file may have grown while tcmd was down
 READ_ON = frozenset({"SessionStart", "UserPromptSubmit", "Stop", "StopFailure", "SessionEnd"})
+# Claude Code (2.1.332) writes a turn's last message to the transcript after the Stop hook
+# has gone out (its writer flushes in batches): after a turn's end, read again this many
+# seconds later (each read that finds nothing new costs an open and an fstat)
+SETTLE_S = (0.3, 1.5)
+TURN_ENDS = frozenset({"Stop", "StopFailure", "SessionEnd"})
 KEEP_PATHS = 8  # transcripts remembered per instance (/clear and compaction start new ones)
 _ID = re.compile(r"^(exec|mgr|spec)_(\d+)(?:_(\d+))?(?:_(\d+))?$")
 Scope = tuple[str, str]  # ("run", "run_3"), ("all", "")
@@ -125,6 +131,7 @@ class Ledger:
         self.totals: dict[Scope, dict[str, Counts]] = {}
         self.listeners: list[Growth] = []
         self.reads = 0  # transcript reads (for the bench and `status`)
+        self._later: dict[str, asyncio.TimerHandle] = {}  # instance id -> its next re-read
 
     def load(self) -> None:
         """Accounts from the store; the totals of every scope summed from them."""
@@ -148,6 +155,31 @@ class Ledger:
         path = payload.get("transcript_path")
         if event in READ_ON and isinstance(path, str) and path.endswith(".jsonl"):
             self.read(inst, path)
+            if event in TURN_ENDS:
+                self._settle(inst, path, 0)
+
+    def _settle(self, inst: Instance, path: str, step: int) -> None:
+        """Read ``path`` again at SETTLE_S[step] after the turn's end (one pending per
+        instance: a newer turn's end replaces it). The instance may be gone by then: its
+        transcript still says what its last turn cost."""
+        if (pending := self._later.pop(inst.id, None)) is not None:
+            pending.cancel()
+        if step >= len(SETTLE_S):
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no event loop (a bench, a unit test): nothing to wait for
+            return
+        delay = SETTLE_S[step] - (SETTLE_S[step - 1] if step else 0.0)
+        self._later[inst.id] = loop.call_later(delay, self._settled, inst, path, step)
+
+    def _settled(self, inst: Instance, path: str, step: int) -> None:
+        self._later.pop(inst.id, None)
+        try:
+            self.read(inst, path)
+        except Exception:  # a bug here must not kill the event loop's callback
+            log.exception("usage re-read failed", instance_id=inst.id)
+        self._settle(inst, path, step + 1)
 
     def read(self, inst: Instance, path: str) -> bool:
         """Count what ``path`` gained since the last read; True if the account changed."""

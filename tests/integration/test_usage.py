@@ -2,6 +2,8 @@
 their usage into transcripts in Claude Code's format (``@usage`` lines script it).
 
 What the fake reported is known exactly here, so every total is compared with ``==``.
+Like Claude Code, the fake writes its transcript in batches, a turn's last message after
+its Stop hook: a total is awaited (to a deadline), not read once.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import Any
 import pytest
 
 from tests.fakes import FAKE_CLAUDE
-from tests.support import AgentDaemon, DaemonProcess
+from tests.support import AgentDaemon, DaemonProcess, wait_until
 
 TCMCTL = [sys.executable, "-m", "tcmctl"]
 SONNET = "claude-sonnet-4-5"  # the fake's default model, in the shipped price table
@@ -49,6 +51,21 @@ def usage(agents: AgentDaemon, **scope: str) -> dict[str, Any]:
     return result
 
 
+def settled(agents: AgentDaemon, want: dict[str, int], **scope: str) -> dict[str, Any]:
+    """The scope's usage once its tokens are ``want`` (fails with the last seen if never)."""
+    seen: list[dict[str, Any]] = []
+
+    def done() -> bool:
+        seen[:] = [usage(agents, **scope)]
+        return bool(seen[0]["tokens"] == want)
+
+    try:
+        wait_until(done, 5, 0.05, what=f"usage of {scope} to be {want}")
+    except AssertionError:
+        assert seen[0]["tokens"] == want  # shows the difference
+    return seen[0]
+
+
 def test_run_totals_equal_what_the_agents_reported_across_restarts(agents: AgentDaemon) -> None:
     manager = team(agents)
     tasks = [  # each task: two API calls (a tool round trip, then the answer)
@@ -59,8 +76,7 @@ def test_run_totals_equal_what_the_agents_reported_across_restarts(agents: Agent
     run = agents.call("executeParallel", {"managerId": manager, "tasks": tasks})
     assert run["completed"] == 3, run
     want = tokens(600 + 21, 66 + 9, 3000, 30_000)
-    got = usage(agents, runId=run["runId"])
-    assert got["tokens"] == want
+    got = settled(agents, want, runId=run["runId"])
     assert [m["model"] for m in got["models"]] == [SONNET]
     cost = (621 * 3 + 75 * 15 + 3000 * 3.75 + 30_000 * 0.3) / 1e6
     assert got["costUsd"] == pytest.approx(cost)
@@ -69,7 +85,7 @@ def test_run_totals_equal_what_the_agents_reported_across_restarts(agents: Agent
 
     # the manager's own turn counts for the manager and the tree, not for the run
     turn(agents, manager, usage_line(50, 5))
-    assert usage(agents, managerId=manager)["tokens"] == tokens(621 + 50, 80, 3000, 30_000)
+    settled(agents, tokens(621 + 50, 80, 3000, 30_000), managerId=manager)
     assert usage(agents, tree="exec_1")["tokens"]["total"] == want["total"] + 55
 
     # tcmd restarts: the totals are kept and the manager's next turn adds only itself
@@ -77,14 +93,14 @@ def test_run_totals_equal_what_the_agents_reported_across_restarts(agents: Agent
     agents.daemon.start()
     assert usage(agents, runId=run["runId"])["tokens"] == want
     turn(agents, manager, usage_line(1, 2))
-    assert usage(agents, managerId=manager)["tokens"] == tokens(621 + 51, 82, 3000, 30_000)
+    settled(agents, tokens(621 + 51, 82, 3000, 30_000), managerId=manager)
 
     # the agent restarts with --resume (same transcript, read on from where it was)
     restarted = agents.call("restart", {"instanceId": manager})
     assert restarted["resumed"] is True
     agents.wait_status(manager, "ready")
     turn(agents, manager, usage_line(4, 4))
-    assert usage(agents, managerId=manager)["tokens"] == tokens(621 + 55, 86, 3000, 30_000)
+    settled(agents, tokens(621 + 55, 86, 3000, 30_000), managerId=manager)
     assert usage(agents)["tokens"] == usage(agents, tree="exec_1")["tokens"]
 
     # the counters of `metrics` count the same tokens
@@ -106,6 +122,7 @@ def test_run_totals_equal_what_the_agents_reported_across_restarts(agents: Agent
 def test_an_instance_sees_only_its_own_subtree_usage(agents: AgentDaemon) -> None:
     manager = team(agents)
     turn(agents, manager, usage_line(10, 1))
+    settled(agents, tokens(10, 1), managerId=manager)
     token = agents.token(manager)
     mine = agents.call("usage", {}, token=token)
     assert (mine["scope"], mine["id"], mine["tokens"]["total"]) == ("manager", manager, 11)
@@ -114,7 +131,9 @@ def test_an_instance_sees_only_its_own_subtree_usage(agents: AgentDaemon) -> Non
 
 
 def ten_tasks(agents: AgentDaemon, manager: str, **budget: Any) -> dict[str, Any]:
-    tasks = [{"id": f"t{i:02}", "instruction": f"{usage_line(1000, 0)}\n@reply t{i:02}"}
+    """Ten tasks one at a time, each an API call of 1000 input tokens, then 0.3 s of tool
+    work (the message is in the transcript by the turn's end), then the answer."""
+    tasks = [{"id": f"t{i:02}", "instruction": f"{usage_line(1000, 0)}\n@work 0.3\n@reply t{i:02}"}
              for i in range(10)]  # fmt: skip
     params = {"managerId": manager, "tasks": tasks, "maxConcurrent": 1, **budget}
     run: dict[str, Any] = agents.call("executeParallel", params)
@@ -129,8 +148,7 @@ def test_a_run_budget_stops_the_run_once_passed(agents: AgentDaemon) -> None:
     errors = {r["error"] for r in run["results"][3:]}
     assert errors == {f"budget reached: {run['runId']} maxTokens 2500 (used 3000)"}
     assert run["budgetReached"] == errors.pop()
-    got = usage(agents, runId=run["runId"])
-    assert got["tokens"]["total"] == 3000
+    got = settled(agents, tokens(3000, 0), runId=run["runId"])
     assert got["budget"] == {"maxCostUsd": None, "maxTokens": 2500, "reached": run["budgetReached"]}
     # the manager is told: an event about it, which it may read itself
     told = agents.call("events", {"limit": 1000}, token=agents.token(manager))["events"]

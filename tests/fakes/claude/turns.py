@@ -109,8 +109,25 @@ class Turns(Hooks):
         }
 
     def write_entries(self, *entries: dict[str, Any]) -> None:
-        text = "\n".join(json.dumps(e, ensure_ascii=False, separators=(",", ":")) for e in entries)
-        append_line(self.transcript, text)
+        """Queue entries for the transcript: the batch is written ``flush_s`` later."""
+        if not self.unwritten and self.flush_s > 0:
+            self.spawn(self.flush_later)
+        self.unwritten += [
+            json.dumps(e, ensure_ascii=False, separators=(",", ":")) for e in entries
+        ]
+        if self.flush_s <= 0:
+            self.flush_entries()
+
+    def flush_later(self) -> None:
+        try:
+            self.wait(timeout=self.flush_s)
+        finally:  # cancelled at the end of the session: written all the same
+            self.flush_entries()
+
+    def flush_entries(self) -> None:
+        if self.unwritten:
+            append_line(self.transcript, "\n".join(self.unwritten))
+            self.unwritten = []
 
     def assistant_message(self, arg: str, text: str) -> None:
         """One API call's answer: ``in=N out=N cw=N cr=N cw1h=N model=M`` (`@usage`).
