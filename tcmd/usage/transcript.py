@@ -104,10 +104,10 @@ def messages(buf: Buffer, start: int, stop: int) -> Iterator[Message]:
             end = stop
         if end - start > 2 * WINDOW:
             head, tail = buf[start : start + WINDOW], buf[end - WINDOW : end]
-            wanted = ASSISTANT in head or ASSISTANT in tail
+            line = buf[start:end] if ASSISTANT in head or ASSISTANT in tail else b""
         else:
-            wanted = ASSISTANT in buf[start:end]
-        if wanted and USAGE in (line := buf[start:end]):
+            line = buf[start:end]
+        if ASSISTANT in line and USAGE in line:
             try:
                 found = message_of(orjson.loads(line))
             except orjson.JSONDecodeError:
