@@ -19,16 +19,8 @@ import pytest
 from tests.fakes import FAKE_CLAUDE as FAKE
 from tests.support import wait_until
 
-EVENTS = (
-    "SessionStart",
-    "UserPromptSubmit",
-    "PreToolUse",
-    "PostToolUse",
-    "Notification",
-    "Stop",
-    "StopFailure",
-    "SessionEnd",
-)
+EVENTS = ("SessionStart", "UserPromptSubmit", "PreToolUse", "PostToolUse", "Notification",
+          "Stop", "StopFailure", "SessionEnd")
 T = TypeVar("T")
 
 
@@ -65,13 +57,8 @@ class Harness:
         self.started = False
 
     def tmux(self, *args: str, stdin: bytes | None = None) -> str:
-        done = subprocess.run(
-            ["tmux", "-L", self.socket, "-f", str(self.conf), *args],
-            input=stdin,
-            capture_output=True,
-            check=False,
-            timeout=10,
-        )
+        done = subprocess.run(["tmux", "-L", self.socket, "-f", str(self.conf), *args],
+                              input=stdin, capture_output=True, check=False, timeout=10)
         if done.returncode:
             raise RuntimeError(f"tmux {args}: {done.stderr.decode().strip()}")
         return done.stdout.decode()
@@ -81,23 +68,8 @@ class Harness:
         pane = Pane(self, name)
         env = {"FAKE_CLAUDE_HOME": str(self.home), "FAKE_CLAUDE_EVENT_LOG": str(pane.log), **env}
         env_args = [arg for key, value in env.items() for arg in ("-e", f"{key}={value}")]
-        self.tmux(
-            "new-session",
-            "-d",
-            "-s",
-            name,
-            "-x",
-            "200",
-            "-y",
-            "50",
-            "-c",
-            str(self.tmp),
-            *env_args,
-            str(FAKE),
-            "--settings",
-            str(self.settings),
-            *flags,
-        )
+        self.tmux("new-session", "-d", "-s", name, "-x", "200", "-y", "50", "-c", str(self.tmp),
+                  *env_args, str(FAKE), "--settings", str(self.settings), *flags)
         self.started = True
         return pane
 
@@ -114,9 +86,8 @@ class Pane:
         self.log = harness.tmp / f"events-{name}.jsonl"
 
     def screen(self, history: bool = True) -> str:
-        return self.h.tmux(
-            "capture-pane", "-p", "-J", "-t", self.target, *(("-S", "-") if history else ())
-        )
+        return self.h.tmux("capture-pane", "-p", "-J", "-t", self.target,
+                           *(("-S", "-") if history else ()))
 
     def shows(self, text: str, history: bool = True) -> bool:
         return text in self.screen(history)
@@ -127,15 +98,12 @@ class Pane:
             return wait_until(predicate, timeout_s, what=what)
         except AssertionError as exc:
             raise AssertionError(
-                f"{exc}\nevents: {self.names()}\nscreen:\n{self.screen()}"
-            ) from None
+                f"{exc}\nevents: {self.names()}\nscreen:\n{self.screen()}") from None
 
     def wait_for(self, text: str, history: bool = True, present: bool = True) -> None:
         """Wait until `text` is on screen (or, with present=False, gone from it)."""
-        self.wait(
-            lambda: self.shows(text, history) == present,
-            f"{text!r} {'on' if present else 'off'} screen",
-        )
+        self.wait(lambda: self.shows(text, history) == present,
+                  f"{text!r} {'on' if present else 'off'} screen")
 
     def events(self, name: str | None = None) -> list[dict[str, Any]]:
         return [e for e in read_jsonl(self.log) if name in (None, e["hook_event_name"])]
@@ -145,11 +113,8 @@ class Pane:
 
     def wait_event(self, name: str, count: int = 1, timeout_s: float = 5.0) -> dict[str, Any]:
         """The `count`-th event called `name`, once it has been fired."""
-        found = self.wait(
-            lambda: len(self.events(name)) >= count and self.events(name),
-            f"{name} #{count}",
-            timeout_s,
-        )
+        found = self.wait(lambda: len(self.events(name)) >= count and self.events(name),
+                          f"{name} #{count}", timeout_s)
         return found[count - 1]
 
     def paste(self, text: str) -> None:
@@ -168,17 +133,9 @@ class Pane:
         """Wait for the pane to die and return its exit status."""
 
         def status() -> str | None:
-            dead, _, code = (
-                self.h.tmux(
-                    "display-message",
-                    "-p",
-                    "-t",
-                    self.target,
-                    "#{pane_dead} #{pane_dead_status}",
-                )
-                .strip()
-                .partition(" ")
-            )
+            dead, _, code = self.h.tmux(
+                "display-message", "-p", "-t", self.target, "#{pane_dead} #{pane_dead_status}",
+            ).strip().partition(" ")
             if dead == "1" and not code:
                 self.h.tmux("run-shell", "true")  # tmux 3.3a may wait to reap until a job runs
             return code if dead == "1" else None
@@ -200,20 +157,9 @@ def test_start_fires_session_start_and_draws_the_box(harness: Harness, tmp_path:
     mcp = tmp_path / "mcp.json"
     mcp.write_text('{"mcpServers": {}}')
     pane = harness.start(
-        "--mcp-config",
-        str(mcp),
-        "--strict-mcp-config",
-        "--model",
-        "opus",
-        "--append-system-prompt",
-        "be brief",
-        "--permission-mode",
-        "acceptEdits",
-        "--allowedTools",
-        "mcp__tcm__spawn",
-        "Bash(git:*)",
-        "--verbose",
-    )
+        "--mcp-config", str(mcp), "--strict-mcp-config", "--model", "opus",
+        "--append-system-prompt", "be brief", "--permission-mode", "acceptEdits",
+        "--allowedTools", "mcp__tcm__spawn", "Bash(git:*)", "--verbose")
     start = pane.wait_event("SessionStart")
     assert start["source"] == "startup"
     assert start["model"] == "opus"
@@ -228,14 +174,11 @@ def test_start_fires_session_start_and_draws_the_box(harness: Harness, tmp_path:
 
 
 def test_pasted_prompt_arrives_exactly_and_stop_carries_the_reply(
-    harness: Harness,
-    tmp_path: Path,
+    harness: Harness, tmp_path: Path,
 ) -> None:
-    prompt = (
-        "say \"hi\" and 'bye' $(touch pwned) `touch pwned2` back\\slash\n"
-        "ünïcødé ✓ 日本語 🎉\n"
-        "\tlast line, tab first"
-    )
+    prompt = ("say \"hi\" and 'bye' $(touch pwned) `touch pwned2` back\\slash\n"
+              "ünïcødé ✓ 日本語 🎉\n"
+              "\tlast line, tab first")
     pane = harness.start()
     pane.wait_event("SessionStart")
     pane.submit(prompt)
@@ -248,7 +191,7 @@ def test_pasted_prompt_arrives_exactly_and_stop_carries_the_reply(
     assert stop["stop_hook_active"] is False
     assert stop["background_tasks"] == []
     assert pane.names() == ["SessionStart", "UserPromptSubmit", "Stop"]
-    pane.wait_for('⏺ ok: say "hi"')
+    pane.wait_for("⏺ ok: say \"hi\"")
     assert wait_until(lambda: harness.hook_payloads("Stop"), what="hook") == [stop]
     assert harness.hook_payloads("UserPromptSubmit") == [submitted]
     assert not list(tmp_path.glob("pwned*"))
@@ -269,8 +212,7 @@ def test_pasted_prompt_arrives_exactly_and_stop_carries_the_reply(
 def test_long_paste_shows_a_placeholder_and_directives_combine(harness: Harness) -> None:
     # ~13 kB: the terminal delivers it in pieces, some splitting a UTF-8 character
     text = "@print Shown during the turn\n@reply combined\n" + "\n".join(
-        f'line {i}: ünïcødé 日本語 🎉 "$(x)" `y`' for i in range(300)
-    )
+        f"line {i}: ünïcødé 日本語 🎉 \"$(x)\" `y`" for i in range(300))
     pane = harness.start()
     pane.wait_event("SessionStart")
     pane.paste(text)
@@ -393,9 +335,8 @@ def test_exit_then_resume_keeps_the_conversation(harness: Harness) -> None:
 
 
 def test_unknown_flag_exits_1() -> None:
-    done = subprocess.run(
-        [str(FAKE), "--bogus"], capture_output=True, text=True, check=False, timeout=10
-    )
+    done = subprocess.run([str(FAKE), "--bogus"], capture_output=True, text=True,
+                          check=False, timeout=10)
     assert done.returncode == 1
     assert done.stderr.strip() == "error: unknown option '--bogus'"
 
