@@ -129,6 +129,7 @@ class Ledger:
         self.prices = prices
         self.accounts: dict[str, Account] = {}
         self.totals: dict[Scope, dict[str, Counts]] = {}
+        self.members: dict[Scope, set[str]] = {}  # the instances that used tokens in a scope
         self.listeners: list[Growth] = []
         self.reads = 0  # transcript reads (for the bench and `status`)
         self._later: dict[str, asyncio.TimerHandle] = {}  # instance id -> its next re-read
@@ -148,6 +149,7 @@ class Ledger:
     def _add_to_scopes(self, acct: Account, model: str, counts: Counts) -> None:
         for scope in acct.scopes():
             add_into(self.totals.setdefault(scope, {}), model, counts)
+            self.members.setdefault(scope, set()).add(acct.instance_id)
 
     # -- reading -----------------------------------------------------------------------------
     def on_hook(self, inst: Instance, event: str, payload: dict[str, Any]) -> None:
@@ -271,9 +273,7 @@ class Ledger:
             "costComplete": not unpriced,
             "unpricedModels": unpriced,
             "models": models,
-            "instances": sum(
-                1 for a in self.accounts.values() if (kind, key) in a.scopes() and a.models
-            ),
+            "instances": len(self.members.get((kind, key), ())),
         }
 
 

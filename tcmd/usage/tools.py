@@ -91,7 +91,7 @@ class UsageTools:
         if me is None:
             return
         if kind == "run":
-            members = [a.instance_id for a in self.ledger.accounts.values() if a.run_id == key]
+            members = self.ledger.members.get(("run", key), set())
             ok = all(within(me, m) for m in members)
         else:
             ok = kind != "all" and within(me, key)
