@@ -133,23 +133,50 @@ def test_an_instance_sees_only_its_own_subtree_usage(agents: AgentDaemon) -> Non
 def ten_tasks(agents: AgentDaemon, manager: str, **budget: Any) -> dict[str, Any]:
     """Ten tasks one at a time, each an API call of 1000 input tokens, then 0.3 s of tool
     work (the message is in the transcript by the turn's end), then the answer."""
-    tasks = [{"id": f"t{i:02}", "instruction": f"{usage_line(1000, 0)}\n@work 0.3\n@reply t{i:02}"}
-             for i in range(10)]  # fmt: skip
-    params = {"managerId": manager, "tasks": tasks, "maxConcurrent": 1, **budget}
+    params = {"managerId": manager, "tasks": task_list(), "maxConcurrent": 1, **budget}
     run: dict[str, Any] = agents.call("executeParallel", params)
     return run
 
 
-def test_a_run_budget_stops_the_run_once_passed(agents: AgentDaemon) -> None:
+def task_list() -> list[dict[str, str]]:
+    return [{"id": f"t{i:02}", "instruction": f"{usage_line(1000, 0)}\n@work 0.3\n@reply t{i:02}"}
+            for i in range(10)]  # fmt: skip
+
+
+def ten_tasks_from_a_file(agents: AgentDaemon, manager: str, **budget: Any) -> dict[str, Any]:
+    """The same ten tasks as a tasks file run by `tcmctl parallel` (exit 1: not all done)."""
+    path = agents.work_dir.parent / "tasks.json"
+    path.write_text(json.dumps({"maxConcurrent": 1, **budget, "tasks": task_list()}))
+    out = subprocess.run([*TCMCTL, "parallel", manager, str(path), "--json"], env=agents.daemon.env,
+                         capture_output=True, text=True, timeout=120, check=False)  # fmt: skip
+    assert out.returncode == 1, out.stderr
+    status = json.loads(out.stdout)
+    run: dict[str, Any] = agents.call("runs", {"limit": 1})[0]
+    return {"runId": status["runId"], "results": status["tasks"], **run}
+
+
+@pytest.mark.parametrize(
+    ("start", "budget", "why"),
+    [
+        (ten_tasks, {"maxTokens": 2500}, "maxTokens 2500 (used 3000)"),
+        # 1000 input tokens of Sonnet = $0.003: the third task passes $0.0075
+        (ten_tasks_from_a_file, {"maxCostUsd": 0.0075}, "maxCostUsd $0.0075 (spent $0.0090)"),
+    ],
+    ids=["maxTokens-executeParallel", "maxCostUsd-tasks-file"],
+)
+def test_a_run_budget_stops_the_run_once_passed(
+    agents: AgentDaemon, start: Any, budget: dict[str, Any], why: str
+) -> None:
     manager = team(agents)
-    run = ten_tasks(agents, manager, maxTokens=2500)  # reached by the third task's turn
+    run = start(agents, manager, **budget)
     states = [r["status"] for r in run["results"]]
     assert states == ["completed"] * 3 + ["cancelled"] * 7, run["results"]
     errors = {r["error"] for r in run["results"][3:]}
-    assert errors == {f"budget reached: {run['runId']} maxTokens 2500 (used 3000)"}
+    assert errors == {f"budget reached: {run['runId']} {why}"}
     assert run["budgetReached"] == errors.pop()
     got = settled(agents, tokens(3000, 0), runId=run["runId"])
-    assert got["budget"] == {"maxCostUsd": None, "maxTokens": 2500, "reached": run["budgetReached"]}
+    assert got["budget"] == {"maxCostUsd": None, "maxTokens": None, **budget,
+                             "reached": run["budgetReached"]}  # fmt: skip
     # the manager is told: an event about it, which it may read itself
     told = agents.call("events", {"limit": 1000}, token=agents.token(manager))["events"]
     notes = [e for e in told if e["kind"] == "run.budget"]
