@@ -156,7 +156,7 @@ class Tally:
     this is only a guard against re-reads (a replaced file) and copied history.
     """
 
-    def __init__(self, seen: dict[str, Counts] | None = None, keep: int = 256) -> None:
+    def __init__(self, seen: dict[str, Counts] | None = None, keep: int = 64) -> None:
         self.seen: dict[str, Counts] = dict(seen or {})
         self.keep = keep
 
