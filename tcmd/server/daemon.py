@@ -96,7 +96,7 @@ class Daemon:
             on_sweep=lambda: sdnotify.notify("WATCHDOG=1"),
         )
         self.retention = Retention(settings, self.instances, self.parallel, emit=self.emit)
-        self.ledger = Ledger(self.store, Prices.load(settings.prices_file))
+        self.ledger = Ledger(self.store, Prices({}))  # the table is read at start
         self.budgets = Budgets(settings, self.parallel, self.ledger, self.emit)
         self.catalogue = Catalogue()
         self.rpc = RpcServer(
@@ -225,6 +225,7 @@ class Daemon:
         if self.settings.redis_url:
             self._with_redis(self.settings.redis_url)
         self.events.load()
+        self.ledger.prices = Prices.load(self.settings.prices_file)  # checked by Settings
         self.ledger.load()  # before any hook, and before the dispatcher asks the budgets
         self._observe()
         if self.settings.hooks == "http":  # before any launch: the agents' settings name it

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from tcmd.config import Settings
 from tcmd.errors import ConfigError
 from tcmd.model import Instance, Role
 from tcmd.prices import Prices
@@ -209,3 +210,16 @@ def test_reads_on_from_any_offset_of_a_long_transcript(
         )
         ledger.read(spec(), str(t))
     assert ledger.of("all") == {"claude-sonnet-4-5": [300, sum(range(300)), 0, 0, 0]}
+
+
+def test_settings_check_the_prices_file_and_the_budget(tmp_path: Path) -> None:
+    base = {"TCM_SOCKET": str(tmp_path / "s.sock"), "TCM_STATE_DIR": str(tmp_path)}
+    good = tmp_path / "p.json"
+    good.write_text('{"models": {"m": {"input": 1, "output": 2, "cacheWrite": 1, "cacheRead": 0}}}')
+    settings = Settings.from_env({**base, "TCM_PRICES": str(good), "TCM_BUDGET_USD": "12.5"})
+    assert (settings.prices_file, settings.budget_usd) == (good, 12.5)
+    with pytest.raises(ConfigError, match=r"TCM_PRICES.*cannot read"):
+        Settings.from_env({**base, "TCM_PRICES": str(tmp_path / "missing.json")})
+    for bad in ("0", "-1", "lots", "inf", "nan"):
+        with pytest.raises(ConfigError, match="TCM_BUDGET_USD: must be an amount"):
+            Settings.from_env({**base, "TCM_BUDGET_USD": bad})
