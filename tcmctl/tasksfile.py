@@ -46,6 +46,8 @@ OPTIONS = (
     "keepSpecialists",
     "managers",
     "maxConcurrent",
+    "maxCostUsd",
+    "maxTokens",
     "retry",
     "strategy",
     "timeoutMs",

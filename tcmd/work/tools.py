@@ -145,6 +145,8 @@ class ParallelTools:
             timeout_ms=opts.timeoutMs,
             keep_specialists=opts.keepSpecialists,
             manager_ids=manager_ids,
+            max_cost_usd=opts.maxCostUsd,
+            max_tokens=opts.maxTokens,
             node=self.p.instances.node,
         )
 
@@ -210,6 +212,7 @@ class ParallelTools:
             "failed": sum(j.state == JobState.FAILED for j in jobs),
             "cancelled": sum(j.state == JobState.CANCELLED for j in jobs),
             "done": all(j.state in FINAL for j in jobs),
+            "budgetReached": run.budget_reached,
             "results": [task_row(j) for j in jobs],
         }
 
