@@ -92,13 +92,14 @@ def _register_subcommands() -> None:
     """Add the commands of tcmctl.commands (they import this one: not at import)."""
     if "spawn" in cli.commands:
         return
-    from tcmctl.commands import daemon, instances, mcp, observe, parallel, runs, tree
+    from tcmctl.commands import daemon, instances, mcp, merge, observe, parallel, runs, tree
     from tcmctl.completion import completion
 
     cli.add_command(daemon.daemon)
     cli.add_command(mcp.mcp)  # its server half (tcmctl.mcp, the SDK) loads on use only
     cli.add_command(completion)
-    for command in [*instances.COMMANDS, *parallel.COMMANDS, *runs.COMMANDS, *observe.COMMANDS]:
+    for command in [*instances.COMMANDS, *parallel.COMMANDS, *runs.COMMANDS, *merge.COMMANDS,
+                    *observe.COMMANDS]:  # fmt: skip
         cli.add_command(command)
     for command in tree.COMMANDS:  # tree, top (Textual loads when top runs, not before)
         cli.add_command(command)

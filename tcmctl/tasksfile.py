@@ -48,6 +48,8 @@ OPTIONS = (
     "keepSpecialists",
     "managers",
     "maxConcurrent",
+    "maxCostUsd",
+    "maxTokens",
     "retry",
     "strategy",
     "timeoutMs",

@@ -141,6 +141,26 @@ def read_pattern_file(path: Path) -> dict[str, re.Pattern[str]]:
 _MODES = ("default", "manual", "acceptEdits", "auto", "plan", "dontAsk", "bypassPermissions")
 
 
+def _prices_file(var: str, raw: str) -> Path:
+    from tcmd.prices import Prices
+
+    path = _dir(var, raw)
+    Prices.load(path)  # a bad file stops the daemon at start, naming the variable
+    return path
+
+
+def _usd(var: str, raw: str) -> float | None:
+    if not raw.strip():
+        return None
+    try:
+        value = float(raw.strip())
+    except ValueError:
+        value = -1.0
+    if not value > 0 or value == float("inf"):
+        raise ConfigError(var, f"must be an amount of US dollars > 0, got {raw!r}")
+    return value
+
+
 def _permission_mode(var: str, raw: str) -> str | None:
     value = raw.strip()
     if not value:
@@ -194,6 +214,8 @@ _SPEC: dict[str, tuple[str, Callable[[str, str], Any]]] = {
     "retention_ms": ("TCM_RETENTION_MS", _int(0, 3_650 * 86_400_000)),
     "agent_nice": ("TCM_AGENT_NICE", _int(0, 19)),
     "hooks": ("TCM_HOOKS", _choice("http", "command")),
+    "prices_file": ("TCM_PRICES", _prices_file),
+    "budget_usd": ("TCM_BUDGET_USD", _usd),
 }
 
 
@@ -239,6 +261,8 @@ class Settings:
     retention_ms: int = 7 * 86_400_000  # finished runs, terminated instances: then forgotten
     agent_nice: int = 10  # agents run this much nicer than tcmd (0: as tcmd)
     hooks: str = "http"  # how Claude reports hook events: POST to tcmd, or run `tcmctl hook`
+    prices_file: Path | None = None  # prices per model over the shipped table (tcmd/prices.json)
+    budget_usd: float | None = None  # estimated cost at which no new task starts, daemon-wide
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:

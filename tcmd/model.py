@@ -93,6 +93,7 @@ class Instance:
     launched: int = 0  # how many times its process was started (resume needs > 0)
     next_child: int = 1
     node: str | None = None  # the node (daemon) that runs it; None: made before nodes
+    run_id: str | None = None  # the run whose task a specialist works on (usage, budgets)
 
     def move(self, new: State) -> bool:
         """Change state if legal; True when it changed."""

@@ -1,4 +1,4 @@
-"""Watching commands: events (one line per event, --follow to stream) and metrics."""
+"""Watching commands: events (one line per event, --follow to stream), metrics, usage."""
 
 from __future__ import annotations
 
@@ -105,4 +105,68 @@ def _render_metrics(snapshot: dict[str, Any]) -> str:
     return render.table(rows, ["series", "value"], max_width=100)
 
 
-COMMANDS = [events, metrics]
+@click.command()
+@click.option("--run", "run_id", help="The specialists of one run (run_N).")
+@click.option("--tree", help="An executive and everything below it (exec_N).")
+@click.option("--manager", "manager_id", help="A manager and its specialists.")
+@click.option("--instance", "instance_id", help="One instance.")
+@json_option
+@pass_ctx
+def usage(
+    obj: Ctx,
+    run_id: str | None,
+    tree: str | None,
+    manager_id: str | None,
+    instance_id: str | None,
+) -> None:
+    """Tokens and estimated cost (of the whole daemon unless a scope is named)."""
+    if sum(x is not None for x in (run_id, tree, manager_id, instance_id)) > 1:
+        raise click.UsageError("give at most one of --run, --tree, --manager, --instance")
+    params = {"runId": run_id, "tree": tree, "managerId": manager_id, "instanceId": instance_id}
+    obj.emit(obj.call("usage", params), _render_usage)
+
+
+def _cost(value: float | None) -> str:
+    return "unknown" if value is None else f"${value:.4f}"
+
+
+def _render_usage(r: dict[str, Any]) -> str:
+    """Totals by kind, the estimated cost (and what it leaves out), then one row per model."""
+    t = r["tokens"]
+    cost = _cost(r["costUsd"])
+    if r["unpricedModels"] and r["costUsd"] is not None:
+        cost += f" + unknown for {', '.join(r['unpricedModels'])} (no price: see TCM_PRICES)"
+    elif r["unpricedModels"]:
+        cost += f" (no price for {', '.join(r['unpricedModels'])}: see TCM_PRICES)"
+    pairs: list[tuple[str, Any]] = [
+        ("scope", f"{r['scope']} {r['id'] or ''}".strip()),
+        ("tokens", t["total"]),
+        ("input", t["input"]),
+        ("output", t["output"]),
+        ("cache creation", t["cacheCreation"]),
+        ("cache read", t["cacheRead"]),
+        ("estimated cost", cost),
+        ("instances", r["instances"]),
+    ]
+    if budget := r.get("budget"):
+        limits = [f"{k}={v}" for k, v in budget.items() if k != "reached" and v is not None]
+        pairs.append(
+            (
+                "budget",
+                " ".join(limits) + (f" ({budget['reached']})" if budget.get("reached") else ""),
+            )
+        )
+    out = render.pairs(pairs)
+    if r["models"]:
+        rows = [
+            {"model": m["model"], "tokens": m["tokens"]["total"], "input": m["tokens"]["input"],
+             "output": m["tokens"]["output"], "cacheCreation": m["tokens"]["cacheCreation"],
+             "cacheRead": m["tokens"]["cacheRead"], "costUsd": _cost(m["costUsd"])}
+            for m in r["models"]
+        ]  # fmt: skip
+        cols = ["model", "tokens", "input", "output", "cacheCreation", "cacheRead", "costUsd"]
+        out += "\n\n" + render.table(rows, cols)
+    return out
+
+
+COMMANDS = [events, metrics, usage]

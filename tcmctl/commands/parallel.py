@@ -18,7 +18,16 @@ from tcmctl.completion import complete_instance_id, complete_run_id
 from tcmctl.context import Ctx, json_option, pass_ctx
 
 STRATEGIES = click.Choice(["round-robin", "least-loaded", "capacity-aware"])
-FILE_OPTIONS = ("agent", "isolation", "maxConcurrent", "timeoutMs", "retry", "keepSpecialists")
+FILE_OPTIONS = (
+    "agent",
+    "isolation",
+    "maxConcurrent",
+    "timeoutMs",
+    "retry",
+    "keepSpecialists",
+    "maxCostUsd",
+    "maxTokens",
+)
 FLAGS = {
     "workDir": "--workdir",
     "maxConcurrent": "--max-concurrent",

@@ -45,8 +45,20 @@ def final_table(st: dict[str, Any]) -> str:
     return (
         render.table(rows, RESULT_COLUMNS, max_width=60)
         + f"\n{st['completedTasks']} completed, {st['failedTasks']} failed, "
-        f"{st['cancelledTasks']} cancelled"
+        f"{st['cancelledTasks']} cancelled" + overlap_lines(st)
     )
+
+
+def overlap_lines(st: dict[str, Any]) -> str:
+    """A worktree run's changed files per task and the paths more than one task changed."""
+    if "overlap" not in st:
+        return ""
+    counts = [f"{t['taskId']} {t['changedCount']}" for t in st["tasks"] if "changedCount" in t]
+    text = f"\nfiles changed: {', '.join(counts) or 'none yet'}"
+    if st["overlap"]:
+        text += f"\nchanged by more than one task ({st['overlapCount']}):"
+        text += "".join(f"\n  {o['path']}  {', '.join(o['taskIds'])}" for o in st["overlap"])
+    return text
 
 
 def _reason(task: dict[str, Any]) -> str | None:
@@ -61,6 +73,7 @@ def follow(obj: Ctx, run_id: str) -> dict[str, Any]:
     """Long-poll the run until it is done, telling what happens on stderr."""
     live = sys.stderr.isatty() and not obj.json
     seen: dict[str, tuple[str, int]] = {}  # task id -> (status, attempts) last told
+    overlaps: set[str] = set()  # paths told as changed by more than one task
     began = time.monotonic()
     change = None
     client = obj.client(timeout_s=None)
@@ -73,6 +86,7 @@ def follow(obj: Ctx, run_id: str) -> dict[str, Any]:
             change = st["change"]
             if not obj.json:
                 news = _news(st["tasks"], seen, time.monotonic() - began)
+                news += _overlap_news(st, overlaps, time.monotonic() - began)
                 if live:
                     sys.stderr.write("\r\x1b[K" + "".join(f"{line}\n" for line in news))
                     sys.stderr.write(_progress_line(st) + ("\n" if st["done"] else ""))
@@ -122,6 +136,17 @@ def _news(tasks: list[dict[str, Any]], seen: dict[str, tuple[str, int]], at_s: f
             lines.append(
                 f"{status:9} {tid}  attempts={attempts}  {took}{when}  {render.cell(text)[:80]}"
             )
+    return lines
+
+
+def _overlap_news(st: dict[str, Any], told: set[str], at_s: float) -> list[str]:
+    """One line per path that more than one task has now changed (worktree runs)."""
+    lines = []
+    for o in st.get("overlap", ()):
+        if o["path"] not in told:
+            told.add(o["path"])
+            lines.append(f"{'overlap':9} {o['path']}  changed by {', '.join(o['taskIds'])}  "
+                         f"(+{render.duration(at_s)})")  # fmt: skip
     return lines
 
 

@@ -72,6 +72,8 @@ class Instances:
         self.listeners: list[Listener] = []
         self.hook_listeners: list[Callable[[str], None]] = []  # called with each event name
         self.forget_listeners: list[Callable[[str], None]] = []  # called with a forgotten id
+        # called with each accepted hook of an instance (the usage ledger reads transcripts)
+        self.turn_listeners: list[Callable[[Instance, str, dict[str, Any]], None]] = []
         self._reconcile_soon = asyncio.Event()
         # instance id -> monotonic time its pane was last (re)created, inf while that is
         # in flight: a tmux listing taken before then cannot speak about its pane
@@ -514,6 +516,11 @@ class Instances:
         elif event not in ("Notification", "PermissionRequest"):  # a dialog: still in the tool
             self.tool_running.pop(inst.id, None)  # (of parallel calls, the first end ends it)
         new = self._apply(inst, event, payload)
+        for heard in self.turn_listeners:
+            try:
+                heard(inst, event, payload)
+            except Exception:  # a listener's bug must not cost the agent its state
+                log.exception("hook listener failed", instance_id=inst.id, hook=event)
         if new is not None and new != inst.status:
             try:
                 self._set(inst, new)

@@ -13,6 +13,7 @@ camelCase, as in the public JSON. The kinds tcm emits:
 ``instance.failed``      ``instanceId, parentId, reason``: past the recovery bound
 ``health.hold``          ``instanceId, hold, until``: new work held until a rate limit resets
 ``job.state``            ``jobId, taskId, runId, state``: a job changed state
+``run.overlap``          ``runId, path, taskIds, more``: two tasks of a run changed a path
 ``retention.forgotten``  ``runs, instances``: what retention dropped in one sweep
 =======================  ==========================================================
 

@@ -311,6 +311,8 @@ class StandardMetrics:
     recoveries: Counter
     instances: Gauge
     hook_events: Counter
+    tokens: Counter
+    cost: Counter
 
 
 def standard(registry: Registry) -> StandardMetrics:
@@ -335,4 +337,14 @@ def standard(registry: Registry) -> StandardMetrics:
         ),
         instances=r.gauge("tcm_instances", "Instances, by state.", ["state"]),
         hook_events=r.counter("tcm_hook_events_total", "Agent hook events.", ["event"]),
+        tokens=r.counter(
+            "tcm_tokens_total",
+            "Tokens agents used (read from their transcripts), by kind and model.",
+            ["kind", "model"],
+        ),
+        cost=r.counter(
+            "tcm_cost_usd_total",
+            "Estimated cost in USD of the tokens of priced models, by model.",
+            ["model"],
+        ),
     )

@@ -41,6 +41,7 @@ from tcmd.observe import logs
 from tcmd.observe.events import EventLog
 from tcmd.observe.metrics import Registry, standard
 from tcmd.observe.tools import ObserveTools, subtree_visibility
+from tcmd.prices import Prices
 from tcmd.server import sdnotify
 from tcmd.server.hooks_http import HookListener
 from tcmd.server.pidlock import AlreadyRunning, PidLocks, tmux_lock_path
@@ -50,6 +51,10 @@ from tcmd.store import StateDamaged
 from tcmd.store.jsonfile import JsonFileStore
 from tcmd.store.mirror import Mirror
 from tcmd.tmux import Tmux
+from tcmd.usage.ledger import Account, Ledger
+from tcmd.usage.tools import UsageTools
+from tcmd.usage.transcript import KINDS
+from tcmd.work.budget import Budgets
 from tcmd.work.dispatcher import Parallel
 from tcmd.work.queue.local import LocalJobQueue
 from tcmd.work.queue.redis import RedisJobQueue
@@ -91,6 +96,8 @@ class Daemon:
             on_sweep=lambda: sdnotify.notify("WATCHDOG=1"),
         )
         self.retention = Retention(settings, self.instances, self.parallel, emit=self.emit)
+        self.ledger = Ledger(self.store, Prices({}))  # the table is read at start
+        self.budgets = Budgets(settings, self.parallel, self.ledger, self.emit)
         self.catalogue = Catalogue()
         self.rpc = RpcServer(
             self.catalogue,
@@ -145,6 +152,11 @@ class Daemon:
         self.instances.hook_listeners.append(
             lambda event: self.metrics.hook_events.inc(event=event or "unknown")
         )
+        self.instances.turn_listeners.append(self.ledger.on_hook)
+        self.instances.forget_listeners.append(self.ledger.forgotten)
+        for model, counts in self.ledger.of("all").items():  # counters count since the start
+            self._count_usage(None, model, counts)
+        self.ledger.listeners.append(self._count_usage)
 
         def collect() -> None:  # gauges are read when asked for
             counts = self.instances.counts()
@@ -159,6 +171,14 @@ class Daemon:
             )
 
         self.registry.before_collect(collect)
+
+    def _count_usage(self, acct: Account | None, model: str, counts: list[int]) -> None:
+        m = self.metrics
+        for kind, n in zip(KINDS, counts, strict=False):
+            if n:
+                m.tokens.inc(n, kind=kind, model=model)
+        if (price := self.ledger.prices.of(model)) is not None:
+            m.cost.inc(price.cost(counts), model=model)
 
     def _http_hook(self, token: str, payload: dict[str, Any], launch: int | None) -> None:
         """A hook event POSTed by an agent: the token alone names it (no peer pid on TCP)."""
@@ -205,6 +225,8 @@ class Daemon:
         if self.settings.redis_url:
             self._with_redis(self.settings.redis_url)
         self.events.load()
+        self.ledger.prices = Prices.load(self.settings.prices_file)  # checked by Settings
+        self.ledger.load()  # before any hook, and before the dispatcher asks the budgets
         self._observe()
         if self.settings.hooks == "http":  # before any launch: the agents' settings name it
             await self.hooks.start()
@@ -230,6 +252,9 @@ class Daemon:
         self.catalogue.extend(instance_tools.tools())
         self.catalogue.extend(ParallelTools(self.parallel, self.shared).tools())
         self.catalogue.extend(HealthTools(self.health).tools())
+        usage_tools = UsageTools(self.ledger)
+        usage_tools.extras.append(self.budgets.describe)
+        self.catalogue.extend(usage_tools.tools())
         self.catalogue.extend(
             ObserveTools(
                 self.events,

@@ -71,6 +71,9 @@ class Run:
     created_at: float = field(default_factory=time.time)
     finished_at: float | None = None
     node: str | None = None  # the node that took the run (None: made before nodes)
+    max_cost_usd: float | None = None  # budgets (work/budget.py)
+    max_tokens: int | None = None
+    budget_reached: str | None = None  # why its waiting tasks were cancelled, once they were
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -105,6 +108,8 @@ class Parallel:
         self.poke: Callable[[], None] | None = None  # the shared queue's claim loop (Redis)
         self._numbering = asyncio.Lock()  # Redis: a shared number, then its instance, in order
         self.emit: Callable[..., Any] = lambda kind, **fields: None  # the event log, when wired
+        # "may this job start now?": None, or the reason it is cancelled instead (budgets)
+        self.may_start: Callable[[Job], str | None] = lambda job: None
         # tasks waiting for their dependencies (work/waiting.py): queued when they are ready
         self.waiting = Waiting(store, queue, self._live_manager)
         self.waiting.emit = self.emit_job
@@ -209,6 +214,9 @@ class Parallel:
                 job = self.queue.take(mid, now)
                 if job is None:
                     break
+                if (refused := self.may_start(job)) is not None:
+                    self.emit_job(self.queue.cancel(job.job_id, refused))
+                    continue
                 busy.add(mid)
                 self.active[mid] = self.active.get(mid, 0) + 1
                 self.peak_per_manager[mid] = max(
@@ -339,7 +347,8 @@ class Parallel:
         manager's counter shared by every node: it may run on a node that is not its
         manager's (then only the id's number is the manager's: the record lives here)."""
         fields: dict[str, Any] = {"work_dir": work_dir, "agent": run.agent, "model": None,
-                                  "context": str(job.task.get("context") or "")}  # fmt: skip
+                                  "context": str(job.task.get("context") or ""),
+                                  "run_id": run.run_id}  # fmt: skip
         number = self.instances.number_child
         if number is None:
             return self.instances.create(Role.SPECIALIST, self.instances.get(manager_id), **fields)
@@ -507,8 +516,8 @@ class Parallel:
         self.store.put("counters", "run", n)
         return f"run_{n}"
 
-    def cancel(self, job: Job) -> Job:
-        cancelled = self.queue.cancel(job.job_id)
+    def cancel(self, job: Job, reason: str | None = None) -> Job:
+        cancelled = self.queue.cancel(job.job_id, reason)
         self.emit_job(cancelled)
         if (attempt := self.attempts.get(job.job_id)) is not None:
             attempt.cancel()  # its finally terminates the specialist

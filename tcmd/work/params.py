@@ -91,6 +91,19 @@ class RunOptions(Params):
     keepSpecialists: bool = Field(
         default=False, description="Keep each specialist after its task, to inspect"
     )
+    maxCostUsd: float | None = Field(
+        default=None,
+        gt=0,
+        le=1_000_000,
+        description="Budget: once the run's estimated cost reaches it, no new task starts, "
+        "running ones finish their turn, waiting ones are cancelled (budget reached)",
+    )
+    maxTokens: int | None = Field(
+        default=None,
+        ge=1,
+        le=10**15,
+        description="Budget in tokens (input, output, cache creation and cache read together)",
+    )
 
 
 class ExecuteParallelParams(RunOptions):

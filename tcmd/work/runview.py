@@ -67,4 +67,5 @@ def run_row(parallel: Parallel, run: Run) -> dict[str, Any]:
         "agent": run.agent,
         "strategy": run.strategy,
         "workDir": run.work_dir,
+        "budgetReached": run.budget_reached,
     }

@@ -16,6 +16,7 @@ from tcmd.instances.authz import check_target, may_see
 from tcmd.model import LIVE, Instance, Role, State
 from tcmd.work import distribution, graph, handoff, worktrees
 from tcmd.work.dispatcher import Parallel, Run
+from tcmd.work.overlap import Overlaps, annotate
 from tcmd.work.params import (
     CancelParams,
     DistributeParams,
@@ -28,6 +29,7 @@ from tcmd.work.params import (
     WorktreesParams,
 )
 from tcmd.work.queue.base import FINAL, Job, JobState, Priority, RetryPolicy, stats_of
+from tcmd.work.runmerge import MergeTool
 from tcmd.work.runview import run_row, run_tasks, task_row
 from tcmd.work.shared import SharedWork
 from tcmd.work.waiting import SharedRelease
@@ -39,8 +41,12 @@ class ParallelTools:
     def __init__(self, parallel: Parallel, shared: SharedWork | None = None) -> None:
         self.p = parallel
         self.shared = shared  # the shared queue (REDIS_URL set)
+        self.overlaps = Overlaps(self._emit)
         if shared is not None:  # a task whose dependencies ended goes into Redis then
             parallel.waiting.to_shared = SharedRelease(shared.q.enqueue, self._catch_up_later)
+
+    def _emit(self, kind: str, **fields: Any) -> None:
+        self.p.emit(kind, **fields)  # looked up at each event: the daemon wires it late
 
     def tools(self) -> list[Tool[Any]]:
         return [
@@ -110,6 +116,7 @@ class ParallelTools:
                 destructive=True,
                 operator_only=True,
             ),
+            MergeTool(self.p, self._run_is_mine).tool(),
         ]
 
     def _catch_up_later(self) -> None:
@@ -152,6 +159,8 @@ class ParallelTools:
             timeout_ms=opts.timeoutMs,
             keep_specialists=opts.keepSpecialists,
             manager_ids=manager_ids,
+            max_cost_usd=opts.maxCostUsd,
+            max_tokens=opts.maxTokens,
             node=self.p.instances.node,
         )
 
@@ -240,6 +249,7 @@ class ParallelTools:
             "failed": sum(j.state == JobState.FAILED for j in jobs),
             "cancelled": sum(j.state == JobState.CANCELLED for j in jobs),
             "done": self.p.run_done(run),
+            "budgetReached": run.budget_reached,
             "results": run_tasks(self.p, run),
         }
 
@@ -368,7 +378,7 @@ class ParallelTools:
             rows = [task_row(j) for j in jobs] + [self.p.waiting.row(*w) for w in held]
             waiting = len(held)
         by = {s: sum(j.state == s for j in jobs) for s in JobState}
-        return {
+        status = {
             "runId": p.runId,
             "managerId": p.managerId,
             "activeSpecialists": by[JobState.ACTIVE],
@@ -383,6 +393,11 @@ class ParallelTools:
             "change": changes.count,
             "tasks": rows,
         }
+        if run is not None and run.isolation == "worktree":  # files changed, overlaps
+            annotate(status, await self.overlaps.look(run.run_id, jobs))
+            if len(self.overlaps) > len(self.p.runs):
+                self.overlaps.forget(self.p.runs)
+        return status
 
     def runs(self, caller: Caller, p: RunsParams) -> list[dict[str, Any]]:
         mine = [r for r in self.p.runs.values() if self._run_is_mine(caller, r)]

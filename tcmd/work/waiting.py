@@ -233,13 +233,14 @@ class Waiting:
         return handoff.Outcome(task_id, False, job.last_error or "", job.state.value)
 
     # -- a run's waiting tasks ------------------------------------------------------------
-    def cancel_run(self, run_id: str) -> list[Job]:
-        """Cancel every waiting task of the run (the run is cancelled)."""
+    def cancel_run(self, run_id: str, reason: str | None = None) -> list[Job]:
+        """Cancel every waiting task of the run (the run is cancelled, or its budget is
+        reached: ``reason`` is then their error)."""
         rg = self.graphs.get(run_id)
         if rg is None:
             return []
         gone = sorted(rg.graph.cancel_all(), key=rg.order.__getitem__)
-        return [self._settle(rg, task_id, None) for task_id in gone]
+        return [self._settle(rg, task_id, reason) for task_id in gone]
 
     def find(self, job_id: str) -> Job | None:
         """The waiting task with this job id (as it will be queued), or None."""

@@ -85,6 +85,14 @@ class WorktreeState:
 
 async def git(cwd: Path, *args: str, timeout_s: float = GIT_TIMEOUT_S) -> str:
     """Run ``git -C cwd ARGS``; return stdout, raise GitError (or Unavailable: no git, timeout)."""
+    return (await git_answer(cwd, *args, timeout_s=timeout_s))[1]
+
+
+async def git_answer(
+    cwd: Path, *args: str, timeout_s: float = GIT_TIMEOUT_S, ok: tuple[int, ...] = (0,)
+) -> tuple[int, str]:
+    """`git` that also returns the exit status; the statuses in ``ok`` are answers, not
+    errors (merge-tree's 1: conflicts)."""
     command = " ".join(args[:2])
     env = {k: v for k, v in os.environ.items() if k not in _LOCATING}
     env.update(GIT_TERMINAL_PROMPT="0", LC_ALL="C", GIT_OPTIONAL_LOCKS="0")
@@ -100,9 +108,9 @@ async def git(cwd: Path, *args: str, timeout_s: float = GIT_TIMEOUT_S) -> str:
     rc = done.returncode
     stdout, stderr = os.fsdecode(done.stdout), os.fsdecode(done.stderr).strip()
     log.debug("git", command=command, rc=rc, ms=round((time.monotonic() - started) * 1e3, 1))
-    if rc != 0:
+    if rc not in ok:
         raise GitError(command, rc, stderr or f"exit status {rc}")
-    return stdout
+    return rc, stdout
 
 
 async def repo_root(path: Path) -> Path | None:

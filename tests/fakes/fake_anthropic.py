@@ -13,12 +13,15 @@ What it answers is chosen by the lines of the turn's prompt that start with ``@`
 | ``@tool NAME {json}`` | call tool NAME with that input; the final text quotes the results |
 | ``@fail STATUS`` | answer with HTTP STATUS (429, 500, 529) and the API's error body |
 | ``@slow SECONDS`` | wait that long before answering (the turn stays busy) |
+| ``@usage in=N out=N cw=N cr=N`` | tokens each answer reports (default: 10 in, 5 out) |
 
 Several ``@tool`` lines call in order. A deferred MCP tool is first loaded through
 ``ToolSearch`` (``select:NAME``), as the model does.
 
 Only requests that offer tools (the agent's main loop) follow the script; side requests
-(titles, summaries) get a short plain answer. Run it alone with
+(titles, summaries) get a short plain answer. Every answer's usage is kept in
+``reported`` (streamed as the real API does: input and cache counts and 1 output token in
+``message_start``, the final output count in ``message_delta``). Run it alone with
 ``python -m tests.fakes.fake_anthropic [--port N]``.
 """
 
@@ -156,7 +159,25 @@ def message_blocks(step: Step) -> list[dict[str, Any]]:
     return [{"type": "text", "text": step.text}]
 
 
-def sse_events(model: str, blocks: list[dict[str, Any]]) -> Iterator[tuple[str, dict[str, Any]]]:
+def usage_of(prompt: str | None) -> dict[str, int]:
+    """The usage a turn's answers report: its ``@usage`` line, else 10 in and 5 out."""
+    usage = {"input_tokens": 10, "output_tokens": 5, "cache_creation_input_tokens": 0,
+             "cache_read_input_tokens": 0}  # fmt: skip
+    names = {"in": "input_tokens", "out": "output_tokens", "cw": "cache_creation_input_tokens",
+             "cr": "cache_read_input_tokens"}  # fmt: skip
+    for word, rest in directives(prompt or ""):
+        if word == "usage":
+            usage = dict.fromkeys(usage, 0)
+            for pair in rest.split():
+                key, _, value = pair.partition("=")
+                if key in names:
+                    usage[names[key]] = int(value)
+    return usage
+
+
+def sse_events(
+    model: str, blocks: list[dict[str, Any]], usage: dict[str, int], msg_id: str
+) -> Iterator[tuple[str, dict[str, Any]]]:
     """The event stream the real API sends for one assistant message."""
     stop = "tool_use" if any(b["type"] == "tool_use" for b in blocks) else "end_turn"
     yield (
@@ -164,19 +185,14 @@ def sse_events(model: str, blocks: list[dict[str, Any]]) -> Iterator[tuple[str, 
         {
             "type": "message_start",
             "message": {
-                "id": f"msg_{uuid.uuid4().hex[:24]}",
+                "id": msg_id,
                 "type": "message",
                 "role": "assistant",
                 "model": model,
                 "content": [],
                 "stop_reason": None,
                 "stop_sequence": None,
-                "usage": {
-                    "input_tokens": 10,
-                    "output_tokens": 1,
-                    "cache_creation_input_tokens": 0,
-                    "cache_read_input_tokens": 0,
-                },
+                "usage": {**usage, "output_tokens": min(1, usage["output_tokens"])},
             },
         },
     )
@@ -221,7 +237,7 @@ def sse_events(model: str, blocks: list[dict[str, Any]]) -> Iterator[tuple[str, 
         {
             "type": "message_delta",
             "delta": {"stop_reason": stop, "stop_sequence": None},
-            "usage": {"output_tokens": 5},
+            "usage": {"output_tokens": usage["output_tokens"]},
         },
     )
     yield "message_stop", {"type": "message_stop"}
@@ -232,6 +248,7 @@ class FakeAnthropic:
 
     def __init__(self, port: int = 0) -> None:
         self.requests: list[dict[str, Any]] = []
+        self.reported: list[dict[str, Any]] = []  # each answer: id, model, main, its usage
         self.lock = threading.Lock()
         fake = self
 
@@ -297,6 +314,8 @@ class FakeAnthropic:
         model = str(body.get("model") or "claude-fake")
         turn = current_turn(body)
         scripted = turn is not None and bool(body.get("tools"))
+        usage = usage_of(turn.prompt if scripted and turn is not None else None)
+        msg_id = f"msg_{uuid.uuid4().hex[:24]}"
         if scripted and turn is not None:
             for word, rest in directives(turn.prompt):
                 if word == "slow":
@@ -308,19 +327,21 @@ class FakeAnthropic:
             blocks = message_blocks(next_step(turn))
         else:
             blocks = [{"type": "text", "text": "Fake title"}]
+        with self.lock:
+            self.reported.append({"id": msg_id, "model": model, "main": scripted, **usage})
         if not body.get("stream"):
             stop = "tool_use" if blocks[0]["type"] == "tool_use" else "end_turn"
             handler.reply_json(
                 200,
                 {
-                    "id": f"msg_{uuid.uuid4().hex[:24]}",
+                    "id": msg_id,
                     "type": "message",
                     "role": "assistant",
                     "model": model,
                     "content": blocks,
                     "stop_reason": stop,
                     "stop_sequence": None,
-                    "usage": {"input_tokens": 10, "output_tokens": 5},
+                    "usage": usage,
                 },
             )
             return
@@ -330,7 +351,7 @@ class FakeAnthropic:
         handler.send_header("connection", "close")
         handler.send_header("request-id", f"req_{uuid.uuid4().hex[:20]}")
         handler.end_headers()
-        for event, data in sse_events(model, blocks):
+        for event, data in sse_events(model, blocks, usage, msg_id):
             handler.wfile.write(f"event: {event}\ndata: {json.dumps(data)}\n\n".encode())
         handler.wfile.flush()
         handler.close_connection = True

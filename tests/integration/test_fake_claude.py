@@ -195,8 +195,18 @@ def test_pasted_prompt_arrives_exactly_and_stop_carries_the_reply(
     assert wait_until(lambda: harness.hook_payloads("Stop"), what="hook") == [stop]
     assert harness.hook_payloads("UserPromptSubmit") == [submitted]
     assert not list(tmp_path.glob("pwned*"))
-    turns = read_jsonl(Path(stop["transcript_path"]))
+    entries = read_jsonl(Path(stop["transcript_path"]))
+    turns = [e for e in entries if e["type"] == "fake-turn"]
     assert [t["prompt"] for t in turns] == [submitted["prompt"]]
+
+    # and in Claude Code's own format, written in a batch a little later (after the Stop
+    # hook, as Claude Code does): the prompt, then the reply's message in two lines
+    def claude_code_entries() -> list[str]:
+        entries = read_jsonl(Path(stop["transcript_path"]))
+        return [e["type"] for e in entries if e["type"] != "fake-turn"]
+
+    wanted = ["user", "assistant", "assistant"]
+    assert wait_until(lambda: claude_code_entries() == wanted and wanted, what="entries")
 
 
 def test_long_paste_shows_a_placeholder_and_directives_combine(harness: Harness) -> None:

@@ -14,13 +14,14 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-DOMAINS = ("instances", "work", "health", "observe")
+DOMAINS = ("instances", "work", "health", "observe", "usage")
 # domain package -> the other domain packages it may import
 DOMAIN_USES: dict[str, set[str]] = {
     "instances": set(),
-    "work": {"instances"},
+    "work": {"instances", "usage"},
     "health": {"instances"},
     "observe": {"instances"},
+    "usage": set(),
 }
 # what the thin clients may import of tcmd: framing, errors, default paths, atomic writes
 CLIENT_GROUND = {"tcmd", "tcmd.protocol", "tcmd.errors", "tcmd.paths", "tcmd.atomic"}

@@ -221,16 +221,18 @@ class LocalJobQueue:
             self._end_attempt(job, now, state=FAILED, finished_at=now, last_error=error)
         return job
 
-    def cancel(self, job_id: str) -> Job:
-        """queued/retrying/active → cancelled; a final job is returned unchanged."""
+    def cancel(self, job_id: str, reason: str | None = None) -> Job:
+        """queued/retrying/active → cancelled (``reason`` kept as its error); a final job is
+        returned unchanged."""
         job = self.get(job_id)
         if job.state in FINAL:
             return job
         now = self._clock()
+        why = {} if reason is None else {"last_error": reason}
         if job.state is ACTIVE:
-            self._end_attempt(job, now, state=CANCELLED, finished_at=now)
+            self._end_attempt(job, now, state=CANCELLED, finished_at=now, **why)
         else:
-            self._commit(job, state=CANCELLED, finished_at=now, next_retry_at=None)
+            self._commit(job, state=CANCELLED, finished_at=now, next_retry_at=None, **why)
             self._dequeue(job)
         return job
 

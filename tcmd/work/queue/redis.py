@@ -26,6 +26,7 @@ from tcmd.work.queue.base import Job, JobState, Lease, Priority, RetryPolicy, St
 DEFAULT_PREFIX = "tcm:"
 DEFAULT_LEASE_MS = 30_000
 NOTICES_MAX = 10_000  # job ids waiting for their origin node to read them
+BATCH = 500  # jobs per ENQUEUE / ACK script call
 QUEUE_TAG = "{q}"  # every key of the queue shares this hash tag: one cluster slot
 _OPTIONAL = (
     "next_retry_at", "last_error", "result", "instance_id",
@@ -83,19 +84,21 @@ class RedisJobQueue:
         return (await self.enqueue_many([job]))[0]
 
     async def enqueue_many(self, jobs: Sequence[Job]) -> list[Job]:
-        """``enqueue`` for many jobs in one pipelined round trip (each its own script)."""
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for job in jobs:
-                head: list[str | int] = [self.base, job.job_id, job.manager_id or ""]
-                await self._enqueue(self._keys, [*head, int(job.priority), *_fields(job)], pipe)
-            replies = await pipe.execute()
+        """``enqueue`` for many jobs: one script call per ``BATCH`` jobs."""
         out = []
-        for job, reply in zip(jobs, replies, strict=True):
-            if not reply:  # it existed: what is stored wins
-                out.append(await self.get(job.job_id))
-                continue
-            job.seq, job.state, job.queued_at = int(reply[0]), JobState.QUEUED, float(reply[1])
-            out.append(job)
+        for at in range(0, len(jobs), BATCH):
+            chunk = jobs[at : at + BATCH]
+            args: list[str | int] = [self.base]
+            for job in chunk:
+                fields = _fields(job)
+                args += [job.job_id, job.manager_id or "", int(job.priority), len(fields), *fields]
+            replies = await self._enqueue(self._keys, args)
+            for job, reply in zip(chunk, replies, strict=True):
+                if not reply:  # it existed: what is stored wins
+                    out.append(await self.get(job.job_id))
+                    continue
+                job.seq, job.state, job.queued_at = int(reply[0]), JobState.QUEUED, float(reply[1])
+                out.append(job)
         return out
 
     async def claim(self, manager_id: str, node_id: str, n: int = 1) -> list[Lease]:
@@ -103,7 +106,7 @@ class RedisJobQueue:
         rows = await self._claim(self._keys, [self.base, manager_id, node_id, n, self.lease_ms])
         leases = []
         for row in rows:
-            raw = _pairs(row)
+            raw = _moved(row)
             leases.append(Lease(_job(raw), int(raw["token"]), int(raw["lease_until"]) / 1000))
         return leases
 
@@ -117,40 +120,32 @@ class RedisJobQueue:
     ) -> Job:
         """active → completed by the lease holder; a stale holder gets StaleLease and the
         stored result stays."""
-        reply = await self._ack(self._keys, self._ack_args(job_id, token, result, extra, "1"))
-        return _job(_pairs(_checked(reply, job_id, token)[0]))
+        [reply] = await self._ack(
+            self._keys, [self.base, "1", *_ack_args(job_id, token, result, extra)]
+        )
+        return _job(_moved(_checked(reply, job_id, token)[0]))
 
     async def ack_many(
         self, acks: Iterable[tuple[str, int, str | None, dict[str, Any] | None]]
     ) -> list[TcmError | None]:
-        """``ack`` for many jobs in one pipelined round trip, each its own script: per ack,
-        None (completed) or the error that refused it (StaleLease, NotFound)."""
+        """``ack`` for many jobs, one script call per ``BATCH``: per ack, None (completed)
+        or the error that refused it (StaleLease, NotFound)."""
         acks = list(acks)
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for job_id, token, result, extra in acks:
-                await self._ack(self._keys, self._ack_args(job_id, token, result, extra), pipe)
-            replies = await pipe.execute()
         outcomes: list[TcmError | None] = []
-        for (job_id, token, *_), reply in zip(acks, replies, strict=True):
-            try:
-                _checked(reply, job_id, token)
-            except TcmError as refused:
-                outcomes.append(refused)
-            else:
-                outcomes.append(None)
+        for at in range(0, len(acks), BATCH):
+            chunk = acks[at : at + BATCH]
+            args: list[str | int] = [self.base, "0"]
+            for ack in chunk:
+                args += _ack_args(*ack)
+            replies = await self._ack(self._keys, args)
+            for (job_id, token, *_), reply in zip(chunk, replies, strict=True):
+                try:
+                    _checked(reply, job_id, token)
+                except TcmError as refused:
+                    outcomes.append(refused)
+                else:
+                    outcomes.append(None)
         return outcomes
-
-    def _ack_args(
-        self,
-        job_id: str,
-        token: int,
-        result: str | None,
-        extra: dict[str, Any] | None,
-        want_job: str = "0",
-    ) -> list[str | int]:
-        extra_json = orjson.dumps(extra).decode() if extra else ""
-        has_result = "0" if result is None else "1"
-        return [self.base, job_id, token, has_result, result or "", extra_json, want_job]
 
     async def fail(self, job_id: str, token: int, error: str) -> Job:
         """active → retrying after backoff.retry_delay_s's full-jitter delay (computed in
@@ -286,9 +281,19 @@ class RedisJobQueue:
         return _job(_pairs(_checked(reply, job_id, None)[0]))
 
 
+def _ack_args(
+    job_id: str, token: int, result: str | None, extra: dict[str, Any] | None
+) -> list[str | int]:
+    """One ack's five ACK arguments."""
+    extra_json = orjson.dumps(extra).decode() if extra else ""
+    return [job_id, token, "0" if result is None else "1", result or "", extra_json]
+
+
 def _fields(job: Job) -> list[str]:
-    """The new job's hash fields as a flat list (None fields left out). What never changes
-    travels as one JSON field, ``spec``; the scripts read only ``spec.retry``."""
+    """The new job's hash fields as a flat list: None fields and the defaults ENQUEUE sets
+    itself (job_id, priority, manager_id, attempts 0, reruns 0, extra {}) left out. What
+    never changes travels as one JSON field, ``spec``; the scripts read only
+    ``spec.retry``."""
     spec = {
         "run_id": job.run_id,
         "task_id": job.task_id,
@@ -297,16 +302,13 @@ def _fields(job: Job) -> list[str]:
         "created_at": job.created_at,
         "node": job.node,
     }
-    out = [
-        "job_id", job.job_id,
-        "spec", orjson.dumps(spec).decode(),
-        "priority", str(int(job.priority)),
-        "attempts", str(job.attempts),
-        "reruns", str(job.reruns),
-        "extra", orjson.dumps(job.extra).decode(),
-    ]  # fmt: skip
-    if job.manager_id is not None:
-        out += ["manager_id", job.manager_id]
+    out = ["spec", orjson.dumps(spec).decode()]
+    if job.attempts:
+        out += ["attempts", str(job.attempts)]
+    if job.reruns:
+        out += ["reruns", str(job.reruns)]
+    if job.extra:
+        out += ["extra", orjson.dumps(job.extra).decode()]
     for name in _OPTIONAL:
         if (value := getattr(job, name)) is not None:
             out += [name, repr(value) if isinstance(value, float) else str(value)]
@@ -357,6 +359,19 @@ def _pairs(flat: list[Any]) -> dict[str, Any]:
     """A flat HGETALL reply as a dict: keys decoded, values as they came (bytes or str)."""
     it = iter(flat)
     return {_text(k): v for k, v in zip(it, it, strict=True)}
+
+
+def _moved(reply: list[Any]) -> dict[str, Any]:
+    """A job's hash after a move: the script's ``{HGETALL before, changes}`` with the changes
+    applied (a nil value: the field was deleted)."""
+    raw = _pairs(reply[0])
+    it = iter(reply[1])
+    for name, value in zip(it, it, strict=True):
+        if value is None:
+            raw.pop(_text(name), None)
+        else:
+            raw[_text(name)] = value
+    return raw
 
 
 def _text(value: Any) -> str:

@@ -5,8 +5,11 @@ the queue's hash tag) and ``ARGV[1]`` = the queue's base, e.g. ``tcm:{q}:``; eve
 script touches is that base plus a suffix, so all of them share one hash tag. Redis
 ``TIME`` is the only clock. Scripts that can refuse return a status table
 (``{'ok', …}``, ``{'notfound'}``, ``{'stale', state, token, lease_until}``,
-``{'conflict', state}``) rather than an error reply, so one refused call in a pipeline
-does not poison the others. docs/redis.md ("Job queue") lists the keys.
+``{'conflict', state}``) rather than an error reply, so one refused job in a batch does
+not poison the others. ENQUEUE and ACK take a batch of jobs (one script call for many
+transitions, the whole batch atomic); stats counters and samples are gathered while a
+script runs and written once at its end (``flush``). docs/redis.md ("Job queue") lists the
+keys.
 """
 
 from __future__ import annotations
@@ -18,7 +21,8 @@ local JOBS, SEQ, FENCE = B .. 'jobs', B .. 'seq', B .. 'fence'
 local POOL, DELAYED, LEASES = B .. 'pool', B .. 'delayed', B .. 'leases'
 local WAKE, STATS, DONE = B .. 'wake', B .. 'stats', B .. 'done'
 local WAITS, RUNS = B .. 'waits', B .. 'runs'
-local WAKE_MAX, SAMPLES, WINDOW_MS = 1024, 1000, 60000
+local WAKE_MAX, SAMPLES, SLACK, WINDOW_MS = 1024, 1000, 256, 60000
+local CHUNK = 1000 -- arguments per redis.call when a script unpacks a batch
 local PRIO_SHIFT = 1125899906842624 -- 2^50: score = priority * 2^50 + seq, exact in a double
 
 local function clock()
@@ -37,46 +41,102 @@ local function ready_key(mgr)
   return B .. 'ready:' .. mgr
 end
 
+-- redis.call(cmd, key, items...) in chunks, so a big batch never overflows Lua's stack
+local function each_chunk(cmd, key, items)
+  local last
+  for i = 1, #items, CHUNK do
+    last = redis.call(cmd, key, unpack(items, i, math.min(i + CHUNK - 1, #items)))
+  end
+  return last
+end
+
 -- the fields every transition needs, with the manager '' for the pool
-local function load(id)
-  local f = redis.call('HMGET', jkey(id), 'state', 'manager_id', 'priority', 'seq', 'attempts',
-    'token', 'lease_until', 'started_at', 'queued_at', 'next_retry_at', 'reruns')
-  if not f[1] then return nil end
+local NEEDED = {'state', 'manager_id', 'priority', 'seq', 'attempts', 'token', 'lease_until',
+  'started_at', 'queued_at', 'next_retry_at', 'reruns'}
+
+local function parse(id, f)
   return {id = id, state = f[1], mgr = f[2] or '', prio = tonumber(f[3]), seq = tonumber(f[4]),
     attempts = tonumber(f[5]), token = f[6], lease_until = tonumber(f[7]), started_at = f[8],
     queued_at = f[9], next_retry_at = f[10], reruns = tonumber(f[11] or '0')}
 end
 
+local function load(id)
+  local f = redis.call('HMGET', jkey(id), unpack(NEEDED))
+  if not f[1] then return nil end
+  return parse(id, f)
+end
+
+-- load from one HGETALL, keeping the flat reply (j.raw) to answer with
+local function load_all(id)
+  local raw = redis.call('HGETALL', jkey(id))
+  if #raw == 0 then return nil end
+  local h = {}
+  for i = 1, #raw, 2 do h[raw[i]] = raw[i + 1] end
+  local f = {}
+  for i, name in ipairs(NEEDED) do f[i] = h[name] end
+  local j = parse(id, f)
+  j.raw, j.has = raw, h
+  return j
+end
+
 local FINAL = {completed = true, failed = true, cancelled = true}
 local WAITING = {queued = true, retrying = true}
 
+-- stats deltas and samples are gathered here and written once, by flush(), at the end
+local DELTA, WAIT_SAMPLES, RUN_SAMPLES = {}, {}, {}
+
+local function add(field, n) DELTA[field] = (DELTA[field] or 0) + n end
+
 local function count(j, n)
-  redis.call('HINCRBY', STATS, 'state:' .. j.state, n)
+  add('state:' .. j.state, n)
   if FINAL[j.state] then
-    redis.call('HINCRBY', STATS, 'fin:' .. j.state .. ':' .. j.mgr, n)
+    add('fin:' .. j.state .. ':' .. j.mgr, n)
   elseif WAITING[j.state] then
-    redis.call('HINCRBY', STATS, 'prio:' .. j.prio, n)
-    redis.call('HINCRBY', STATS, 'wait:' .. j.mgr, n)
+    add('prio:' .. j.prio, n)
+    add('wait:' .. j.mgr, n)
   end
 end
 
--- move j to state, applying field changes ({name, value, …}; value false: delete the field)
+-- LPUSH values; trim back to cap only once the list is SLACK past it (one call, not two)
+local function push_capped(list, values, cap, slack)
+  if #values == 0 then return end
+  if each_chunk('LPUSH', list, values) > cap + slack then redis.call('LTRIM', list, 0, cap - 1) end
+end
+
+local function flush()
+  for field, n in pairs(DELTA) do
+    if n ~= 0 then redis.call('HINCRBY', STATS, field, n) end
+  end
+  DELTA = {}
+  push_capped(WAITS, WAIT_SAMPLES, SAMPLES, SLACK)
+  push_capped(RUNS, RUN_SAMPLES, SAMPLES, SLACK)
+  WAIT_SAMPLES, RUN_SAMPLES = {}, {}
+end
+
+-- move j to state, applying field changes ({name, value, …}; value false: delete the field
+-- when the job has it). → {j.raw, the changes with the state}: the job's hash after the move
+-- is j.raw (load_all's HGETALL) with those applied, which the client does (a false arrives
+-- as nil: delete)
 local function move(j, state, changes)
   count(j, -1)
   local k = jkey(j.id)
   local set, del = {'state', state}, {}
   for i = 1, #changes, 2 do
-    if changes[i + 1] == false then
-      del[#del + 1] = changes[i]
+    local name, value = changes[i], changes[i + 1]
+    if value == false then
+      if not j.has or j.has[name] then del[#del + 1] = name end
     else
-      set[#set + 1] = changes[i]
-      set[#set + 1] = changes[i + 1]
+      set[#set + 1] = name
+      set[#set + 1] = value
     end
   end
   redis.call('HSET', k, unpack(set))
   if #del > 0 then redis.call('HDEL', k, unpack(del)) end
   j.state = state
   count(j, 1)
+  changes[#changes + 1] = 'state'
+  changes[#changes + 1] = state
+  return {j.raw, changes}
 end
 
 local function make_ready(j)
@@ -84,13 +144,10 @@ local function make_ready(j)
 end
 
 local function wake(n)
-  for _ = 1, n do redis.call('LPUSH', WAKE, '1') end
-  redis.call('LTRIM', WAKE, 0, WAKE_MAX - 1)
-end
-
-local function sample(list, value)
-  redis.call('LPUSH', list, value)
-  redis.call('LTRIM', list, 0, SAMPLES - 1)
+  if n <= 0 then return end
+  local ones = {}
+  for i = 1, math.min(n, WAKE_MAX) do ones[i] = '1' end
+  push_capped(WAKE, ones, WAKE_MAX, 0)
 end
 
 local function duration_ms(j, now_s)
@@ -124,7 +181,7 @@ local function reap(ms, now_s)
       make_ready(j)
     end
   end
-  if #expired > 0 then wake(#expired) end
+  wake(#expired)
   return expired
 end
 
@@ -138,28 +195,55 @@ local function check_lease(j, token, ms)
 end
 """
 
-# ARGV: base, job id, manager ('' pool), priority, field/value pairs of the new job.
-# → {seq, queued_at} or {} (it exists)
+# ARGV: base, then per job: id, manager ('' pool), priority, n, n field/value items.
+# A new job gets job_id, priority, manager_id, attempts 0, reruns 0 and extra '{}' unless its
+# fields say otherwise. → per job {seq, queued_at}, or {} when it exists (nothing changed)
 ENQUEUE = (
     _PRELUDE
     + r"""
-local id = ARGV[2]
-local k = jkey(id)
-if redis.call('EXISTS', k) == 1 then return {} end
 local ms, now_s = clock()
-local seq = redis.call('INCR', SEQ)
-local fields = {'state', 'queued', 'seq', seq, 'queued_at', now_s, unpack(ARGV, 5)}
-redis.call('HSET', k, unpack(fields))
-redis.call('ZADD', JOBS, seq, id)
-local j = {id = id, state = 'queued', mgr = ARGV[3], prio = tonumber(ARGV[4]), seq = seq}
-count(j, 1)
-make_ready(j)
-wake(1)
-return {seq, now_s}
+local out, new, i = {}, {}, 2
+while i <= #ARGV do
+  local id, nf = ARGV[i], tonumber(ARGV[i + 3])
+  out[#out + 1] = {}  -- stays empty when the job exists
+  if redis.call('EXISTS', jkey(id)) == 0 then
+    new[#new + 1] = {id = id, mgr = ARGV[i + 1], prio = tonumber(ARGV[i + 2]), at = i + 4,
+      nf = nf, slot = #out}
+  end
+  i = i + 4 + nf
+end
+local last = 0
+if #new > 0 then last = redis.call('INCRBY', SEQ, #new) end
+local ready, index = {}, {}
+for n, j in ipairs(new) do
+  local seq = last - #new + n
+  local fields = {'state', 'queued', 'seq', seq, 'queued_at', now_s, 'job_id', j.id,
+    'priority', j.prio, 'attempts', '0', 'reruns', '0', 'extra', '{}'}
+  if j.mgr ~= '' then
+    fields[#fields + 1] = 'manager_id'
+    fields[#fields + 1] = j.mgr
+  end
+  for a = j.at, j.at + j.nf - 1 do fields[#fields + 1] = ARGV[a] end
+  redis.call('HSET', jkey(j.id), unpack(fields))
+  index[#index + 1] = seq
+  index[#index + 1] = j.id
+  local key = ready_key(j.mgr)
+  ready[key] = ready[key] or {}
+  ready[key][#ready[key] + 1] = int(j.prio * PRIO_SHIFT + seq)
+  ready[key][#ready[key] + 1] = j.id
+  j.state, j.seq = 'queued', seq
+  count(j, 1)
+  out[j.slot] = {seq, now_s}
+end
+if #index > 0 then each_chunk('ZADD', JOBS, index) end
+for key, items in pairs(ready) do each_chunk('ZADD', key, items) end
+wake(#new)
+flush()
+return out
 """
 )
 
-# ARGV: base, manager id, node id, n, lease_ms. → a list of the claimed jobs' HGETALLs
+# ARGV: base, manager id, node id, n, lease_ms. → per claimed job {HGETALL, changes}
 CLAIM = (
     _PRELUDE
     + r"""
@@ -167,23 +251,43 @@ local mgr, node, n, lease_ms = ARGV[2], ARGV[3], tonumber(ARGV[4]), tonumber(ARG
 local ms, now_s = clock()
 promote(ms)
 reap(ms, now_s)
-local mine, out = ready_key(mgr), {}
-for _ = 1, n do
-  local a = redis.call('ZRANGE', mine, 0, 0, 'WITHSCORES')
-  local b = redis.call('ZRANGE', POOL, 0, 0, 'WITHSCORES')
-  local key, id = mine, a[1]
-  if not a[1] or (b[1] and tonumber(b[2]) < tonumber(a[2])) then key, id = POOL, b[1] end
-  if not id then break end
-  redis.call('ZREM', key, id)
-  local j = load(id)
-  local token = redis.call('INCR', FENCE)
-  local deadline = int(ms + lease_ms)
-  move(j, 'active', {'attempts', tostring(j.attempts + 1), 'started_at', now_s,
-    'token', tostring(token), 'node', node, 'lease_until', deadline, 'instance_id', false})
-  redis.call('ZADD', LEASES, deadline, id)
-  sample(WAITS, tostring((tonumber(now_s) - tonumber(j.queued_at)) * 1000))
-  out[#out + 1] = redis.call('HGETALL', jkey(id))
+-- the best n of the manager's ready jobs and the pool's, merged by score
+local mine = ready_key(mgr)
+local a = redis.call('ZRANGE', mine, 0, n - 1, 'WITHSCORES')
+local b = redis.call('ZRANGE', POOL, 0, n - 1, 'WITHSCORES')
+local picked, from_a, from_b, ia, ib = {}, {}, {}, 1, 1
+while #picked < n and (a[ia] or b[ib]) do
+  if b[ib] and (not a[ia] or tonumber(b[ib + 1]) < tonumber(a[ia + 1])) then
+    picked[#picked + 1] = b[ib]
+    from_b[#from_b + 1] = b[ib]
+    ib = ib + 2
+  else
+    picked[#picked + 1] = a[ia]
+    from_a[#from_a + 1] = a[ia]
+    ia = ia + 2
+  end
 end
+if #picked == 0 then
+  flush()
+  return {}
+end
+if #from_a > 0 then each_chunk('ZREM', mine, from_a) end
+if #from_b > 0 then each_chunk('ZREM', POOL, from_b) end
+local last = redis.call('INCRBY', FENCE, #picked)
+local deadline = int(ms + lease_ms)
+local leases, out = {}, {}
+for i, id in ipairs(picked) do
+  local j = load_all(id)
+  local changes = {'attempts', tostring(j.attempts + 1), 'started_at', now_s,
+    'token', tostring(last - #picked + i), 'node', node, 'lease_until', deadline,
+    'instance_id', false}
+  out[#out + 1] = move(j, 'active', changes)
+  leases[#leases + 1] = deadline
+  leases[#leases + 1] = id
+  WAIT_SAMPLES[#WAIT_SAMPLES + 1] = tostring((tonumber(now_s) - tonumber(j.queued_at)) * 1000)
+end
+each_chunk('ZADD', LEASES, leases)
+flush()
 return out
 """
 )
@@ -204,35 +308,49 @@ return {'ok', deadline}
 """
 )
 
-# ARGV: base, job id, token, has result ('1'/'0'), result, extra JSON to merge ('' none),
-# return the job ('1'/'0') → {'ok', HGETALL} / {'ok'} or a refusal
+# ARGV: base, return the jobs ('1'/'0'), then per ack: job id, token, has result ('1'/'0'),
+# result, extra JSON to merge ('' none). → per ack {'ok', {HGETALL, changes}} / {'ok'} or a
+# refusal
 ACK = (
     _PRELUDE
     + r"""
-local id, token = ARGV[2], ARGV[3]
+local want = ARGV[2] == '1'
 local ms, now_s = clock()
-local j = load(id)
-local refused = check_lease(j, token, ms)
-if refused then return refused end
-local k = jkey(id)
-local result = false
-if ARGV[4] == '1' then result = ARGV[5] end
-local changes = {'finished_at', now_s, 'result', result, 'duration_ms', duration_ms(j, now_s),
-  'lease_until', false}
-if ARGV[6] ~= '' then
-  local extra = cjson.decode(redis.call('HGET', k, 'extra') or '{}')
-  for name, value in pairs(cjson.decode(ARGV[6])) do extra[name] = value end
-  changes[#changes + 1] = 'extra'
-  changes[#changes + 1] = cjson.encode(extra)
+local out, acked, done = {}, {}, {}
+for i = 3, #ARGV, 5 do
+  local id, token = ARGV[i], ARGV[i + 1]
+  local j
+  if want then j = load_all(id) else j = load(id) end
+  local refused = check_lease(j, token, ms)
+  if refused then
+    out[#out + 1] = refused
+  else
+    local result = false
+    if ARGV[i + 2] == '1' then result = ARGV[i + 3] end
+    local d = duration_ms(j, now_s)
+    local changes = {'finished_at', now_s, 'result', result, 'duration_ms', d,
+      'lease_until', false}
+    if ARGV[i + 4] ~= '' then
+      local extra = cjson.decode(redis.call('HGET', jkey(id), 'extra') or '{}')
+      for name, value in pairs(cjson.decode(ARGV[i + 4])) do extra[name] = value end
+      changes[#changes + 1] = 'extra'
+      changes[#changes + 1] = cjson.encode(extra)
+    end
+    local moved = move(j, 'completed', changes)
+    if d then RUN_SAMPLES[#RUN_SAMPLES + 1] = d end
+    acked[#acked + 1] = id
+    done[#done + 1] = int(ms)
+    done[#done + 1] = id
+    if want then out[#out + 1] = {'ok', moved} else out[#out + 1] = {'ok'} end
+  end
 end
-move(j, 'completed', changes)
-redis.call('ZREM', LEASES, id)
-local d = duration_ms(j, now_s)
-if d then sample(RUNS, d) end
-redis.call('ZADD', DONE, int(ms), id)
-redis.call('ZREMRANGEBYSCORE', DONE, '-inf', int(ms - WINDOW_MS))
-if ARGV[7] == '1' then return {'ok', redis.call('HGETALL', k)} end
-return {'ok'}
+if #acked > 0 then
+  each_chunk('ZREM', LEASES, acked)
+  each_chunk('ZADD', DONE, done)
+  redis.call('ZREMRANGEBYSCORE', DONE, '-inf', int(ms - WINDOW_MS))
+end
+flush()
+return out
 """
 )
 
@@ -261,7 +379,8 @@ else
     'lease_until', false})
 end
 redis.call('ZREM', LEASES, id)
-if d then sample(RUNS, d) end
+if d then RUN_SAMPLES[1] = d end
+flush()
 return {'ok', redis.call('HGETALL', k)}
 """
 )
@@ -286,12 +405,13 @@ if was == 'active' then
   local d = duration_ms(j, now_s)
   changes[#changes + 1] = 'duration_ms'
   changes[#changes + 1] = d
-  if d then sample(RUNS, d) end
+  if d then RUN_SAMPLES[1] = d end
 end
 move(j, state, changes)
 redis.call('ZREM', LEASES, id)
 redis.call('ZREM', DELAYED, id)
 redis.call('ZREM', ready_key(j.mgr), id)
+flush()
 return {'ok', redis.call('HGETALL', k)}
 """
 )
@@ -302,7 +422,9 @@ REAP = (
     + r"""
 local ms, now_s = clock()
 promote(ms)
-return reap(ms, now_s)
+local expired = reap(ms, now_s)
+flush()
+return expired
 """
 )
 
@@ -328,8 +450,9 @@ STATS = (
     _PRELUDE
     + r"""
 local ms = clock()
-return {redis.call('HGETALL', STATS), redis.call('LRANGE', WAITS, 0, -1),
-  redis.call('LRANGE', RUNS, 0, -1), redis.call('ZCOUNT', DONE, int(ms - WINDOW_MS), '+inf')}
+return {redis.call('HGETALL', STATS), redis.call('LRANGE', WAITS, 0, SAMPLES - 1),
+  redis.call('LRANGE', RUNS, 0, SAMPLES - 1),
+  redis.call('ZCOUNT', DONE, int(ms - WINDOW_MS), '+inf')}
 """
 )
 

@@ -33,6 +33,15 @@ class FakeClaude(Keys):
             self.enter()
             self.redraw()
 
+    def on_hangup(self, signum: int, frame: object) -> None:
+        """The pane is killed: write what the transcript writer holds (Claude Code's last
+        message of a turn reaches its transcript even when its session is killed right
+        after the Stop hook), then die of the signal as before."""
+        with self.cond:
+            self.flush_entries()
+        signal.signal(signal.SIGHUP, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGHUP)
+
     def on_resize(self, signum: int, frame: object) -> None:
         self.resized = True  # the wakeup fd wakes the main loop, which redraws
 
@@ -76,11 +85,13 @@ class FakeClaude(Keys):
                         self.emit("", "> " + first, "⏺ " + turn.get("reply", ""))
                 signal.set_wakeup_fd(self.wake_w)
                 signal.signal(signal.SIGWINCH, self.on_resize)
+                signal.signal(signal.SIGHUP, self.on_hangup)
                 self.call_later(self.start_s, self.become_ready)
             return self.serve()
         finally:
             with self.cond:
-                self.redraw()
+                self.flush_entries()  # what the transcript writer still held (before the
+                self.redraw()  # screen, which raises once the pane is gone)
                 self.closed = True
                 for task in self.tasks:  # as asyncio.run cancels what is left
                     task.cancelled = True

@@ -41,6 +41,10 @@ class Session:
         self.event_log = os.environ.get("FAKE_CLAUDE_EVENT_LOG")
         self.start_s = number(os.environ.get("FAKE_CLAUDE_START_MS", ""), 150) / 1000
         self.notify_s = number(os.environ.get("FAKE_CLAUDE_NOTIFY_DELAY_MS", ""), 1000) / 1000
+        # transcript entries are written in batches, this long after the first of a batch
+        # (Claude Code's own writer flushes after the Stop hook has gone out)
+        self.flush_s = number(os.environ.get("FAKE_CLAUDE_FLUSH_MS", ""), 100) / 1000
+        self.unwritten: list[str] = []  # transcript lines waiting for the flush
         # screen
         self.pending: list[str] = []  # permanent lines not yet written
         self.history: list[str] = []  # every permanent line, to repaint after a resize
@@ -60,6 +64,7 @@ class Session:
         self.turn: Task | None = None
         self.working = False  # spinner shown; Escape interrupts
         self.turn_t0 = 0.0
+        self.messages_written = 0  # assistant messages of this turn in the transcript
         self.queue: list[tuple[str, str, str]] = []  # (raw, prompt, display)
         self.dialog: list[Any] | None = None  # [selected option, chosen option or None]
         self.tasks: set[Task] = set()

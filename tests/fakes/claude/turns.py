@@ -30,6 +30,7 @@ DIRECTIVES = {
     "permission",
     "recall",
     "tool",
+    "usage",
 }
 DIRECTIVE_LINE = re.compile(r"@([a-z]+)(?:[ \t]+(.*))?")
 API_ERRORS = {  # StopFailure error -> (HTTP status, API error type, message)
@@ -39,6 +40,13 @@ API_ERRORS = {  # StopFailure error -> (HTTP status, API error type, message)
     "invalid_request": (400, "invalid_request_error", "Invalid request"),
 }
 RATE_LIMITED = "Claude usage limit reached. Your limit will reset at"
+USAGE_KEYS = {  # `@usage` argument -> the API's usage field
+    "in": "input_tokens",
+    "out": "output_tokens",
+    "cw": "cache_creation_input_tokens",
+    "cr": "cache_read_input_tokens",
+}
+DEFAULT_USAGE = {"in": 10, "out": 5}  # a turn with no `@usage` line: one message of this
 INTERRUPTED = "  ⎿ Interrupted · What should Claude do instead?"
 
 
@@ -72,13 +80,84 @@ class Turns(Hooks):
         self.turn = self.spawn(lambda: self.run_turn(raw, prompt))
 
     def prior_turns(self) -> list[dict[str, Any]]:
+        """The fake's own record of each turn (the transcript's ``fake-turn`` lines)."""
         if not os.path.exists(self.transcript):
             return []
         with open(self.transcript, encoding="utf-8") as f:
-            return [json.loads(line) for line in f if line.strip()]
+            lines = [json.loads(line) for line in f if line.strip()]
+        return [t for t in lines if t.get("type", "fake-turn") == "fake-turn"]
 
     def save_turn(self, record: dict[str, Any]) -> None:
-        append_line(self.transcript, json.dumps(record, ensure_ascii=False))
+        append_line(
+            self.transcript, json.dumps({"type": "fake-turn", **record}, ensure_ascii=False)
+        )
+
+    def entry(self, kind: str, message: dict[str, Any], **extra: Any) -> dict[str, Any]:
+        """A transcript entry as Claude Code writes one (the fields a reader meets)."""
+        return {
+            "parentUuid": None,
+            "isSidechain": False,
+            "userType": "external",
+            "cwd": os.getcwd(),
+            "sessionId": self.session_id,
+            "version": "2.1.328",
+            "type": kind,
+            "message": message,
+            "uuid": str(uuid.uuid4()),
+            "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime()),
+            **extra,
+        }
+
+    def write_entries(self, *entries: dict[str, Any]) -> None:
+        """Queue entries for the transcript: the batch is written ``flush_s`` later."""
+        if not self.unwritten and self.flush_s > 0:
+            self.spawn(self.flush_later)
+        self.unwritten += [
+            json.dumps(e, ensure_ascii=False, separators=(",", ":")) for e in entries
+        ]
+        if self.flush_s <= 0:
+            self.flush_entries()
+
+    def flush_later(self) -> None:
+        try:
+            self.wait(timeout=self.flush_s)
+        finally:  # cancelled at the end of the session: written all the same
+            self.flush_entries()
+
+    def flush_entries(self) -> None:
+        if self.unwritten:
+            append_line(self.transcript, "\n".join(self.unwritten))
+            self.unwritten = []
+
+    def assistant_message(self, arg: str, text: str) -> None:
+        """One API call's answer: ``in=N out=N cw=N cr=N cw1h=N model=M`` (`@usage`).
+
+        Written as Claude Code does: one line per content block (here a text and a
+        tool_use block), every line with the message's id, request id and whole usage.
+        """
+        fields: dict[str, Any] = {} if arg.strip() else dict(DEFAULT_USAGE)
+        fields.update(dict(w.partition("=")[::2] for w in arg.split() if "=" in w))
+        usage: dict[str, Any] = {k: int(number(str(fields.get(a, 0)), 0))
+                                 for a, k in USAGE_KEYS.items()}  # fmt: skip
+        hour = int(number(str(fields.get("cw1h", 0)), 0))
+        usage["cache_creation"] = {
+            "ephemeral_5m_input_tokens": usage["cache_creation_input_tokens"] - hour,
+            "ephemeral_1h_input_tokens": hour,
+        }
+        usage["service_tier"] = "standard"
+        msg_id, request = "msg_" + uuid.uuid4().hex[:24], "req_" + uuid.uuid4().hex[:24]
+        model = str(fields.get("model") or self.model)
+        blocks = [{"type": "text", "text": text},
+                  {"type": "tool_use", "id": "toolu_" + uuid.uuid4().hex[:24], "name": "Bash",
+                   "input": {"command": "true"}}]  # fmt: skip
+        self.write_entries(*(
+            self.entry("assistant", {"id": msg_id, "type": "message", "role": "assistant",
+                                     "model": model, "content": [block], "stop_reason": None,
+                                     "stop_sequence": None, "usage": usage},
+                       requestId=request)
+            for block in blocks
+        ))  # fmt: skip
+        self.messages_written += 1
 
     def run_turn(self, raw: str, prompt: str) -> None:
         record: dict[str, Any] = {
@@ -94,6 +173,8 @@ class Turns(Hooks):
                 prompt_id=record["prompt_id"],
                 permission_mode=self.mode,
             )
+            self.write_entries(self.entry("user", {"role": "user", "content": prompt}))
+            self.messages_written = 0
             self.wait(timeout=0.05)
             reply, error = self.play(raw)
         except Cancelled:
@@ -107,10 +188,20 @@ class Turns(Hooks):
             return
         self.working = False
         if error:
+            self.write_entries(self.entry(  # what Claude Code writes for an API error
+                "assistant",
+                {"id": str(uuid.uuid4()), "model": "<synthetic>", "role": "assistant",
+                 "type": "message", "content": [{"type": "text", "text": reply}],
+                 "usage": {"input_tokens": 0, "output_tokens": 0,
+                           "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0}},
+                isApiErrorMessage=True,
+            ))  # fmt: skip
             self.save_turn({**record, "status": "failed", "error": error, "reply": reply})
             self.emit("  ⎿  " + reply)
             self.fire("StopFailure", error=error, last_assistant_message=reply)
         else:
+            if not self.messages_written:
+                self.assistant_message("", reply)
             self.save_turn({**record, "reply": reply})
             self.emit("⏺ " + reply)
             self.fire(
@@ -129,6 +220,7 @@ class Turns(Hooks):
             "print": lambda arg: self.emit("  ⎿  " + arg),
             "work": lambda arg: self.work(number(arg, 1.0)),
             "tool": self.silent_tool,
+            "usage": lambda arg: self.assistant_message(arg, "working"),
         }
         for name, arg in directives(raw):
             if name in actions:
