@@ -185,6 +185,18 @@ def test_a_run_budget_stops_the_run_once_passed(
     ]
 
 
+def test_a_run_budget_cancels_the_tasks_waiting_for_their_dependencies(
+    agents: AgentDaemon,
+) -> None:
+    manager = team(agents)
+    chain = task_list()[:3]
+    chain[1]["dependsOn"], chain[2]["dependsOn"] = ["t00"], ["t01"]  # type: ignore[assignment]
+    run = agents.call("executeParallel", {"managerId": manager, "tasks": chain, "maxTokens": 500})
+    assert [r["status"] for r in run["results"]] == ["completed", "cancelled", "cancelled"]
+    why = f"budget reached: {run['runId']} maxTokens 500 (used 1000)"
+    assert [r["error"] for r in run["results"][1:]] == [why, why]  # the budget's, not t00's
+
+
 def test_the_daemon_budget_stops_every_run(
     tmp_path: Path, daemon_factory: type[DaemonProcess]
 ) -> None:
