@@ -449,22 +449,20 @@ class ParallelTools:
     async def cancel(self, caller: Caller, p: CancelParams) -> dict[str, Any]:
         if bool(p.jobId) == bool(p.runId):
             raise InvalidParams("params: give exactly one of jobId or runId")
-        waiting: list[str] = []  # the run's tasks that wait for dependencies
+        waiting: list[Job] = []  # tasks waiting for their dependencies (no job yet)
         if p.jobId:
             try:
                 targets = [self.p.queue.get(p.jobId)]
             except NotFound:
-                waiting_task = self.p.waiting.find(p.jobId)
-                if waiting_task is None:
+                if (held := self.p.waiting.find(p.jobId)) is None:
                     raise
-                targets, waiting = [waiting_task], [p.jobId]
+                targets, waiting = [], [held]
         else:
             run = self.p.runs.get(str(p.runId))
             if run is None:
                 raise NotFound(f"no run {p.runId!r}")
-            targets = self.p.run_jobs(run)
-            waiting = [run.job_ids[t] for t in self.p.waiting.waiting_tasks(run.run_id)]
-        if not all(self._mine(caller, j) for j in targets):
+            targets, waiting = self.p.run_jobs(run), self.p.waiting.waiting_jobs(run.run_id)
+        if not all(self._mine(caller, j) for j in [*targets, *waiting]):
             raise Forbidden(f"{caller.instance_id} may cancel only the jobs of its own runs")
         if p.jobId and waiting:
             cancelled = self.p.waiting.cancel_task(p.jobId)

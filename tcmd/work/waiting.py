@@ -196,7 +196,8 @@ class Waiting:
     def _release(self, rg: RunGraph, task_id: str) -> None:
         template = rg.templates[task_id]
         job = _copy(template)
-        outcomes = [self._outcome(rg, dep) for dep in template.task.get("dependsOn") or ()]
+        deps = dict.fromkeys(template.task.get("dependsOn") or ())  # each once, in order
+        outcomes = [self._outcome(rg, dep) for dep in deps]
         job.task = handoff.hand_over(template.task, outcomes, for_shell=rg.agent == "shell")
         if job.manager_id is not None and not self.live_manager(job.manager_id):
             job.manager_id = None  # its manager is gone: the first free one takes it
@@ -262,12 +263,12 @@ class Waiting:
         self._ended(rg, job)  # (or here, when nothing is wired to emit)
         return job
 
-    def waiting_tasks(self, run_id: str) -> list[str]:
-        """The run's waiting tasks, in run order."""
+    def waiting_jobs(self, run_id: str) -> list[Job]:
+        """The run's waiting tasks as they will be queued, in run order."""
         rg = self.graphs.get(run_id)
         if rg is None:
             return []
-        return sorted(rg.graph.pending, key=rg.order.__getitem__)
+        return [rg.templates[t] for t in sorted(rg.graph.pending, key=rg.order.__getitem__)]
 
     def pending(self, run_id: str) -> int:
         """How many of the run's tasks wait."""
