@@ -37,6 +37,7 @@ from tcmd.work.queue.local import LocalJobQueue
 
 log = structlog.get_logger(__name__)
 GRAPHS = "graphs"
+WAITING = "waiting"  # a task's status before it is a job (then its job's state is)
 ENQUEUE_TIMEOUT_S = 2.0
 
 
@@ -293,7 +294,7 @@ class Waiting:
             "taskId": task_id,
             "jobId": job.job_id,
             "name": job.task.get("name"),
-            "status": "waiting",
+            "status": WAITING,
             "priority": job.priority.label,
             "managerId": job.manager_id,
             "instanceId": None,
