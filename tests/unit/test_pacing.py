@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from tcmd.instances.pacing import Pacer
 
 
@@ -24,7 +26,7 @@ def test_a_start_after_a_quiet_spell_goes_at_once() -> None:
     pacer = Pacer(4.0, clock)
     assert pacer.reserve() == 0.0
     clock.now += 0.1
-    assert pacer.reserve() == 0.15  # the slot opens 0.25 s after the first
+    assert pacer.reserve() == pytest.approx(0.15)  # the slot opens 0.25 s after the first
     clock.now += 10
     assert pacer.reserve() == 0.0  # no burst saved up over the quiet spell: one token
 
