@@ -97,7 +97,7 @@ class Health:
         self._problem: dict[str, str | None] = {}  # error pattern seen on a ready screen
         self._reset: dict[str, str | None] = {}  # reset time an errored screen announced
         self._scanned_turn: dict[str, int] = {}  # the turn whose screen was last scanned
-        self.memory = Memory(settings.memory_estimate_mb)
+        self.memory = Memory(settings.memory_estimate_mb, settings.instance_memory_max_mb)
         self.sweeps = 0
         self.last_sweep_ms = 0.0
         self._tasks: set[asyncio.Task[None]] = set()
@@ -215,16 +215,22 @@ class Health:
                         reason=verdict.reasons[0])  # fmt: skip
             self.emit("memory.over", instanceId=inst.id, **self.memory.row(inst.id),
                       maxMb=self.settings.instance_memory_max_mb)  # fmt: skip
-        over = verdict.verdict == "over-memory"
-        threshold = self.settings.memory_over_sweeps if over else self.settings.unhealthy_threshold
         if (
             bad
-            and self.streak[inst.id] >= threshold
+            and self._due(inst.id, verdict)
             and inst.id not in self.recovering
             and not self.busy_with_job(inst.id)
             and verdict.verdict in ("dead", "stuck", "over-memory")  # unresponsive: tmux itself
         ):  # must come back
             self._start_recovery(inst, verdict)
+
+    def _due(self, instance_id: str, verdict: Verdict) -> bool:
+        """Bad for long enough to recover: UNHEALTHY_THRESHOLD sweeps in a row, or for
+        memory TCM_MEMORY_OVER_SWEEPS measurements in a row above the cap."""
+        if verdict.verdict != "over-memory":
+            return self.streak[instance_id] >= self.settings.unhealthy_threshold
+        sample = self.memory.samples.get(instance_id)
+        return sample is not None and sample.over >= self.settings.memory_over_sweeps
 
     async def _check(self, inst: Instance, pane: PaneInfo | None) -> Verdict:
         if inst.status == State.EXITED or pane is None or pane.dead:
@@ -282,7 +288,7 @@ class Health:
     def _memory_verdict(self, inst: Instance) -> Verdict:
         cap = self.settings.instance_memory_max_mb
         sample = self.memory.samples.get(inst.id)
-        if cap and sample is not None and sample.rss_mb > cap:
+        if cap and sample is not None and sample.over:
             return Verdict("over-memory", [f"uses {sample.rss_mb:.0f} MB, over "
                                            f"TCM_INSTANCE_MEMORY_MAX_MB {cap}"])  # fmt: skip
         return Verdict("healthy", [])
@@ -357,6 +363,8 @@ class Health:
         finally:
             self.recovering.discard(inst.id)
         self.streak[inst.id] = 0
+        if (sample := self.memory.samples.get(inst.id)) is not None:
+            sample.over = 0  # the new process is measured afresh
         log.info("recovery", instance_id=inst.id, action=action, ok=ok, error=error)
         self.emit("recovery.result", instanceId=inst.id, action=action, ok=ok, error=error)
 
@@ -429,6 +437,7 @@ class Health:
             "sweeps": self.sweeps,
             "lastSweepMs": round(self.last_sweep_ms, 2),
             "memorySampleMs": round(self.memory.last_ms, 2),
+            "memoryMeasured": self.memory.last_measured,
             "memoryEstimates": self.memory.estimates.describe(),
             "instances": rows,
         }

@@ -95,3 +95,22 @@ def test_admission_holds_with_the_reason_until_room_appears(tmp_path: Path) -> N
     assert admission.check("claude", [("claude", "spec_1_1_1")]) is None
     figures.write_text("MemAvailable: 512000 kB\n")
     assert admission.check("claude", []) == "held: memory (need 400 MB, have 0 MB)"
+
+
+def test_sampling_stays_within_its_budget_and_reaches_everyone_in_turn() -> None:
+    memory = Memory(default_estimate_mb=600, cap_mb=1)
+    panes = {f"spec_1_1_{i}": (os.getpid(), "claude") for i in range(3000)}
+    memory.sample(panes)
+    first = set(memory.samples)
+    assert 0 < len(first) < len(panes)  # not all 3000 in one sweep: the budget held
+    assert memory.last_ms < 50
+    for _ in range(200):
+        if len(memory.samples) == len(panes):
+            break
+        memory.sample(panes)
+    assert len(memory.samples) == len(panes)  # everyone measured, newcomers first
+    assert all(s.over >= 1 for s in memory.samples.values())  # 1 MB cap: over at once
+    before = {iid: s.over for iid, s in memory.samples.items()}
+    memory.sample(panes)  # then round-robin: the next ones in turn are measured again
+    again = [iid for iid, s in memory.samples.items() if s.over == before[iid] + 1]
+    assert len(again) == memory.last_measured > 0
