@@ -437,6 +437,7 @@ class Health:
             "sweeps": self.sweeps,
             "lastSweepMs": round(self.last_sweep_ms, 2),
             "memorySampleMs": round(self.memory.last_ms, 2),
+            "memorySampleCpuMs": round(self.memory.last_cpu_ms, 2),
             "memoryMeasured": self.memory.last_measured,
             "memoryEstimates": self.memory.estimates.describe(),
             "instances": rows,

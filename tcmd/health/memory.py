@@ -144,7 +144,8 @@ class Memory:
         self.estimates = Estimates(default_estimate_mb)
         self.cap_mb = cap_mb  # 0: no cap
         self.sweeps = 0
-        self.last_ms = 0.0  # what the last sampling cost (wall, on the event loop)
+        self.last_ms = 0.0  # what the last sampling took (wall, on the event loop)
+        self.last_cpu_ms = 0.0  # the CPU it used (the wall time less any preemption)
         self.last_measured = 0  # instances measured by the last sampling
         self._trees: dict[str, list[int]] = {}  # the pids of each tree, as last walked
         self._rss_last = ""  # the instance measured last (round-robin by id)
@@ -153,7 +154,7 @@ class Memory:
     def sample(self, panes: Mapping[str, tuple[int, str]]) -> None:
         """Measure the instances of ``panes`` (instance id -> (pane pid, profile)) next
         in turn, within the budgets; forget those no longer there."""
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.thread_time()
         for gone in [iid for iid in self.samples if iid not in panes]:
             self.forget(gone)
         order = sorted(panes)
@@ -177,6 +178,7 @@ class Memory:
         self.sweeps += 1
         self.last_measured = measured
         self.last_ms = (time.perf_counter() - started) * 1000
+        self.last_cpu_ms = (time.thread_time() - cpu) * 1000
 
     def _measure(self, iid: str, pid: int, prof: str) -> None:
         pids = self._trees[iid] = tree(pid)
