@@ -7,12 +7,15 @@ plus a screen capture only where one is needed (a busy instance silent for the s
 time). A finished turn's output is read for error patterns. Each instance gets a
 score, a verdict and reasons:
 
-    healthy · dead · stuck · errored · rate-limited · over-memory · unresponsive · failed
+    healthy · dead · stuck · errored · rate-limited · auth-failed · over-memory ·
+    unresponsive · failed
 
 After UNHEALTHY_THRESHOLD bad sweeps in a row an instance is recovered: dead → restart
 (resuming its conversation); stuck → Escape and re-deliver the prompt in flight once,
 then restart; rate-limited → no new prompts (for Claude: to any Claude instance, it is
-the account's limit) until the reset time; over-memory (above TCM_INSTANCE_MEMORY_MAX_MB,
+the account's limit) until the reset time; auth-failed (a 401: the account's login) → the
+same hold on every instance of the account, no restart, no new task, reported once, until
+a turn succeeds again or AUTH_HOLD_S pass; over-memory (above TCM_INSTANCE_MEMORY_MAX_MB,
 for TCM_MEMORY_OVER_SWEEPS sweeps in a row) → restart, resuming. Each sweep also measures
 every instance's memory (health/memory.py). An instance that runs a job's attempt is left
 to the job (its timeout and retries recover the work). Recoveries are bounded per
@@ -37,7 +40,7 @@ import structlog
 from tcmd.config import Settings
 from tcmd.errors import TcmError, Unavailable
 from tcmd.health.memory import Memory
-from tcmd.health.patterns import match_error, rate_limit_reset, with_overrides
+from tcmd.health.patterns import auth_failure, match_error, rate_limit_reset, with_overrides
 from tcmd.instances.agents.registry import profile
 from tcmd.instances.delivery import Delivery
 from tcmd.instances.registry import Instances
@@ -46,8 +49,11 @@ from tcmd.tmux import PaneInfo
 
 log = structlog.get_logger(__name__)
 Emit = Callable[..., Any]
-SCORES = {"healthy": 100, "errored": 60, "rate-limited": 50, "over-memory": 40, "stuck": 30,
-          "unresponsive": 20, "dead": 0, "failed": 0}  # fmt: skip
+SCORES = {"healthy": 100, "errored": 60, "rate-limited": 50, "auth-failed": 50,
+          "over-memory": 40, "stuck": 30, "unresponsive": 20, "dead": 0, "failed": 0}  # fmt: skip
+AUTH_HOLD_S = 300.0  # a failed login holds the account this long (or until a turn succeeds)
+LOGIN = ("log in again: run `claude /login` in a terminal as the user tcmd runs as (or set a "
+         "valid ANTHROPIC_API_KEY and restart tcmd)")  # fmt: skip
 REPEATS_STUCK = 3  # the same prompt submitted this often with no finished turn: stuck
 TCM_TOOLS = "mcp__tcm__"  # how Claude names tcm's own tools (the shim is server "tcm")
 _SPINNER = re.compile(r"[\d⠀-⣿✻✶✳✢✽·*●]+")  # spinners and timers animate while stuck
@@ -92,6 +98,8 @@ class Health:
         self.given_up: set[str] = set()
         self.redelivered: set[str] = set()
         self.held_until: dict[str, float] = {}  # instance id (or "agent:claude") -> unix time
+        self.auth_held: dict[str, str] = {}  # hold key -> the instance whose login failed
+        self.released: Callable[[], object] = lambda: None  # a hold ended (the dispatcher)
         self._fingerprint: dict[str, tuple[str, float]] = {}  # screen, when it last changed
         self._activity: dict[str, float] = {}
         self._problem: dict[str, str | None] = {}  # error pattern seen on a ready screen
@@ -122,6 +130,14 @@ class Health:
         for task in list(self._tasks):
             task.cancel()
 
+    def account_held(self, agent: str) -> str | None:
+        """Why no new instance of ``agent`` should start now: its account's login failed
+        (None: it may start)."""
+        key = _account(agent, "")
+        if key not in self.auth_held or self.held_until.get(key, 0) <= time.time():
+            return None
+        return f"held: account (authentication failed on {self.auth_held[key]}; {LOGIN})"
+
     def hold_of(self, inst: Instance) -> float | None:
         """Until when ``inst`` takes no new prompt (None: it may)."""
         now = time.time()
@@ -150,6 +166,8 @@ class Health:
                     await self._wake.wait()
 
     def _on_state(self, inst: Instance, old: State) -> None:
+        if old == State.BUSY and inst.status == State.READY:
+            self._login_works(inst)
         if inst.status in (State.EXITED, State.ERRORED) or (
             inst.status == State.READY and inst.id not in self.checks
         ):
@@ -176,6 +194,8 @@ class Health:
                 if (pane := panes.get(inst.id)) is not None and not pane.dead
             })  # fmt: skip
         for inst in watched:
+            if self.instances.pane_since.get(inst.id) == math.inf:
+                continue  # its pane is being made (or its start waits its turn): not dead
             if panes is None:
                 verdict = Verdict("unresponsive", ["tmux does not answer"])
             else:
@@ -210,6 +230,8 @@ class Health:
             and not self.busy_with_job(inst.id)  # a job's attempt: its retries and backoff decide
         ):
             self._hold(inst, verdict)  # once per episode: an expired hold is not renewed
+        if verdict.verdict == "auth-failed" and (old is None or old.verdict != "auth-failed"):
+            self._hold_account(inst)  # a job's specialist too: every retry would fail the same
         if verdict.verdict == "over-memory" and (old is None or old.verdict != "over-memory"):
             log.warning("instance over its memory cap", instance_id=inst.id,
                         reason=verdict.reasons[0])  # fmt: skip
@@ -221,7 +243,8 @@ class Health:
             and inst.id not in self.recovering
             and not self.busy_with_job(inst.id)
             and verdict.verdict in ("dead", "stuck", "over-memory")  # unresponsive: tmux itself
-        ):  # must come back
+            and self.account_held(inst.agent) is None  # must come back; a failed login: a
+        ):  # restart would fail the same way
             self._start_recovery(inst, verdict)
 
     def _due(self, instance_id: str, verdict: Verdict) -> bool:
@@ -250,14 +273,7 @@ class Health:
         self._activity[inst.id] = pane.activity
         silent_s = now - self.instances.last_event.get(inst.id, 0)
         if inst.status == State.ERRORED:
-            reasons = [f"turn failed: {inst.last_error}"]
-            if changed or inst.id not in self._reset:
-                screen = await self.instances.tmux.capture(inst.id, 40)
-                self._reset[inst.id] = rate_limit_reset(screen)
-            reset = self._reset[inst.id]
-            if inst.last_error == "rate_limit" or reset is not None:
-                return Verdict("rate-limited", [*reasons, f"until {reset or 'later'}"])
-            return Verdict("errored", reasons)
+            return await self._errored(inst, changed)
         prompt, repeated = self.instances.repeats.get(inst.id, ("", 0))
         if repeated >= REPEATS_STUCK and inst.status in (State.BUSY, State.READY):
             return Verdict("stuck", [f"the same prompt was submitted {repeated} times without "
@@ -278,6 +294,8 @@ class Health:
                     inst.last_result or "", last_lines=200, patterns=self.patterns
                 )
             problem = self._problem.get(inst.id)
+            if auth_failure(None, problem):
+                return Verdict("auth-failed", [str(problem), LOGIN])
             if problem is not None:
                 reset = rate_limit_reset(problem)
                 if reset is not None:
@@ -292,6 +310,19 @@ class Health:
             return Verdict("over-memory", [f"uses {sample.rss_mb:.0f} MB, over "
                                            f"TCM_INSTANCE_MEMORY_MAX_MB {cap}"])  # fmt: skip
         return Verdict("healthy", [])
+
+    async def _errored(self, inst: Instance, changed: bool) -> Verdict:
+        """A failed turn: the account's login, its rate limit, or another error."""
+        reasons = [f"turn failed: {inst.last_error}"]
+        if auth_failure(inst.last_error):
+            return Verdict("auth-failed", [*reasons, LOGIN])
+        if changed or inst.id not in self._reset:
+            screen = await self.instances.tmux.capture(inst.id, 40)
+            self._reset[inst.id] = rate_limit_reset(screen)
+        reset = self._reset[inst.id]
+        if inst.last_error == "rate_limit" or reset is not None:
+            return Verdict("rate-limited", [*reasons, f"until {reset or 'later'}"])
+        return Verdict("errored", reasons)
 
     def _stall_s(self, inst: Instance) -> float:
         """How long ``inst`` may stay busy in silence: longer while one tool call runs, and
@@ -316,7 +347,7 @@ class Health:
     def _hold(self, inst: Instance, verdict: Verdict) -> None:
         reset = next((r for r in verdict.reasons if r.startswith("until ")), "until later")
         when = rate_limit_reset_time(reset.removeprefix("until "))
-        key = f"agent:{inst.agent}" if inst.agent == "claude" else inst.id
+        key = _account(inst.agent, inst.id)
         if self.held_until.get(key, 0) < time.time():  # not held yet (or the hold is over)
             self.held_until[key] = when
             log.info("holding new work", hold=key, until=when)
@@ -324,6 +355,37 @@ class Health:
             asyncio.get_running_loop().call_later(
                 max(0.0, when - time.time()) + 0.05, self.delivery.kick_all
             )
+
+    def _hold_account(self, inst: Instance) -> None:
+        """A failed login: hold every instance of the account (reported once)."""
+        key = _account(inst.agent, inst.id)
+        now = time.time()
+        if key in self.auth_held and self.held_until.get(key, 0) > now:
+            return  # held already: this episode was reported
+        self.auth_held[key] = inst.id
+        self.held_until[key] = until = max(self.held_until.get(key, 0), now + AUTH_HOLD_S)
+        log.warning("authentication failed: new prompts and tasks held for every instance "
+                    "of the account", instance_id=inst.id, hold=key, until=until,
+                    action=LOGIN)  # fmt: skip
+        self.emit("account.auth", instanceId=inst.id, hold=key, until=until, action=LOGIN)
+        asyncio.get_running_loop().call_later(AUTH_HOLD_S + 0.05, self._auth_expired, key)
+
+    def _auth_expired(self, key: str) -> None:
+        if key in self.auth_held and self.held_until.get(key, 0) <= time.time():
+            del self.auth_held[key]
+            self.delivery.kick_all()
+            self.released()
+
+    def _login_works(self, inst: Instance) -> None:
+        """A turn of an account's instance ended well: its login works again."""
+        key = _account(inst.agent, inst.id)
+        if key in self.auth_held and inst.last_error is None:
+            del self.auth_held[key]
+            self.held_until.pop(key, None)
+            log.info("authentication works again: hold lifted", instance_id=inst.id, hold=key)
+            self.emit("account.resumed", instanceId=inst.id, hold=key)
+            self.delivery.kick_all()
+            self.released()
 
     # -- recovery ---------------------------------------------------------------------------
     def _start_recovery(self, inst: Instance, verdict: Verdict) -> None:
@@ -442,6 +504,11 @@ class Health:
             "memoryEstimates": self.memory.estimates.describe(),
             "instances": rows,
         }
+
+
+def _account(agent: str, instance_id: str) -> str:
+    """The hold key of an instance's account: every Claude instance shares one login."""
+    return f"agent:{agent}" if agent == "claude" else instance_id
 
 
 def rate_limit_reset_time(text: str) -> float:

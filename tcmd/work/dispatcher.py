@@ -114,6 +114,8 @@ class Parallel:
         # memory: a job starts only while its specialist fits (work/admission.py)
         self.admission = Admission(settings, ProcFigures(settings.memory_figures))
         self.held: dict[str, str] = {}  # job id -> why it waits (held: memory …)
+        # "is the account of this profile held?" (a failed login: health/loop.py)
+        self.account_held: Callable[[str], str | None] = lambda agent: None
         # tasks waiting for their dependencies (work/waiting.py): queued when they are ready
         self.waiting = Waiting(store, queue, self._live_manager)
         self.waiting.emit = self.emit_job
@@ -220,7 +222,7 @@ class Parallel:
                 job = self.queue.peek(mid, now)
                 if job is None:
                     break
-                if (held := self.memory_held(job)) is not None:
+                if (held := self.held_reason(job)) is not None:
                     self._hold(job, held)
                     break  # this manager's next job waits; another profile may still fit
                 job = self.queue.take(mid, now)
@@ -245,11 +247,13 @@ class Parallel:
         if self.poke is not None:
             self.poke()
 
-    # -- memory admission (work/admission.py) ---------------------------------------------
-    def memory_held(self, job: Job) -> str | None:
-        """Why ``job`` may not start now for want of memory (None: it may)."""
+    # -- held tasks: the account, memory (work/admission.py) -------------------------------
+    def held_reason(self, job: Job) -> str | None:
+        """Why ``job`` may not start now: its account's login failed, or memory is short
+        (None: it may start)."""
         run = self.runs.get(job.run_id)
-        return self.admission.check(run.agent if run else "claude", self.starting())
+        agent = run.agent if run else "claude"
+        return self.account_held(agent) or self.admission.check(agent, self.starting())
 
     def starting(self) -> list[tuple[str, str | None]]:
         """(profile, specialist id or None) of every attempt running now."""

@@ -109,3 +109,40 @@ def test_claude_starts_are_paced(tmp_path: Path, daemon_factory: type[DaemonProc
     assert took >= (n - 1) / rate
     for s in spawned:
         agents.wait_status(s["instanceId"], "ready")
+    # waiting for its turn is not a death: none was taken for exited, none restarted
+    assert not [e for e in kinds(agents, "instance.state") if e["new"] == "exited"]
+    assert len(agents.events("SessionStart")) == n
+
+
+def test_a_failed_login_holds_every_instance_of_the_account_and_restarts_nothing(
+    tmp_path: Path, daemon_factory: type[DaemonProcess]
+) -> None:
+    agents = AgentDaemon.start_in(tmp_path, daemon_factory, FAKE_CLAUDE, FAST)
+    agents.spawn("executive", agent="shell")
+    for _ in range(3):
+        agents.spawn("manager", parent="exec_1")  # mgr_1_1..3: Claude, one login
+    for mgr in ("mgr_1_1", "mgr_1_2"):  # a 401 on two of them at about the same time
+        agents.call("send", {"instanceId": mgr, "text": "@fail authentication_failed"})
+    for mgr in ("mgr_1_1", "mgr_1_2"):
+        wait_until(lambda m=mgr: health_of(agents, m).get("verdict") == "auth-failed", 10)  # type: ignore[misc]
+    [told] = kinds(agents, "account.auth")  # reported once, with what to do
+    assert told["hold"] == "agent:claude" and "claude /login" in told["action"]
+    assert "claude /login" in agents.daemon.log()
+    # the third instance of the account is held: its prompt waits
+    sent = agents.call("send", {"instanceId": "mgr_1_3", "text": "@reply not yet"})
+    assert (sent["delivered"], sent["queued"]) == (False, True)
+    # and no task starts a Claude specialist while the login is broken
+    tasks = [{"id": "t1", "instruction": "@reply t1"}]
+    agents.call("executeParallel", {"managerId": "mgr_1_3", "agent": "claude", "wait": False,
+                                    "workDir": str(agents.work_dir), "tasks": tasks})  # fmt: skip
+    task = wait_until(
+        lambda: (t := agents.call("getParallelStatus", {"runId": "run_1"})["tasks"][0])
+        .get("held") and t, 10, what="the task held")  # fmt: skip
+    assert task["held"].startswith("held: account (authentication failed on mgr_1_")
+    sweeps = agents.call("health")["sweeps"]
+    wait_until(lambda: agents.call("health")["sweeps"] >= sweeps + 10, 10)
+    assert len(agents.events("SessionStart")) == 3  # nothing was restarted
+    assert not kinds(agents, "recovery.result")
+    assert not [e for e in agents.events("UserPromptSubmit") if "not yet" in e["prompt"]]
+    assert len(kinds(agents, "account.auth")) == 1
+    assert agents.call("getParallelStatus", {"runId": "run_1"})["tasks"][0]["status"] == "queued"
