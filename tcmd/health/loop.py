@@ -39,6 +39,7 @@ import structlog
 
 from tcmd.config import Settings
 from tcmd.errors import TcmError, Unavailable
+from tcmd.health.holds import LOGIN, Holds
 from tcmd.health.memory import Memory
 from tcmd.health.patterns import auth_failure, match_error, rate_limit_reset, with_overrides
 from tcmd.instances.agents.registry import profile
@@ -51,9 +52,6 @@ log = structlog.get_logger(__name__)
 Emit = Callable[..., Any]
 SCORES = {"healthy": 100, "errored": 60, "rate-limited": 50, "auth-failed": 50,
           "over-memory": 40, "stuck": 30, "unresponsive": 20, "dead": 0, "failed": 0}  # fmt: skip
-AUTH_HOLD_S = 300.0  # a failed login holds the account this long (or until a turn succeeds)
-LOGIN = ("log in again: run `claude /login` in a terminal as the user tcmd runs as (or set a "
-         "valid ANTHROPIC_API_KEY and restart tcmd)")  # fmt: skip
 REPEATS_STUCK = 3  # the same prompt submitted this often with no finished turn: stuck
 TCM_TOOLS = "mcp__tcm__"  # how Claude names tcm's own tools (the shim is server "tcm")
 _SPINNER = re.compile(r"[\d⠀-⣿✻✶✳✢✽·*●]+")  # spinners and timers animate while stuck
@@ -97,9 +95,7 @@ class Health:
         self.recovering: set[str] = set()
         self.given_up: set[str] = set()
         self.redelivered: set[str] = set()
-        self.held_until: dict[str, float] = {}  # instance id (or "agent:claude") -> unix time
-        self.auth_held: dict[str, str] = {}  # hold key -> the instance whose login failed
-        self.released: Callable[[], object] = lambda: None  # a hold ended (the dispatcher)
+        self.holds = Holds(delivery, self.emit)  # rate limits and failed logins
         self._fingerprint: dict[str, tuple[str, float]] = {}  # screen, when it last changed
         self._activity: dict[str, float] = {}
         self._problem: dict[str, str | None] = {}  # error pattern seen on a ready screen
@@ -110,7 +106,7 @@ class Health:
         self.last_sweep_ms = 0.0
         self._tasks: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
-        delivery.hold = self.hold_of
+        delivery.hold = self.holds.hold_of
         instances.listeners.append(self._on_state)
         instances.forget_listeners.append(self.forget)
 
@@ -118,31 +114,16 @@ class Health:
         """Drop what is kept about an instance retention has forgotten."""
         for per_instance in (self.checks, self.streak, self.recoveries, self._fingerprint,
                              self._activity, self._problem, self._reset, self._scanned_turn,
-                             self.held_until):  # fmt: skip
+                             self.holds.held_until):  # fmt: skip
             per_instance.pop(instance_id, None)
         for ids in (self.recovering, self.given_up, self.redelivered):
             ids.discard(instance_id)
         self.memory.forget(instance_id)
 
-    # -- holds (rate limits) ----------------------------------------------------------------
     def cancel_recoveries(self) -> None:
         """Stop every recovery in flight (the daemon is stopping)."""
         for task in list(self._tasks):
             task.cancel()
-
-    def account_held(self, agent: str) -> str | None:
-        """Why no new instance of ``agent`` should start now: its account's login failed
-        (None: it may start)."""
-        key = _account(agent, "")
-        if key not in self.auth_held or self.held_until.get(key, 0) <= time.time():
-            return None
-        return f"held: account (authentication failed on {self.auth_held[key]}; {LOGIN})"
-
-    def hold_of(self, inst: Instance) -> float | None:
-        """Until when ``inst`` takes no new prompt (None: it may)."""
-        now = time.time()
-        until = max(self.held_until.get(inst.id, 0), self.held_until.get(f"agent:{inst.agent}", 0))
-        return until if until > now else None
 
     # -- the loop ---------------------------------------------------------------------------
     async def run(self) -> None:
@@ -167,7 +148,7 @@ class Health:
 
     def _on_state(self, inst: Instance, old: State) -> None:
         if old == State.BUSY and inst.status == State.READY:
-            self._login_works(inst)
+            self.holds.turn_ended(inst)
         if inst.status in (State.EXITED, State.ERRORED) or (
             inst.status == State.READY and inst.id not in self.checks
         ):
@@ -229,9 +210,9 @@ class Health:
             and (old is None or old.verdict != "rate-limited")
             and not self.busy_with_job(inst.id)  # a job's attempt: its retries and backoff decide
         ):
-            self._hold(inst, verdict)  # once per episode: an expired hold is not renewed
+            self.holds.rate_limited(inst, verdict.reasons)  # once per episode
         if verdict.verdict == "auth-failed" and (old is None or old.verdict != "auth-failed"):
-            self._hold_account(inst)  # a job's specialist too: every retry would fail the same
+            self.holds.login_failed(inst)  # a job's specialist too: every retry would fail alike
         if verdict.verdict == "over-memory" and (old is None or old.verdict != "over-memory"):
             log.warning("instance over its memory cap", instance_id=inst.id,
                         reason=verdict.reasons[0])  # fmt: skip
@@ -243,7 +224,7 @@ class Health:
             and inst.id not in self.recovering
             and not self.busy_with_job(inst.id)
             and verdict.verdict in ("dead", "stuck", "over-memory")  # unresponsive: tmux itself
-            and self.account_held(inst.agent) is None  # must come back; a failed login: a
+            and self.holds.account_held(inst.agent) is None  # must come back; a failed login: a
         ):  # restart would fail the same way
             self._start_recovery(inst, verdict)
 
@@ -343,49 +324,6 @@ class Health:
             self._fingerprint[instance_id] = (fingerprint, now)
             return False
         return now - old[1] > stall_s
-
-    def _hold(self, inst: Instance, verdict: Verdict) -> None:
-        reset = next((r for r in verdict.reasons if r.startswith("until ")), "until later")
-        when = rate_limit_reset_time(reset.removeprefix("until "))
-        key = _account(inst.agent, inst.id)
-        if self.held_until.get(key, 0) < time.time():  # not held yet (or the hold is over)
-            self.held_until[key] = when
-            log.info("holding new work", hold=key, until=when)
-            self.emit("health.hold", instanceId=inst.id, hold=key, until=when)
-            asyncio.get_running_loop().call_later(
-                max(0.0, when - time.time()) + 0.05, self.delivery.kick_all
-            )
-
-    def _hold_account(self, inst: Instance) -> None:
-        """A failed login: hold every instance of the account (reported once)."""
-        key = _account(inst.agent, inst.id)
-        now = time.time()
-        if key in self.auth_held and self.held_until.get(key, 0) > now:
-            return  # held already: this episode was reported
-        self.auth_held[key] = inst.id
-        self.held_until[key] = until = max(self.held_until.get(key, 0), now + AUTH_HOLD_S)
-        log.warning("authentication failed: new prompts and tasks held for every instance "
-                    "of the account", instance_id=inst.id, hold=key, until=until,
-                    action=LOGIN)  # fmt: skip
-        self.emit("account.auth", instanceId=inst.id, hold=key, until=until, action=LOGIN)
-        asyncio.get_running_loop().call_later(AUTH_HOLD_S + 0.05, self._auth_expired, key)
-
-    def _auth_expired(self, key: str) -> None:
-        if key in self.auth_held and self.held_until.get(key, 0) <= time.time():
-            del self.auth_held[key]
-            self.delivery.kick_all()
-            self.released()
-
-    def _login_works(self, inst: Instance) -> None:
-        """A turn of an account's instance ended well: its login works again."""
-        key = _account(inst.agent, inst.id)
-        if key in self.auth_held and inst.last_error is None:
-            del self.auth_held[key]
-            self.held_until.pop(key, None)
-            log.info("authentication works again: hold lifted", instance_id=inst.id, hold=key)
-            self.emit("account.resumed", instanceId=inst.id, hold=key)
-            self.delivery.kick_all()
-            self.released()
 
     # -- recovery ---------------------------------------------------------------------------
     def _start_recovery(self, inst: Instance, verdict: Verdict) -> None:
@@ -504,27 +442,3 @@ class Health:
             "memoryEstimates": self.memory.estimates.describe(),
             "instances": rows,
         }
-
-
-def _account(agent: str, instance_id: str) -> str:
-    """The hold key of an instance's account: every Claude instance shares one login."""
-    return f"agent:{agent}" if agent == "claude" else instance_id
-
-
-def rate_limit_reset_time(text: str) -> float:
-    """Unix time of a reset written like ``3pm``, ``3:30pm``, ``15:30`` (``:SS`` allowed),
-    in local time, the next such moment; else five minutes from now."""
-    now = time.time()
-    m = re.search(r"(\d{1,2})(?::(\d{2}))?(?::(\d{2}))?\s*([ap]m)?", text, re.IGNORECASE)
-    if not m:
-        return now + 300
-    hour, minute, second = int(m.group(1)), int(m.group(2) or 0), int(m.group(3) or 0)
-    if m.group(4):
-        hour = hour % 12 + (12 if m.group(4).lower() == "pm" else 0)
-    if hour > 23 or minute > 59 or second > 59:
-        return now + 300
-    local = time.localtime(now)
-    target = time.mktime(
-        (local.tm_year, local.tm_mon, local.tm_mday, hour, minute, second, 0, 0, -1)
-    )
-    return target if target > now else target + 86_400

@@ -386,8 +386,11 @@ class Instances:
         return spec.resumed
 
     async def _paced(self, inst: Instance) -> None:
-        """Wait for the start's slot (TCM_SPAWN_RATE). Meanwhile the instance has no pane,
-        and a listing must not take that for a pane that vanished."""
+        """Wait for the start's slot (TCM_SPAWN_RATE). Meanwhile the instance is starting
+        (a restart too: its old pane is gone), and a listing must not take the pane it has
+        not got yet for one that vanished."""
+        if inst.status not in (State.STARTING, State.TERMINATED):
+            self._set(inst, State.STARTING)
         self.pane_since[inst.id] = float("inf")
         try:
             await self.pacer.wait()

@@ -98,8 +98,8 @@ class Daemon:
         memory = self.health.memory  # the admission of specialists learns from its samples
         self.parallel.admission.estimate = memory.estimates.of
         self.parallel.admission.measured = memory.samples.__contains__
-        self.parallel.account_held = self.health.account_held  # a failed login holds tasks
-        self.health.released = self.parallel.kick
+        self.parallel.account_held = self.health.holds.account_held  # a failed login: tasks
+        self.health.holds.released = self.parallel.kick  # wait, and go when it works again
         self.retention = Retention(settings, self.instances, self.parallel, emit=self.emit)
         self.ledger = Ledger(self.store, Prices({}))  # the table is read at start
         self.budgets = Budgets(settings, self.parallel, self.ledger, self.emit)
