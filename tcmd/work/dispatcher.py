@@ -113,7 +113,8 @@ class Parallel:
         self.may_start: Callable[[Job], str | None] = lambda job: None
         # memory: a job starts only while its specialist fits (work/admission.py)
         self.admission = Admission(settings, ProcFigures(settings.memory_figures))
-        self.held: dict[str, str] = {}  # job id -> why it waits (held: memory …)
+        self.held: dict[str, str] = {}  # job id -> why it waits now (held: memory …)
+        self._told: set[str] = set()  # held jobs whose job.held event went out (once each)
         # "is the account of this profile held?" (a failed login: health/loop.py)
         self.account_held: Callable[[str], str | None] = lambda agent: None
         # tasks waiting for their dependencies (work/waiting.py): queued when they are ready
@@ -213,6 +214,7 @@ class Parallel:
         if self.waiting.stalled:
             self.waiting.retry_stalled()
         now = time.time()
+        held: dict[str, str] = {}  # what this round finds held: the jobs next in line
         busy = {m for m, n in self.active.items() if n > 0}
         for manager in sorted(self.live_managers(), key=lambda m: m.id):
             mid = manager.id
@@ -222,13 +224,12 @@ class Parallel:
                 job = self.queue.peek(mid, now)
                 if job is None:
                     break
-                if (held := self.held_reason(job)) is not None:
-                    self._hold(job, held)
+                if (why := self.held_reason(job)) is not None:
+                    self._hold(job, why, held)
                     break  # this manager's next job waits; another profile may still fit
                 job = self.queue.take(mid, now)
                 if job is None:  # never: peek said it is there
                     break
-                self.held.pop(job.job_id, None)
                 if (refused := self.may_start(job)) is not None:
                     self.emit_job(self.queue.cancel(job.job_id, refused))
                     continue
@@ -241,8 +242,9 @@ class Parallel:
                 task = asyncio.get_running_loop().create_task(self.attempt(job, mid))
                 self.attempts[job.job_id] = task
                 task.add_done_callback(functools.partial(self.attempt_done, job.job_id, mid))
-        if self.held:
-            self.held = {j: why for j, why in self.held.items() if self._queued(j)}
+        self.held = held
+        if self._told:  # a job that left the queue is never held again
+            self._told = {j for j in self._told if self._queued(j)}
         self.instances.changes.fire()
         if self.poke is not None:
             self.poke()
@@ -268,12 +270,13 @@ class Parallel:
             out.append((run.agent if run else "claude", job.instance_id))
         return out
 
-    def _hold(self, job: Job, why: str) -> None:
-        if job.job_id not in self.held:
+    def _hold(self, job: Job, why: str, held: dict[str, str]) -> None:
+        if job.job_id not in self._told:
+            self._told.add(job.job_id)
             log.info("job held", job_id=job.job_id, reason=why)
             self.emit("job.held", jobId=job.job_id, taskId=job.task_id, runId=job.run_id,
                       managerId=job.manager_id, reason=why)  # fmt: skip
-        self.held[job.job_id] = why
+        held[job.job_id] = why
 
     def _queued(self, job_id: str) -> bool:
         try:
