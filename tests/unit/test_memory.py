@@ -116,3 +116,13 @@ def test_sampling_stays_within_its_budget_and_reaches_everyone_in_turn() -> None
     memory.sample(panes)  # then round-robin: the next ones in turn are measured again
     again = [iid for iid, s in memory.samples.items() if s.over == before[iid] + 1]
     assert len(again) == memory.last_measured > 0
+
+
+def test_the_kernels_figures_are_read_without_a_test_file() -> None:
+    meminfo = Path("/proc/meminfo").read_text()
+    total_kb = int(
+        next(line for line in meminfo.splitlines() if line.startswith("MemTotal:")).split()[1]
+    )
+    available = ProcFigures().available_mb()  # MemAvailable, or the cgroup's room if less
+    assert available is not None
+    assert 0 < available <= total_kb / 1024
