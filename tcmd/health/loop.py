@@ -101,7 +101,9 @@ class Health:
         self._problem: dict[str, str | None] = {}  # error pattern seen on a ready screen
         self._reset: dict[str, str | None] = {}  # reset time an errored screen announced
         self._scanned_turn: dict[str, int] = {}  # the turn whose screen was last scanned
-        self.memory = Memory(settings.memory_estimate_mb, settings.instance_memory_max_mb)
+        self.memory = Memory(
+            settings.memory_estimate_mb, settings.instance_memory_max_mb, instances.store
+        )
         self.sweeps = 0
         self.last_sweep_ms = 0.0
         self._tasks: set[asyncio.Task[None]] = set()

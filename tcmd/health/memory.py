@@ -14,8 +14,10 @@ old. ``over`` counts the measurements in a row above TCM_INSTANCE_MEMORY_MAX_MB.
 
 From the samples a per-profile estimate is learned: the ``ESTIMATE_QUANTILE`` of the peak
 RSS of that profile's instances (the live ones and the last ``KEEP_PEAKS`` that ended);
-``TCM_MEMORY_ESTIMATE_MB`` until there is a sample. The dispatcher admits a specialist only
-while the machine has room for that estimate (work/admission.py).
+``TCM_MEMORY_ESTIMATE_MB`` until there is a sample. The ended peaks are kept in the store
+(ns ``memory``, one document per profile, written when an instance ends), so a restarted
+tcmd plans with what it learned. The dispatcher admits a specialist only while the machine
+has room for that estimate (work/admission.py).
 """
 
 from __future__ import annotations
@@ -26,6 +28,14 @@ import time
 from collections import deque
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
+
+import structlog
+
+from tcmd.errors import TcmError
+from tcmd.store import StateStore
+
+log = structlog.get_logger(__name__)
+MEMORY_NS = "memory"
 
 PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024
 RSS_BUDGET_MS = 3.0  # per sweep, measuring trees (at least one instance is measured)
@@ -112,10 +122,12 @@ class Estimates:
         if old is None or mb > old[1]:
             self.live[instance_id] = (profile, mb)
 
-    def end(self, instance_id: str) -> None:
-        """The instance is gone: its peak joins its profile's history."""
-        if (old := self.live.pop(instance_id, None)) is not None:
-            self.ended.setdefault(old[0], deque(maxlen=KEEP_PEAKS)).append(old[1])
+    def end(self, instance_id: str) -> str | None:
+        """The instance is gone: its peak joins its profile's history; that profile."""
+        if (old := self.live.pop(instance_id, None)) is None:
+            return None
+        self.ended.setdefault(old[0], deque(maxlen=KEEP_PEAKS)).append(old[1])
+        return old[0]
 
     def of(self, profile: str) -> float:
         peaks = [mb for p, mb in self.live.values() if p == profile]
@@ -139,7 +151,10 @@ class Memory:
     """The latest sample of each instance, taken in turn under a time budget; the
     learned estimates."""
 
-    def __init__(self, default_estimate_mb: float, cap_mb: float = 0) -> None:
+    def __init__(
+        self, default_estimate_mb: float, cap_mb: float = 0, store: StateStore | None = None
+    ) -> None:
+        self.store = store  # where the ended peaks are kept (None: in memory only)
         self.samples: dict[str, Sample] = {}
         self.estimates = Estimates(default_estimate_mb)
         self.cap_mb = cap_mb  # 0: no cap
@@ -193,7 +208,21 @@ class Memory:
         """The instance ended (or its pane is gone): its peak joins the history."""
         self.samples.pop(instance_id, None)
         self._trees.pop(instance_id, None)
-        self.estimates.end(instance_id)
+        prof = self.estimates.end(instance_id)
+        if prof is not None and self.store is not None:
+            try:
+                self.store.put(MEMORY_NS, prof, list(self.estimates.ended[prof]))
+            except TcmError as exc:  # kept in memory; the next end writes it again
+                log.warning("memory peaks not stored", profile=prof, error=exc.message)
+
+    def load(self) -> None:
+        """The peaks of ended instances, as the store kept them (at start)."""
+        if self.store is None:
+            return
+        for prof, peaks in self.store.items(MEMORY_NS).items():
+            if isinstance(peaks, list):
+                kept = [float(p) for p in peaks if isinstance(p, int | float)]
+                self.estimates.ended[prof] = deque(kept, maxlen=KEEP_PEAKS)
 
     def row(self, instance_id: str) -> dict[str, float]:
         """``memoryMb`` (and ``pssMb`` when known) for a ``list`` or ``health`` row."""

@@ -146,6 +146,13 @@ class Daemon:
             if fields.get("waitMs") is not None:
                 m.queue_wait.observe(fields["waitMs"] / 1000)
 
+    def _load_learned(self) -> None:
+        """What the store kept of the event log, the usage and the memory estimates."""
+        self.events.load()
+        self.ledger.prices = Prices.load(self.settings.prices_file)  # checked by Settings
+        self.ledger.load()  # before any hook, and before the dispatcher asks the budgets
+        self.health.memory.load()  # what instances of each profile took, for admission
+
     def _observe(self) -> None:
         """Connect the services' signals to the event log and the metrics."""
         self.parallel.emit = self.emit
@@ -247,9 +254,7 @@ class Daemon:
         self.store.put("meta", "boots", self.boots)
         if self.settings.redis_url:
             self._with_redis(self.settings.redis_url)
-        self.events.load()
-        self.ledger.prices = Prices.load(self.settings.prices_file)  # checked by Settings
-        self.ledger.load()  # before any hook, and before the dispatcher asks the budgets
+        self._load_learned()
         self._observe()
         if self.settings.hooks == "http":  # before any launch: the agents' settings name it
             await self.hooks.start()

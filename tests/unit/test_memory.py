@@ -9,6 +9,7 @@ from pathlib import Path
 
 from tcmd.config import Settings
 from tcmd.health.memory import Estimates, Memory, percentile, tree
+from tcmd.store.jsonfile import JsonFileStore
 from tcmd.work.admission import (
     Admission,
     ProcFigures,
@@ -126,3 +127,21 @@ def test_the_kernels_figures_are_read_without_a_test_file() -> None:
     available = ProcFigures().available_mb()  # MemAvailable, or the cgroup's room if less
     assert available is not None
     assert 0 < available <= total_kb / 1024
+
+
+def test_what_ended_instances_took_is_kept_across_a_restart(tmp_path: Path) -> None:
+    store = JsonFileStore(tmp_path / "store")
+    store.open()
+    memory = Memory(default_estimate_mb=600, store=store)
+    for i, mb in enumerate((300.0, 320.0, 900.0)):
+        memory.estimates.observe(f"spec_{i}", "claude", mb)
+        memory.forget(f"spec_{i}")
+    store.close()
+    again = JsonFileStore(tmp_path / "store")
+    again.open()
+    restarted = Memory(default_estimate_mb=600, store=again)
+    assert restarted.estimates.of("claude") == 600  # nothing read yet
+    restarted.load()
+    assert restarted.estimates.of("claude") == 900.0
+    assert restarted.estimates.describe()["claude"]["samples"] == 3
+    again.close()
