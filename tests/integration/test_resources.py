@@ -5,12 +5,13 @@ from a file the test rewrites (TCM_TEST_MEMORY_FIGURES, test-only)."""
 from __future__ import annotations
 
 import re
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
 from tests.fakes import FAKE_CLAUDE
-from tests.integration.test_cli import run
+from tests.integration.test_cli import TCMCTL, run
 from tests.support import AgentDaemon, DaemonProcess, run_concurrently, wait_until
 
 FAST = {"HEALTH_CHECK_INTERVAL": "200", "UNHEALTHY_THRESHOLD": "2"}
@@ -58,10 +59,22 @@ def test_a_task_is_held_for_memory_and_starts_when_memory_frees(
     assert (event["taskId"], event["runId"]) == ("t1", "run_1")
     assert HELD.fullmatch(event["reason"])
 
-    figures.write_text("MemTotal: 8000000 kB\nMemAvailable: 8000000 kB\n")  # memory freed
-    done = wait_until(lambda: (t := task())["status"] == "completed" and t, 15, what="the run")
+    err_path = tmp_path / "follow.err"
+    with open(err_path, "w") as err:  # a person following the run sees why it waits
+        follower = subprocess.Popen([*TCMCTL, "run", "run_1", "--follow"], env=agents.daemon.env,
+                                    stdout=subprocess.DEVNULL, stderr=err)  # fmt: skip
+    try:
+        wait_until(lambda: "held      t1  held: memory" in err_path.read_text(), 15)
+        figures.write_text("MemTotal: 8000000 kB\nMemAvailable: 8000000 kB\n")  # memory freed
+        done = wait_until(lambda: (t := task())["status"] == "completed" and t, 15, what="the run")
+        assert follower.wait(15) == 0
+    finally:
+        if follower.poll() is None:
+            follower.kill()
     assert done["result"].strip() == "done"
     assert "held" not in done
+    assert re.search(r"^completed t1 ", err_path.read_text(), re.M)
+    assert len(kinds(agents, "job.held")) == 1
 
 
 def test_memory_is_shown_and_an_instance_over_its_cap_is_restarted_with_resume(
