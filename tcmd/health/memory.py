@@ -174,14 +174,15 @@ class Memory:
             self.forget(gone)
         order = sorted(panes)
         fresh = [iid for iid in order if iid not in self.samples]
+        new = set(fresh)
         measured, deadline = 0, started + RSS_BUDGET_MS / 1000
-        for iid in fresh + _after(order, self._rss_last, skip=set(fresh)):
+        for iid in fresh + _after(order, self._rss_last, skip=new):
             if measured and time.perf_counter() >= deadline:
                 break
             pid, prof = panes[iid]
             self._measure(iid, pid, prof)
             measured += 1
-            if iid not in fresh:
+            if iid not in new:
                 self._rss_last = iid
         deadline = time.perf_counter() + PSS_BUDGET_MS / 1000
         for iid in _after(sorted(self._trees), self._pss_last):
