@@ -196,7 +196,7 @@ class Daemon:
 
     def _after_sweep(self) -> None:
         sdnotify.notify("WATCHDOG=1")  # a stalled sweep stops it: systemd restarts us
-        if self.parallel.held:  # memory may have freed: the held jobs are looked at again
+        if self.parallel.held or self.parallel.claims_held:  # memory may have freed: look again
             self.parallel.kick()
 
     def _count_usage(self, acct: Account | None, model: str, counts: list[int]) -> None:

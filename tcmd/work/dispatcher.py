@@ -115,6 +115,7 @@ class Parallel:
         self.admission = Admission(settings, ProcFigures(settings.memory_figures))
         self.held: dict[str, str] = {}  # job id -> why it waits now (held: memory …)
         self._told: set[str] = set()  # held jobs whose job.held event went out (once each)
+        self.claims_held: str | None = None  # REDIS_URL: why the claim loop claims nothing
         # "is the account of this profile held?" (a failed login: health/loop.py)
         self.account_held: Callable[[str], str | None] = lambda agent: None
         # tasks waiting for their dependencies (work/waiting.py): queued when they are ready
@@ -181,7 +182,7 @@ class Parallel:
         while True:
             wake_at = self.queue.next_wakeup()
             delay = None if wake_at is None else max(0.0, wake_at - time.time())
-            if self.held:  # held for memory: look again soon, it may have freed
+            if self.held or self.claims_held:  # held: look again soon, memory may have freed
                 delay = RECHECK_S if delay is None else min(delay, RECHECK_S)
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(delay):
@@ -256,6 +257,14 @@ class Parallel:
         run = self.runs.get(job.run_id)
         agent = run.agent if run else "claude"
         return self.account_held(agent) or self.admission.check(agent, self.starting())
+
+    def held_of(self, job: Job) -> str | None:
+        """Why a waiting ``job`` does not start now, if it is held (shown with the task)."""
+        if (why := self.held.get(job.job_id)) is not None:
+            return why
+        if self.claims_held and job.state == JobState.QUEUED and job.extra.get("shared"):
+            return self.claims_held  # REDIS_URL: nothing is claimed while memory is short
+        return None
 
     def starting(self) -> list[tuple[str, str | None]]:
         """(profile, specialist id or None) of every attempt running now."""

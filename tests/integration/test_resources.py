@@ -12,6 +12,7 @@ from typing import Any
 
 from tests.fakes import FAKE_CLAUDE
 from tests.integration.test_cli import TCMCTL, run
+from tests.redis_server import RedisServer
 from tests.support import AgentDaemon, DaemonProcess, run_concurrently, wait_until
 
 FAST = {"HEALTH_CHECK_INTERVAL": "200", "UNHEALTHY_THRESHOLD": "2"}
@@ -166,3 +167,28 @@ def test_a_failed_login_holds_every_instance_of_the_account_and_restarts_nothing
     assert not [e for e in agents.events("UserPromptSubmit") if "not yet" in e["prompt"]]
     assert len(kinds(agents, "account.auth")) == 1
     assert agents.call("getParallelStatus", {"runId": "run_1"})["tasks"][0]["status"] == "queued"
+
+
+def test_with_redis_nothing_is_claimed_while_memory_is_short(
+    tmp_path: Path, daemon_factory: type[DaemonProcess], redis_server: RedisServer
+) -> None:
+    figures = tmp_path / "meminfo"
+    figures.write_text("MemAvailable: 10240 kB\n")
+    agents = AgentDaemon.start_in(tmp_path, daemon_factory, FAKE_CLAUDE, {
+        **FAST, "REDIS_URL": redis_server.url, "TCM_NODE_ID": "a",
+        "TCM_TEST_MEMORY_FIGURES": str(figures), "TCM_MEMORY_RESERVE_MB": "0"})  # fmt: skip
+    agents.spawn("executive", agent="shell")
+    agents.spawn("manager", parent="exec_1", agent="shell")
+    tasks = [{"id": "t1", "instruction": "echo done"}]
+    agents.call("executeParallel", {"managerId": "mgr_1_1", "agent": "shell", "wait": False,
+                                    "workDir": str(agents.work_dir), "tasks": tasks})  # fmt: skip
+
+    def task() -> dict[str, Any]:
+        row: dict[str, Any] = agents.call("getParallelStatus", {"runId": "run_1"})["tasks"][0]
+        return row
+
+    held = wait_until(lambda: (t := task()).get("held") and t, 15, what="the claims held")
+    assert held["status"] == "queued" and held["held"].startswith("held: memory (need ")
+    figures.write_text("MemAvailable: 8000000 kB\n")
+    done = wait_until(lambda: (t := task())["status"] == "completed" and t, 15, what="the run")
+    assert done["result"].strip() == "done"
