@@ -484,7 +484,7 @@ class ParallelTools:
     async def worktrees(self, caller: Caller, p: WorktreesParams) -> dict[str, Any]:
         root = self.p.worktree_root
         if p.prune:
-            return {"pruned": await worktrees.prune(root)}
+            return {"pruned": await worktrees.prune(root, self.p.repo_guard)}
         return {"worktrees": await worktrees.list_worktrees(root)}
 
 
