@@ -35,6 +35,7 @@ DOWN = (RedisError, OSError, TimeoutError)  # Redis cannot answer now
 ENQUEUE_TIMEOUT_S = 2.0  # a run's enqueue takes longer: its jobs go to the local queue
 WAIT_S = 10.0  # the longest BLPOP on the wake or notice list
 BACKOFF_S = (0.05, 0.1, 0.2, 0.5, 1.0, 2.0)  # between retries of a call Redis did not answer
+RUNS_CACHED = 1_000  # other nodes' runs kept in memory (read again from Redis when dropped)
 
 
 class LeaseTicket:
@@ -350,6 +351,8 @@ class SharedWork:
         doc = await self.q.get_run(str(node), run_id)
         if doc is None:
             return None
+        if len(self.runs) >= RUNS_CACHED:  # other nodes' runs come and go: start afresh
+            self.runs.clear()
         run = self.runs[f"{node}:{run_id}"] = Run(**doc)
         return run
 
