@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import signal
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -63,18 +64,19 @@ def running_on(r: redis.Redis, agents: AgentDaemon, run_id: str, node: str) -> l
 
 
 def busy_a(
-    tmp_path: Path, factory: type[DaemonProcess], server: RedisServer, task: str, **env: str
-) -> tuple[AgentDaemon, list[str], str, redis.Redis]:
-    """Node a (one manager at a time) with two managers, the first one's run already running
-    on a, so that a's node is full for the second: (a, managers, first run, a client).
-    Node b is started only then: it cannot take the first run's jobs before a does."""
+    tmp_path: Path, factory: type[DaemonProcess], server: RedisServer, **env: str
+) -> tuple[AgentDaemon, list[str], redis.Redis, Callable[[], None]]:
+    """Node a (one manager at a time) with two managers, the first one's task running on a
+    until ``release()``, so that a's node is full for the second: (a, managers, a client,
+    release). Start node b only then: it cannot take the first task before a does."""
     a = start(tmp_path, factory, server, "a", MAX_MANAGER_CONCURRENCY="1", **env)
     mgrs = managers_on(a, 2)
-    log = tmp_path / "ran.log"
-    first = run(a, mgrs[0], [timed("first", log, body=task)], wait=False)["runId"]
+    flag = tmp_path / "released"
+    task = {"id": "first", "instruction": f"until [ -e {flag} ]; do sleep 0.05; done"}
+    first = run(a, mgrs[0], [task], wait=False)["runId"]
     r = redis.Redis(port=server.port, decode_responses=True)
     wait_until(lambda: running_on(r, a, first, "a"), 20, what="a to run the first run")
-    return a, mgrs, first, r
+    return a, mgrs, r, flag.touch
 
 
 def test_two_nodes_split_40_jobs_by_free_slots_each_once(
@@ -131,44 +133,50 @@ def test_a_manager_s_limit_holds_across_nodes(
 ) -> None:
     # a's limit per manager is 1: the second manager's jobs run on b (a runs the first
     # manager's), then on a too once a is free, but never two at once
-    a, mgrs, first, r = busy_a(
-        tmp_path, daemon_factory, redis_server, "sleep 1.5", MAX_SPECIALISTS_PER_MANAGER="1"
+    a, mgrs, r, release = busy_a(
+        tmp_path, daemon_factory, redis_server, MAX_SPECIALISTS_PER_MANAGER="1"
     )
     b = start(tmp_path, daemon_factory, redis_server, "b")  # 3 per manager
     log = tmp_path / "limited.log"
-    second = run(a, mgrs[1], [timed(f"t{i}", log, body="sleep 0.4") for i in range(5)])
-    assert second["completed"] == 5, second
-    assert peak(intervals(log)) == 1, intervals(log)
-    assert "b" in {row["ranOn"] for row in second["results"]}
+    tasks = [timed(f"t{i}", log, body="sleep 0.4") for i in range(5)]
+    second = run(a, mgrs[1], tasks, wait=False)["runId"]
+    wait_until(lambda: running_on(r, a, second, "b"), 20, what="b to run the second run")
     assert b.call("queueStats")["shared"]["limits"]["max:" + mgrs[1]] == 1
-    finished(a, first)
+    release()  # a is free for the second manager too now
+    status = finished(a, second)
+    assert status["completedTasks"] == 5, status
+    assert peak(intervals(log)) == 1, intervals(log)
+    assert "b" in {row["ranOn"] for row in status["tasks"]}
     r.close()
 
 
 def b_runs_one_of_as_jobs(
     tmp_path: Path, daemon_factory: type[DaemonProcess], redis_server: RedisServer, n: int
-) -> tuple[AgentDaemon, AgentDaemon, str, list[str], redis.Redis]:
-    """Nodes a and b (leases of 1.5 s), a busy with a 2-s task of its first manager, a run of
-    ``n`` 2-s tasks under its second (limited to 2), and the moment b runs some of them:
-    (a, b, run id, the jobs b holds, a client). A manager's limit holds on every node, so a
-    node runs another's jobs when that node is full (here: one manager at a time), not to
-    go past the manager's limit."""
+) -> tuple[AgentDaemon, AgentDaemon, str, list[str], redis.Redis, Callable[[], None]]:
+    """Nodes a and b (leases of 1.5 s), a busy with its first manager's task until
+    ``release()``, a run of ``n`` 2-s tasks under its second (limited to 2), and the moment
+    b runs some of them: (a, b, run id, the jobs b holds, a client, release). A manager's
+    limit holds on every node, so a node runs another's jobs when that node is full (here:
+    one manager at a time), not to go past the manager's limit."""
     lease = {"TCM_LEASE_MS": "1500"}
-    a, mgrs, _, r = busy_a(tmp_path, daemon_factory, redis_server, "sleep 2", **lease)
+    a, mgrs, r, release = busy_a(tmp_path, daemon_factory, redis_server, **lease)
     b = start(tmp_path, daemon_factory, redis_server, "b", **lease)
     log = tmp_path / "ran.log"
     tasks = [timed(f"t{i}", log, body=f"sleep 2; echo out-{i}") for i in range(n)]
     run_id = run(a, mgrs[1], tasks, maxConcurrent=2, wait=False)["runId"]
     held = wait_until(lambda: running_on(r, a, run_id, "b"), 20, what="b to run a's jobs")
-    return a, b, run_id, held, r
+    return a, b, run_id, held, r, release
 
 
 def test_a_node_stopped_past_its_lease_loses_the_job_and_its_ack_is_stale(
     tmp_path: Path, daemon_factory: type[DaemonProcess], redis_server: RedisServer
 ) -> None:
-    a, b, run_id, held, r = b_runs_one_of_as_jobs(tmp_path, daemon_factory, redis_server, 4)
+    a, b, run_id, held, r, release = b_runs_one_of_as_jobs(
+        tmp_path, daemon_factory, redis_server, 3
+    )
     assert b.daemon.proc is not None
     os.kill(b.daemon.proc.pid, signal.SIGSTOP)
+    release()
     try:
 
         def finished() -> Any:
@@ -179,7 +187,7 @@ def test_a_node_stopped_past_its_lease_loses_the_job_and_its_ack_is_stale(
     finally:
         os.kill(b.daemon.proc.pid, signal.SIGCONT)
     rows = {t["jobId"]: t for t in status["tasks"]}
-    assert status["completedTasks"] == 4, status
+    assert status["completedTasks"] == 3, status
     for job_id in held:  # run again on a after b's lease ran out
         assert rows[job_id]["ranOn"] == "a" and rows[job_id]["reruns"] >= 1, rows[job_id]
 
@@ -201,21 +209,24 @@ def test_a_node_stopped_past_its_lease_loses_the_job_and_its_ack_is_stale(
 def test_a_killed_node_s_leased_jobs_complete_on_the_other_once(
     tmp_path: Path, daemon_factory: type[DaemonProcess], redis_server: RedisServer
 ) -> None:
-    a, b, run_id, held, r = b_runs_one_of_as_jobs(tmp_path, daemon_factory, redis_server, 5)
+    a, b, run_id, held, r, release = b_runs_one_of_as_jobs(
+        tmp_path, daemon_factory, redis_server, 3
+    )
     b.daemon.kill9()
+    release()
     status = wait_until(
         lambda: (s := a.call("getParallelStatus", {"runId": run_id}))["done"] and s,
         40,
         what="a to finish every job, the killed node's too",
     )
-    assert status["completedTasks"] == 5, status
+    assert status["completedTasks"] == 3, status
     rows = {t["jobId"]: t for t in status["tasks"]}
     for job_id in held:
         assert rows[job_id]["ranOn"] == "a" and rows[job_id]["reruns"] >= 1, rows[job_id]
     ids = [j["jobId"] for j in a.call("jobs", {"runId": run_id})]
     completions = [int(r.hget(f"tcm:{{q}}:job:{i}", "attempts") or 0) for i in ids]
-    # each completed once: the run's 5 and the first manager's task
-    assert r.hget("tcm:{q}:stats", "state:completed") == "6", completions
+    # each completed once: the run's 3 and the first manager's task
+    assert r.hget("tcm:{q}:stats", "state:completed") == "4", completions
     r.close()
 
 
