@@ -94,7 +94,8 @@ class ParallelTools:
             ),
             Tool(
                 "queueStats",
-                "Counts by state and priority, average wait and run time, throughput.",
+                "Counts by state and priority, average wait and run time, throughput; with "
+                "Redis, shared.limits: each manager's attempts on every node and its limit.",
                 NoParams,
                 self.queue_stats,
                 inline=True,
