@@ -105,6 +105,7 @@ class Parallel:
         self.peak_managers = 0
         self.worktree_root = settings.state_dir / "worktrees"
         self.repo_guard: worktrees.Guard = worktrees.unguarded  # repolocks.RepoLocks.hold
+        self.node_names = False  # with Redis: worktrees named <node>.<run> (run ids are per node)
         self._wake = asyncio.Event()
         self.poke: Callable[[], None] | None = None  # the shared queue's claim loop (Redis)
         self._numbering = asyncio.Lock()  # Redis: a shared number, then its instance, in order
@@ -373,8 +374,9 @@ class Parallel:
         existing = job.extra.get("worktreeInfo")
         if existing:  # a retry works on in the same worktree: nothing is thrown away
             return worktrees.Worktree.from_json(existing)
-        # a shared job's run id is its node's: qualified, so two nodes never pick one branch
-        key = f"{job.node}.{run.run_id}" if job.extra.get("shared") and job.node else run.run_id
+        # with Redis a run id is its node's (its jobs may even have fallen back to the local
+        # queue): qualified, so two nodes never pick one branch in a repository both use
+        key = f"{job.node}.{run.run_id}" if self.node_names and job.node else run.run_id
         wt = await worktrees.create(
             Path(run.work_dir), self.worktree_root, key, job.task_id, self.repo_guard
         )

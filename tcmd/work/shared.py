@@ -121,6 +121,7 @@ class SharedWork:
         self._wake_task: asyncio.Task[bool] | None = None
         self._poke_task: asyncio.Task[Any] | None = None
         parallel.poke = self._poked.set
+        parallel.node_names = True
 
     # -- submitting ---------------------------------------------------------------------------
     async def new_job_ids(self, n: int) -> list[str] | None:

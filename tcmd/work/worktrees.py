@@ -5,8 +5,8 @@ Layout under ``root``, one directory per repository (its name plus a hash of its
     <root>/<repo-name>-<hash8>/<run>/<task>        the worktree, on branch tcm/<run>/<task>
     <root>/<repo-name>-<hash8>/<run>/.<task>.json  Worktree.to_json(): repo, branch, base, …
 
-``<run>`` is the run id, or ``<node>.<run id>`` for a job of the shared queue (run ids are
-per node: two nodes' ``run_1`` must not pick one branch in a repository both use). Changes
+``<run>`` is the run id, or ``<node>.<run id>`` with Redis (run ids are per node: two
+nodes' ``run_1`` must not pick one branch in a repository both use). Changes
 to a repository's worktrees run under a ``Guard`` (repolocks.py: one at a time, every node).
 
 The metadata (written before ``git worktree add``, deleted with the worktree; ids never start
@@ -138,8 +138,8 @@ async def create(
     work_dir: Path, root: Path, run_id: str, task_id: str, guard: Guard = unguarded
 ) -> Worktree:
     """Make a worktree on a new branch at HEAD of the repository holding `work_dir`.
-    ``run_id`` names the run's directory and branch (``<node>.<run>`` for a job of the
-    shared queue: two nodes' runs share ids)."""
+    ``run_id`` names the run's directory and branch (``<node>.<run>`` with Redis: two
+    nodes' runs share ids)."""
     _check_id("runId", run_id)
     _check_id("taskId", task_id)
     found = await _locate(work_dir)
