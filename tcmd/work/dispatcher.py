@@ -376,7 +376,9 @@ class Parallel:
             return worktrees.Worktree.from_json(existing)
         # with Redis a run id is its node's (its jobs may even have fallen back to the local
         # queue): qualified, so two nodes never pick one branch in a repository both use
-        key = f"{job.node}.{run.run_id}" if self.node_names and job.node else run.run_id
+        key = run.run_id
+        if self.node_names and job.node:
+            key = worktrees.node_run(job.node, run.run_id)
         wt = await worktrees.create(
             Path(run.work_dir), self.worktree_root, key, job.task_id, self.repo_guard
         )

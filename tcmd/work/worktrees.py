@@ -177,6 +177,15 @@ async def create(
     return wt
 
 
+def node_run(node: str, run_id: str) -> str:
+    """``<node>.<run id>``: a run's name in worktree paths and branches with Redis. A node id
+    may hold what a branch may not (a leading dot or dash, ``..``): those become ``_``."""
+    name = f"{node}.{run_id}"
+    if _ID.fullmatch(name) and ".." not in name:
+        return name
+    return f"{re.sub(r'[^A-Za-z0-9_]', '_', node)}.{run_id}"
+
+
 async def inspect(wt: Worktree) -> WorktreeState:
     """Count the branch's commits beyond base; see whether the checkout holds changes."""
     present, count = wt.path.is_dir(), ("rev-list", "--count", "--ignore-missing")
