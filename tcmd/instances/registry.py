@@ -34,6 +34,7 @@ from tcmd.instances.agents.base import LaunchEnv
 from tcmd.instances.agents.registry import profile
 from tcmd.instances.deaths import DeathWatch, clear_exit, read_exit
 from tcmd.instances.identity import IN_TMUX, OUTSIDE, VANISHED, Identity, InPane, Who
+from tcmd.instances.pacing import Pacer
 from tcmd.instances.sessions import Sessions
 from tcmd.instances.tokens import Tokens
 from tcmd.model import LIVE, Instance, Role, State, check_move, child_id, number_of
@@ -85,6 +86,7 @@ class Instances:
         self.pane_since: dict[str, float] = {}
         self.screen_checked: dict[str, float] = {}  # last screen fallback look, monotonic
         self.identity = Identity()  # pane processes: who calls, from the kernel
+        self.pacer = Pacer(settings.spawn_rate)  # starts of paced agents (Claude) per second
         self.node: str | None = None  # this daemon's node id, recorded in each new instance
         # with Redis: the next executive number across every node (above the local counter);
         # None when Redis cannot say (then the local counter numbers it)
@@ -339,8 +341,12 @@ class Instances:
             await self._kill(inst)
 
     async def launch(self, inst: Instance, *, resume: bool) -> bool:
-        """Start (or restart in place) the agent process of ``inst``; whether it resumed."""
+        """Start (or restart in place) the agent process of ``inst``; whether it resumed.
+        A paced profile's start first waits for its slot (TCM_SPAWN_RATE)."""
         prof = profile(inst.agent)
+        if prof.paced and await self.pacer.wait() and inst.status == State.TERMINATED:
+            raise Conflict(f"{inst.id} was terminated while it waited for its turn to start",
+                           data={"instanceId": inst.id})  # fmt: skip
         idir = self.settings.state_dir / "instances" / inst.id
         idir.mkdir(mode=0o700, parents=True, exist_ok=True)
         env = self._agent_env(inst, launch=inst.launched + 1)
