@@ -16,6 +16,7 @@ from typing import Any
 
 from tcmctl import overview
 from tcmctl.client import Client, DaemonUnreachable
+from tcmd.errors import Stopping
 
 POLL_WAIT_MS = 5_000  # one long poll; the daemon answers at once when there is news
 RECONNECT_S = (0.1, 0.2, 0.5, 1.0)  # the waits between attempts while tcmd is away
@@ -100,7 +101,7 @@ def follow(
                 up, misses = True, 0
                 on_link(True)
             answer = client.call("events", {"since": since, "follow": True, "waitMs": POLL_WAIT_MS})
-        except DaemonUnreachable:
+        except (DaemonUnreachable, Stopping):  # stopping: the poll is answered, tcmd goes away
             if client is not None:
                 client.close()
                 client = None

@@ -64,6 +64,7 @@ class ParallelTools:
                 StatusParams,
                 self.status,
                 read_only=True,
+                long_poll=True,
             ),
             Tool(
                 "runs",

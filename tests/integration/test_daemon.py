@@ -5,17 +5,19 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import socket
 import stat
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
 
 from tcmctl.client import Client, DaemonUnreachable
-from tcmd.errors import InvalidParams, MethodNotFound, NotFound
+from tcmd.errors import InvalidParams, MethodNotFound, NotFound, Stopping, from_json
 from tests.support import DaemonProcess, run_concurrently, wait_until
 
 
@@ -222,6 +224,38 @@ def test_sigterm_removes_socket_and_saves_state(daemon: DaemonProcess) -> None:
     assert snapshot.exists()
     assert json.loads(snapshot.read_text())["data"]["meta"]["boots"] == boots
     assert "tcmd stopped" in daemon.log()
+
+
+def test_stop_answers_long_polls_at_once(daemon: DaemonProcess) -> None:
+    """A follower's long poll does not hold the stop up: it is answered -32005 at once,
+    while a quick call on the same connection still gets its answer first."""
+    last = daemon.call("events", {"since": 10**15})["lastSeq"]  # the newest: nothing after
+    poll = {"follow": True, "since": last, "waitMs": 600_000}
+    frames = [
+        {"jsonrpc": "2.0", "id": 1, "method": "events", "params": poll},
+        {"jsonrpc": "2.0", "id": 2, "method": "ping"},
+    ]
+    with socket.socket(socket.AF_UNIX) as s:
+        s.settimeout(10)
+        s.connect(str(daemon.socket))
+        s.sendall(b"".join(json.dumps(f).encode() + b"\n" for f in frames))
+        answers = s.makefile("rb")
+        assert json.loads(answers.readline())["id"] == 2  # the poll is waiting
+        with Client(daemon.socket) as follower:  # ...and one through the client
+            follower.send("events", poll)
+            assert follower.call("ping")["pong"]  # read: the poll waits
+            began = time.monotonic()
+            assert daemon.proc is not None
+            daemon.proc.send_signal(signal.SIGTERM)
+            stopped = from_json(follower.receive()["error"])
+            assert isinstance(stopped, Stopping)
+            assert (stopped.code, stopped.message) == (-32005, "tcmd is stopping")
+        answer = json.loads(answers.readline())
+    assert answer["id"] == 1
+    stopping = {"code": -32005, "message": "tcmd is stopping", "data": {"reason": "stopping"}}
+    assert answer.get("error") == stopping, answer
+    assert daemon.proc.wait(10) == 0
+    assert time.monotonic() - began < 3  # not the 5 s grace for running calls
 
 
 def test_kill9_then_restart_keeps_state_and_handles_stale_socket(
