@@ -64,6 +64,7 @@ class ParallelTools:
                 StatusParams,
                 self.status,
                 read_only=True,
+                long_poll=True,
             ),
             Tool(
                 "runs",
@@ -402,7 +403,12 @@ class ParallelTools:
 
     def runs(self, caller: Caller, p: RunsParams) -> list[dict[str, Any]]:
         mine = [r for r in self.p.runs.values() if self._run_is_mine(caller, r)]
-        newest = sorted(mine, key=lambda r: r.created_at, reverse=True)[: p.limit]
+        if p.unfinishedFirst:  # top's runs line: what still runs, whatever its age
+            newest = sorted(
+                mine, key=lambda r: (r.finished_at is None, r.created_at), reverse=True
+            )[: p.limit]
+        else:
+            newest = sorted(mine, key=lambda r: r.created_at, reverse=True)[: p.limit]
         return [run_row(self.p, r) for r in newest]
 
     def _mine(self, caller: Caller, job: Job) -> bool:
