@@ -112,6 +112,8 @@ class ListRow(BaseModel):
     created: float
     stateSince: float | None = None
     agent: str
+    memoryMb: float | None = None  # RSS of its process tree at the last health sweep
+    pssMb: float | None = None  # PSS of the same, where readable (refreshed less often)
 
 
 class TerminateParams(Params):
@@ -259,6 +261,7 @@ class InstanceTools:
                 self._anywhere("wait", self.wait),
                 result_schema(WaitResult),
                 read_only=True,
+                long_poll=True,
             ),
             Tool(
                 "hook",

@@ -95,8 +95,11 @@ class Daemon:
             busy_with_job=self.parallel.specialists.__contains__,
             emit=self.emit,
             watchdog_s=sdnotify.watchdog_interval_s(),
-            on_sweep=lambda: sdnotify.notify("WATCHDOG=1"),
+            on_sweep=self._after_sweep,
         )
+        memory = self.health.memory  # the admission of specialists learns from its samples
+        self.parallel.admission.estimate = memory.estimates.of
+        self.parallel.admission.measured = memory.samples.__contains__
         self.retention = Retention(settings, self.instances, self.parallel, emit=self.emit)
         self.ledger = Ledger(self.store, Prices({}))  # the table is read at start
         self.budgets = Budgets(settings, self.parallel, self.ledger, self.emit)
@@ -175,8 +178,23 @@ class Daemon:
                     if (inst := find(iid)) is not None and inst.status != State.TERMINATED
                 }
             )
+            samples = self.health.memory.samples
+            mb = 1024 * 1024
+            self.metrics.memory.set_all({(iid,): s.rss_mb * mb for iid, s in samples.items()})
+            self.metrics.pss.set_all(
+                {(iid,): s.pss_mb * mb for iid, s in samples.items() if s.pss_mb is not None}
+            )
+            estimates = self.health.memory.estimates.describe()
+            self.metrics.memory_estimate.set_all(
+                {(p,): e["estimateMb"] * mb for p, e in estimates.items()}
+            )
 
         self.registry.before_collect(collect)
+
+    def _after_sweep(self) -> None:
+        sdnotify.notify("WATCHDOG=1")  # a stalled sweep stops it: systemd restarts us
+        if self.parallel.held:  # memory may have freed: the held jobs are looked at again
+            self.parallel.kick()
 
     def _count_usage(self, acct: Account | None, model: str, counts: list[int]) -> None:
         m = self.metrics
@@ -190,6 +208,9 @@ class Daemon:
         """A hook event POSTed by an agent: the token alone names it (no peer pid on TCP)."""
         caller = self.instances.resolve_caller(token, None, "hook")
         self.instances.on_hook(caller, payload, launch)
+
+    def _memory_row(self, inst: Instance) -> dict[str, Any]:
+        return self.health.memory.row(inst.id)
 
     def _manager_load(self, inst: Instance) -> dict[str, Any]:
         if inst.role != Role.MANAGER:
@@ -249,7 +270,7 @@ class Daemon:
         instance_tools = InstanceTools(
             self.instances, self.delivery, peers=lambda: self.mirror.peers if self.mirror else {}
         )
-        instance_tools.row_extras.append(self._manager_load)
+        instance_tools.row_extras += [self._manager_load, self._memory_row]
         instance_tools.emit = self.emit
         instance_tools.forwarder = self.forwarder
         if self.forwarder is not None:

@@ -319,6 +319,8 @@ class SharedWork:
         if (mid not in busy and len(busy) >= p.manager_limit()) or self._full(mid):
             return
         free = p.limit_for(mid) - p.active.get(mid, 0)
+        if free > 0 and p.admission.check("claude", p.starting()) is not None:
+            return  # no room for one more (Claude) specialist: claim nothing until there is
         if free > 0 and foreign:
             free = min(await self._fit(mid, free), p.limit_for(mid) - p.active.get(mid, 0))
         if free <= 0:

@@ -64,6 +64,7 @@ class ParallelTools:
                 StatusParams,
                 self.status,
                 read_only=True,
+                long_poll=True,
             ),
             Tool(
                 "runs",
@@ -376,7 +377,8 @@ class ParallelTools:
         else:
             jobs, managers = self.p.queue.jobs(manager_id=p.managerId), [str(p.managerId)]
             held = self.p.waiting.of_manager(str(p.managerId))
-            rows = [task_row(j) for j in jobs] + [self.p.waiting.row(*w) for w in held]
+            rows = [task_row(j, self.p.held.get(j.job_id)) for j in jobs]
+            rows += [self.p.waiting.row(*w) for w in held]
             waiting = len(held)
         by = {s: sum(j.state == s for j in jobs) for s in JobState}
         status = {
@@ -402,7 +404,12 @@ class ParallelTools:
 
     def runs(self, caller: Caller, p: RunsParams) -> list[dict[str, Any]]:
         mine = [r for r in self.p.runs.values() if self._run_is_mine(caller, r)]
-        newest = sorted(mine, key=lambda r: r.created_at, reverse=True)[: p.limit]
+        if p.unfinishedFirst:  # top's runs line: what still runs, whatever its age
+            newest = sorted(
+                mine, key=lambda r: (r.finished_at is None, r.created_at), reverse=True
+            )[: p.limit]
+        else:
+            newest = sorted(mine, key=lambda r: r.created_at, reverse=True)[: p.limit]
         return [run_row(self.p, r) for r in newest]
 
     def _mine(self, caller: Caller, job: Job) -> bool:
@@ -430,7 +437,12 @@ class ParallelTools:
             manager_id=p.managerId,
             limit=None if not caller.is_operator else p.limit,
         )
-        return [j.public() for j in found if self._mine(caller, j)][: p.limit]
+        held = self.p.held
+        return [
+            {**j.public(), **({"held": held[j.job_id]} if j.job_id in held else {})}
+            for j in found
+            if self._mine(caller, j)
+        ][: p.limit]
 
     def queue_stats(self, caller: Caller, p: NoParams) -> dict[str, Any]:
         """The whole queue for the operator; for an instance, the same figures over the
