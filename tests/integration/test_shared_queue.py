@@ -84,15 +84,18 @@ def test_two_nodes_split_40_jobs_by_free_slots_each_once(
 ) -> None:
     a = start(tmp_path, daemon_factory, redis_server, "a", MAX_MANAGER_CONCURRENCY="1")
     mgrs = managers_on(a, 2)
-    log = tmp_path / "ran.log"
-    tasks = [timed(f"t{i}", log, body=f"echo out-{i} $PWD") for i in range(40)]
+    log, flag = tmp_path / "ran.log", tmp_path / "released"
+    hold = f"until [ -e {flag} ]; do sleep 0.05; done"  # until the test releases them
+    tasks = [timed(f"t{i}", log, body=f"{hold}; echo out-{i} $PWD") for i in range(40)]
     first = run(a, mgrs[0], tasks[:20], wait=False)["runId"]
     r = redis.Redis(port=redis_server.port, decode_responses=True)
     wait_until(lambda: running_on(r, a, first, "a"), 20, what="a to run the first run")
     b = start(tmp_path, daemon_factory, redis_server, "b")
-    # b's own run first: run ids are per node, so both nodes have a run_2 (a's second)
+    # b's own run first: run ids are per node, so both nodes have a run_1
     assert run(b, manager_on(b), [{"id": "own", "instruction": "pwd"}])["runId"] == "run_1"
     second = run(a, mgrs[1], tasks[20:], wait=False)["runId"]  # a is full: one manager
+    wait_until(lambda: running_on(r, a, second, "b"), 20, what="b to run the second run")
+    flag.touch()
     rows = {}
     for run_id in (first, second):
         status = finished(a, run_id)
