@@ -196,10 +196,12 @@ async def test_two_queues_share_one_redis(redis_server: RedisServer) -> None:
 
 async def test_a_manager_s_limit_holds_on_every_node(redis_server: RedisServer) -> None:
     async with (
-        redis_queue(redis_server.url, lease_ms=300) as a,
-        redis_queue(redis_server.url, lease_ms=300) as b,
+        redis_queue(redis_server.url) as a,
+        redis_queue(redis_server.url) as b,
+        redis_queue(redis_server.url, lease_ms=300) as dying,  # leases that run out soon
     ):
         assert isinstance(a, RedisJobQueue) and isinstance(b, RedisJobQueue)
+        assert isinstance(dying, RedisJobQueue)
         await a.enqueue_many([make_job(f"job_{n}", "mgr_1_1") for n in range(1, 7)])
         first = await a.claim("mgr_1_1", "node-a", 5, limit=2)  # its own node: limit 2
         assert len(first) == 2
@@ -210,10 +212,14 @@ async def test_a_manager_s_limit_holds_on_every_node(redis_server: RedisServer) 
         [taken] = await b.claim("mgr_1_1", "node-b", 3)
         await b.fail(taken.job.job_id, taken.token, "boom")  # an end frees room too
         [again] = await b.claim("mgr_1_1", "node-b", 3)
+        await b.cancel(again.job.job_id)  # and a cancel
+        [held] = await dying.claim("mgr_1_1", "node-c", 3)
+        assert await b.claim("mgr_1_1", "node-b", 3) == []
         # a dead holder's lease runs out: the reap frees its room
-        assert len(await eventually(lambda: b.claim("mgr_1_1", "node-b", 3))) == 1
+        [after] = await eventually(lambda: b.claim("mgr_1_1", "node-b", 3))
+        assert (await b.get(held.job.job_id)).reruns == 1
         assert (await a.stats())["limits"]["active:mgr_1_1"] == 2
-        await b.cancel(again.job.job_id)
+        await b.give_up(after.job.job_id, "done with it")
         assert (await b.limits())["active:mgr_1_1"] == 1
 
 
