@@ -296,8 +296,7 @@ class SharedWork:
         """Clear expired leases (a dead node's jobs wait again, for any node to take, even
         one without managers), then claim for this node's managers, then for other nodes'
         managers with work."""
-        await self.q.reap()
-        self.limits = await self.q.limits()
+        _, self.limits = await self.q.reap_and_limits()
         own = sorted(m.id for m in self.p.live_managers())
         for mid in own:
             await self._claim(mid, foreign=False)

@@ -206,7 +206,7 @@ async def test_a_manager_s_limit_holds_on_every_node(redis_server: RedisServer) 
         first = await a.claim("mgr_1_1", "node-a", 5, limit=2)  # its own node: limit 2
         assert len(first) == 2
         assert await b.claim("mgr_1_1", "node-b", 3) == []  # no room left on any node
-        assert (await b.limits()) == {"max:mgr_1_1": 2, "active:mgr_1_1": 2}
+        assert (await b.reap_and_limits()) == ([], {"max:mgr_1_1": 2, "active:mgr_1_1": 2})
         await a.ack(first[0].job.job_id, first[0].token, None)
         assert await b.wait(5) is True  # the freed room wakes an idle node
         [taken] = await b.claim("mgr_1_1", "node-b", 3)

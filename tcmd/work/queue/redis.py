@@ -239,6 +239,14 @@ class RedisJobQueue:
             "limits": {k: int(v) for k, v in _pairs(limits).items()},
         }
 
+    async def reap_and_limits(self) -> tuple[list[str], dict[str, int]]:
+        """``reap()`` then ``limits()``, in one round trip (a claim round starts with both)."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            await self._reap(self._keys, [self.base], client=pipe)
+            pipe.hgetall(self.base + "limits")
+            expired, raw = await pipe.execute()
+        return [_text(i) for i in expired], {_text(k): int(v) for k, v in raw.items()}
+
     async def limits(self) -> dict[str, int]:
         """``active:<manager>`` (attempts running on every node) and ``max:<manager>``."""
         raw = await self._redis.hgetall(self.base + "limits")
