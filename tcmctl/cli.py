@@ -25,7 +25,7 @@ from tcmctl.context import (
     json_option,
     pass_ctx,
 )
-from tcmd.errors import TcmError
+from tcmd.errors import Stopping, TcmError
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -121,7 +121,7 @@ def run(argv: list[str]) -> int:
     except click.Abort:
         click.echo("aborted", err=True)
         return EXIT_FAILED
-    except DaemonUnreachable as exc:
+    except (DaemonUnreachable, Stopping) as exc:  # stopping: it is about to be unreachable
         click.echo(f"tcmctl: {exc.message}", err=True)
         return EXIT_UNREACHABLE
     except TcmError as exc:

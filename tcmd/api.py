@@ -61,7 +61,9 @@ class Tool(Generic[P]):
     """One entry of the catalogue.
 
     ``inline`` tools are synchronous, quick and answered straight from the read loop;
-    the others run as tasks so a slow call never holds up the connection.
+    the others run as tasks so a slow call never holds up the connection. A
+    ``long_poll`` tool waits for news (``events`` follow, ``wait``): when tcmd stops it is
+    answered at once with ``Stopping`` instead of holding the stop up.
     """
 
     name: str
@@ -73,6 +75,7 @@ class Tool(Generic[P]):
     read_only: bool = False
     destructive: bool = False
     operator_only: bool = False
+    long_poll: bool = False
 
     def describe(self) -> dict[str, Any]:
         return {

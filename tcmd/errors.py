@@ -11,6 +11,7 @@
     ├── Conflict                  (-32003) the target's state refuses the call
     ├── Capacity                  (-32004) a limit is reached
     ├── Unavailable               (-32005) a dependency (tmux, Redis, the daemon) does not answer
+    │   └── Stopping              (-32005) tcmd is stopping: a long poll answered at once
     └── ConfigError               invalid settings; the daemon exits 2 naming the variable
 
 This module is imported by the thin clients: it must stay stdlib-only.
@@ -78,6 +79,17 @@ class Unavailable(TcmError):
     code = -32005
 
 
+class Stopping(Unavailable):
+    """tcmd is shutting down: a call that waits for news (``events`` follow, ``wait``) is
+    answered with this at once instead of holding the stop up. Try again on the next
+    daemon. On the wire: -32005 with ``data.reason == "stopping"``."""
+
+    REASON: ClassVar[str] = "stopping"
+
+    def __init__(self, message: str = "tcmd is stopping", *, data: dict[str, Any] | None = None):
+        super().__init__(message, data={"reason": self.REASON, **(data or {})})
+
+
 class ConfigError(TcmError):
     """A setting is invalid. ``variable`` names it (env var spelling)."""
 
@@ -106,7 +118,10 @@ def from_json(err: dict[str, Any]) -> TcmError:
     """Rebuild the typed error a daemon sent (client side)."""
     code = err.get("code", TcmError.code)
     cls = _BY_CODE.get(code, TcmError)
-    exc = cls(str(err.get("message", "error")), data=err.get("data"))
+    data = err.get("data")
+    if cls is Unavailable and isinstance(data, dict) and data.get("reason") == Stopping.REASON:
+        return Stopping(str(err.get("message", "tcmd is stopping")), data=data)
+    exc = cls(str(err.get("message", "error")), data=data)
     if cls is TcmError:
         exc.code = code  # type: ignore[misc]  # keep an unknown code as sent
     return exc

@@ -31,6 +31,20 @@ def daemon(daemon_factory: type[DaemonProcess]) -> DaemonProcess:
     return daemon_factory().start()
 
 
+@pytest.fixture(scope="module")
+def module_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonProcess]:
+    """One running tcmd shared by the tests of a module that need no fresh one.
+
+    Only for tests that call it and look at what they themselves made: each spawns its
+    own instances and runs and reads back the ids the daemon handed out (never ``exec_1``
+    and the like), and none stops, restarts or reconfigures it, or counts what the whole
+    daemon holds. A test that needs any of that takes ``daemon``.
+    """
+    d = DaemonProcess(tmp_path_factory.mktemp("module-daemon") / "state").start()
+    yield d
+    d.cleanup()
+
+
 @pytest.fixture
 def agents(tmp_path: Path, daemon_factory: type[DaemonProcess]) -> AgentDaemon:
     """A running tcmd whose `claude` profile launches the fake Claude Code."""

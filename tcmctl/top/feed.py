@@ -16,10 +16,12 @@ from typing import Any
 
 from tcmctl import overview
 from tcmctl.client import Client, DaemonUnreachable
+from tcmd.errors import Stopping
 
 POLL_WAIT_MS = 5_000  # one long poll; the daemon answers at once when there is news
 RECONNECT_S = (0.1, 0.2, 0.5, 1.0)  # the waits between attempts while tcmd is away
-JOB_LIMIT = 100_000  # the jobs tool's own upper bound
+JOB_LIMIT = 100_000  # the jobs tool's own upper bound (active jobs: bounded by the limits)
+RUN_LIMIT = 20  # runs per snapshot: the unfinished ones first, then the newest finished
 AFTER_EVERYTHING = 10**15  # a `since` past any seq: the daemon answers with its newest
 
 
@@ -29,14 +31,14 @@ class Snapshot:
 
     rows: list[dict[str, Any]] = field(default_factory=list)
     health: list[dict[str, Any]] = field(default_factory=list)
-    jobs: list[dict[str, Any]] = field(default_factory=list)
+    jobs: list[dict[str, Any]] = field(default_factory=list)  # the active ones
+    runs: list[dict[str, Any]] = field(default_factory=list)  # the runs tool's rows
     queue: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     status: dict[str, Any] = field(default_factory=dict)
 
     def tree(self) -> list[overview.Node]:
-        active = [j for j in self.jobs if j.get("state") == "active"]
-        return overview.build(self.rows, self.health, active)
+        return overview.build(self.rows, self.health, self.jobs)
 
 
 class Daemon:
@@ -51,22 +53,25 @@ class Daemon:
             return client.call(method, params)
 
     def snapshot(self) -> Snapshot:
-        """All panels in one go, pipelined on one connection."""
+        """All panels in one go, pipelined on one connection. Only the active jobs (the
+        tree's tasks) and the runs line's runs: never every job the daemon remembers."""
         requests: list[tuple[str, dict[str, Any]]] = [
             ("list", {}),
             ("health", {}),
-            ("jobs", {"limit": JOB_LIMIT}),
+            ("jobs", {"state": "active", "limit": JOB_LIMIT}),
+            ("runs", {"limit": RUN_LIMIT, "unfinishedFirst": True}),
             ("queueStats", {}),
             ("metrics", {}),
             ("status", {}),
         ]
         with Client(self.path, timeout_s=self.timeout_s) as client:
             answers = [client.call(m, p) for m, p in requests]
-        rows, health, jobs, queue, metrics, status = answers
+        rows, health, jobs, runs, queue, metrics, status = answers
         return Snapshot(
             rows=rows,
             health=health.get("instances", []),
             jobs=jobs,
+            runs=runs,
             queue=queue,
             metrics=metrics.get("metrics", {}),
             status=status,
@@ -100,7 +105,7 @@ def follow(
                 up, misses = True, 0
                 on_link(True)
             answer = client.call("events", {"since": since, "follow": True, "waitMs": POLL_WAIT_MS})
-        except DaemonUnreachable:
+        except (DaemonUnreachable, Stopping):  # stopping: the poll is answered, tcmd goes away
             if client is not None:
                 client.close()
                 client = None

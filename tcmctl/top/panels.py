@@ -42,24 +42,18 @@ def queue_line(snap: Snapshot) -> str:
 
 def runs(snap: Snapshot) -> list[dict[str, Any]]:
     """Each run's progress, unfinished runs first, then the newest finished ones."""
-    by_run: dict[str, Counter[str]] = defaultdict(Counter)
-    for job in snap.jobs:
-        by_run[str(job.get("runId"))][str(job.get("state"))] += 1
-    out = []
-    for run_id, c in by_run.items():
-        total = sum(c.values())
-        done = sum(c[s] for s in FINAL)
-        out.append(
-            {
-                "runId": run_id,
-                "total": total,
-                "done": done,
-                "active": c["active"],
-                "failed": c["failed"],
-                "cancelled": c["cancelled"],
-                "finished": done == total,
-            }
-        )
+    out = [
+        {
+            "runId": r["runId"],
+            "total": r["total"],
+            "done": sum(r[s] for s in FINAL),
+            "active": r["active"],
+            "failed": r["failed"],
+            "cancelled": r["cancelled"],
+            "finished": bool(r["done"]),
+        }
+        for r in snap.runs
+    ]
     out.sort(key=lambda r: (bool(r["finished"]), -_number(str(r["runId"]))))
     return out
 

@@ -261,6 +261,7 @@ class InstanceTools:
                 self._anywhere("wait", self.wait),
                 result_schema(WaitResult),
                 read_only=True,
+                long_poll=True,
             ),
             Tool(
                 "hook",

@@ -92,6 +92,7 @@ class ObserveTools:
                 self.events,
                 result_schema(EventsResult),
                 read_only=True,
+                long_poll=True,
                 operator_only=self.visible is None,
             ),
             Tool(

@@ -49,6 +49,7 @@ from tcmd.server.rpc import Limits, RpcServer
 from tcmd.server.tools import CoreTools
 from tcmd.store import StateDamaged
 from tcmd.store.jsonfile import JsonFileStore
+from tcmd.store.locks import Locks, embedded_locks, redis_locks
 from tcmd.store.mirror import Mirror
 from tcmd.tmux import Tmux
 from tcmd.usage.ledger import Account, Ledger
@@ -58,6 +59,7 @@ from tcmd.work.budget import Budgets
 from tcmd.work.dispatcher import Parallel
 from tcmd.work.queue.local import LocalJobQueue
 from tcmd.work.queue.redis import RedisJobQueue
+from tcmd.work.repolocks import RepoLocks
 from tcmd.work.retention import Retention
 from tcmd.work.shared import WAIT_S, SharedWork
 from tcmd.work.tools import ParallelTools
@@ -129,6 +131,10 @@ class Daemon:
         self.shared: SharedWork | None = None  # the shared job queue (REDIS_URL set)
         self.forwarder: Forwarder | None = None  # calls on other nodes' instances
         self.locks = PidLocks(settings.socket_path)
+        self.lock_service: Locks = embedded_locks()  # Redis's when REDIS_URL is set
+        self._lock_client: Redis | None = None
+        self.repo_locks = RepoLocks(self.lock_service)  # worktree changes, one at a time
+        self.parallel.repo_guard = self.repo_locks.hold
         self._background: set[asyncio.Task[Any]] = set()
         self._signals = 0
 
@@ -317,6 +323,10 @@ class Daemon:
             _, stuck = await asyncio.wait(self._background, timeout=STOP_TASKS_S)
         for task in stuck:
             log.warning("background task did not stop in time", task=task.get_name())
+        await self.lock_service.close()
+        if self._lock_client is not None:
+            with contextlib.suppress(RedisError, OSError):
+                await self._lock_client.aclose()
         if self.mirror is not None:
             await self.mirror.close()
         if self.shared is not None:
@@ -352,6 +362,14 @@ class Daemon:
             url, socket_timeout=REDIS_TIMEOUT_S + WAIT_S, socket_connect_timeout=REDIS_TIMEOUT_S
         )
         self.shared = self._shared(blocking)
+        # locks: a client whose socket timeout is shorter than their TTLs (docs/redis.md)
+        self._lock_client = Redis.from_url(
+            url, socket_timeout=REDIS_TIMEOUT_S, socket_connect_timeout=REDIS_TIMEOUT_S
+        )
+        self.lock_service = redis_locks(self._lock_client, self.settings.redis_prefix)
+        self.repo_locks.locks = self.lock_service
+        self.retention.locks = self.lock_service
+        self.retention.prune = partial(self.shared.q.prune, self.node)
         self.forwarder = Forwarder(
             blocking,
             node=self.node,

@@ -34,7 +34,7 @@ import structlog
 
 from tcmd import protocol
 from tcmd.api import Caller, Catalogue
-from tcmd.errors import Capacity, Forbidden, InvalidRequest, TcmError
+from tcmd.errors import Capacity, Forbidden, InvalidRequest, Stopping, TcmError
 from tcmd.protocol import RequestId
 
 log = structlog.get_logger(__name__)
@@ -81,6 +81,7 @@ class RpcServer:
         self.requests = 0
         self.pending = 0  # bytes of unfinished frames charged to the shared budget
         self.lingering = 0  # refused connections still reading and dropping input
+        self.stopping = False  # long polls are answered with Stopping from now on
         self._server: asyncio.AbstractServer | None = None
 
     async def start(self) -> None:
@@ -102,8 +103,13 @@ class RpcServer:
             self._server.close()
 
     async def drain(self, timeout_s: float) -> None:
-        """Let running calls finish for up to ``timeout_s``, then close every connection."""
+        """Answer the long polls with ``Stopping`` now, let the other running calls finish
+        for up to ``timeout_s``, then close every connection."""
+        self.stopping = True
         tasks = {t for c in self.connections for t in c.tasks}
+        for conn in self.connections:
+            for task in conn.polls:
+                task.cancel()  # _run answers it: tcmd is stopping
         if tasks:
             await asyncio.wait(tasks, timeout=timeout_s)
         for conn in list(self.connections):
@@ -123,6 +129,7 @@ class Connection(asyncio.Protocol):
         self.buffer = bytearray()
         self.scanned = 0  # bytes of buffer already known to hold no newline
         self.tasks: set[asyncio.Task[None]] = set()
+        self.polls: set[asyncio.Task[None]] = set()  # the tasks of long_poll tools
         self.peer_pid: int | None = None
         self.peer: Any = None  # what the kernel says the peer is, decided once at accept
         self.discarding = False  # after an oversized frame: swallow input until we close
@@ -286,6 +293,8 @@ class Connection(asyncio.Protocol):
             if tool.inline:
                 result = tool.handler(caller, params)
                 return None if notification else protocol.encode_result(req_id, result)
+            if tool.long_poll and self.server.stopping:
+                raise Stopping()
         except TcmError as exc:
             if isinstance(exc, protocol.EnvelopeError):
                 req_id = exc.request_id
@@ -300,6 +309,9 @@ class Connection(asyncio.Protocol):
         )
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
+        if tool.long_poll:
+            self.polls.add(task)
+            task.add_done_callback(self.polls.discard)
         return None
 
     async def _run(
@@ -319,7 +331,11 @@ class Connection(asyncio.Protocol):
         except TcmError as exc:
             error = exc
         except asyncio.CancelledError:
-            raise
+            me = asyncio.current_task()
+            if me is None or not self.server.stopping or me not in self.polls:
+                raise
+            me.uncancel()  # drain cancelled the long poll to answer it: it ends here
+            error = Stopping()
         except Exception as exc:
             log.exception("handler crashed", method=method)
             error = TcmError(f"internal error: {exc}")

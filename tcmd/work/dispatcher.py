@@ -105,6 +105,8 @@ class Parallel:
         self.peak_per_manager: dict[str, int] = {}
         self.peak_managers = 0
         self.worktree_root = settings.state_dir / "worktrees"
+        self.repo_guard: worktrees.Guard = worktrees.unguarded  # repolocks.RepoLocks.hold
+        self.node_names = False  # with Redis: worktrees named <node>.<run> (run ids are per node)
         self._wake = asyncio.Event()
         self.poke: Callable[[], None] | None = None  # the shared queue's claim loop (Redis)
         self._numbering = asyncio.Lock()  # Redis: a shared number, then its instance, in order
@@ -375,7 +377,7 @@ class Parallel:
             extra["instanceId"] = spec.id
             await self._release(spec, run)
             if wt is not None:  # the agent is gone: nothing can write into it any more
-                extra.update(await worktrees.finish(wt))
+                extra.update(await worktrees.finish(wt, self.repo_guard))
             if (done := await ticket.complete(result, extra)) is not None:
                 self.emit_job(done)
             log.info("task completed", job_id=job.job_id, task_id=job.task_id,
@@ -399,7 +401,7 @@ class Parallel:
     ) -> None:
         reason = exc.message if isinstance(exc, TcmError) else str(exc)
         if wt is not None and job.attempts >= job.retry.attempts:  # the last attempt
-            await ticket.annotate(extra=await worktrees.finish(wt))
+            await ticket.annotate(extra=await worktrees.finish(wt, self.repo_guard))
         if (failed := await ticket.fail(reason)) is not None:
             self.emit_job(failed)
             log.info("task attempt failed", job_id=job.job_id, task_id=job.task_id,
@@ -435,7 +437,14 @@ class Parallel:
         existing = job.extra.get("worktreeInfo")
         if existing:  # a retry works on in the same worktree: nothing is thrown away
             return worktrees.Worktree.from_json(existing)
-        wt = await worktrees.create(Path(run.work_dir), self.worktree_root, run.run_id, job.task_id)
+        # with Redis a run id is its node's (its jobs may even have fallen back to the local
+        # queue): qualified, so two nodes never pick one branch in a repository both use
+        key = run.run_id
+        if self.node_names and job.node:
+            key = worktrees.node_run(job.node, run.run_id)
+        wt = await worktrees.create(
+            Path(run.work_dir), self.worktree_root, key, job.task_id, self.repo_guard
+        )
         await ticket.annotate(extra={"worktreeInfo": wt.to_json(), "branch": wt.branch})
         return wt
 

@@ -134,6 +134,10 @@ class JobsParams(Params):
 
 class RunsParams(Params):
     limit: int = Field(default=50, ge=1, le=10_000, description="At most this many, newest first")
+    unfinishedFirst: bool = Field(
+        default=False,
+        description="The unfinished runs first (newest first), then the newest finished ones",
+    )
 
 
 class CancelParams(Params):

@@ -64,6 +64,7 @@ class ParallelTools:
                 StatusParams,
                 self.status,
                 read_only=True,
+                long_poll=True,
             ),
             Tool(
                 "runs",
@@ -94,7 +95,8 @@ class ParallelTools:
             ),
             Tool(
                 "queueStats",
-                "Counts by state and priority, average wait and run time, throughput.",
+                "Counts by state and priority, average wait and run time, throughput; with "
+                "Redis, shared.limits: each manager's attempts on every node and its limit.",
                 NoParams,
                 self.queue_stats,
                 inline=True,
@@ -200,6 +202,9 @@ class ParallelTools:
             run.job_ids.update((j.task_id, j.job_id) for j in jobs)  # every task, in order
             later = [j for j in jobs if j.task.get("dependsOn")]
             self.p.waiting.add(run.run_id, run.agent, run.job_ids, later)
+        for manager_id in run.manager_ids:  # before the shared queue stores the limits
+            if opts.maxConcurrent is not None:
+                self.p.limits[manager_id] = opts.maxConcurrent
         try:
             if shared and self.shared is not None:
                 await self.shared.submit(run, ready)
@@ -216,9 +221,6 @@ class ParallelTools:
                 run.job_ids.update((j.task_id, j.job_id) for j in jobs)
                 self.p.save_run(run)
             self.p.waiting.submitted(run.run_id, shared=bool(ready[0].extra.get("shared")))
-        for manager_id in run.manager_ids:
-            if opts.maxConcurrent is not None:
-                self.p.limits[manager_id] = opts.maxConcurrent
         self.p.dispatch()
 
     async def _await_run(self, run: Run) -> dict[str, Any]:
@@ -402,7 +404,12 @@ class ParallelTools:
 
     def runs(self, caller: Caller, p: RunsParams) -> list[dict[str, Any]]:
         mine = [r for r in self.p.runs.values() if self._run_is_mine(caller, r)]
-        newest = sorted(mine, key=lambda r: r.created_at, reverse=True)[: p.limit]
+        if p.unfinishedFirst:  # top's runs line: what still runs, whatever its age
+            newest = sorted(
+                mine, key=lambda r: (r.finished_at is None, r.created_at), reverse=True
+            )[: p.limit]
+        else:
+            newest = sorted(mine, key=lambda r: r.created_at, reverse=True)[: p.limit]
         return [run_row(self.p, r) for r in newest]
 
     def _mine(self, caller: Caller, job: Job) -> bool:
@@ -445,6 +452,8 @@ class ParallelTools:
             stats = self.p.queue.stats(now)
             stats["peakManagers"] = self.p.peak_managers
             stats["peakPerManager"] = dict(self.p.peak_per_manager)
+            if self.shared is not None:  # every node's attempts per manager, and the limits
+                stats["shared"] = {"limits": dict(self.shared.limits)}
             return stats
         stats = stats_of([j for j in self.p.queue.jobs() if self._mine(caller, j)], now)
         stats["peakPerManager"] = {
@@ -488,7 +497,7 @@ class ParallelTools:
     async def worktrees(self, caller: Caller, p: WorktreesParams) -> dict[str, Any]:
         root = self.p.worktree_root
         if p.prune:
-            return {"pruned": await worktrees.prune(root)}
+            return {"pruned": await worktrees.prune(root, self.p.repo_guard)}
         return {"worktrees": await worktrees.list_worktrees(root)}
 
 

@@ -77,6 +77,11 @@ def test_runs_lists_and_run_shows_and_follows(daemon: DaemonProcess, tmp_path: P
     assert followed.returncode == 1
     assert "0 completed, 1 failed" in followed.stdout
     assert run(["run", "run_99"], daemon.env).returncode == 4
+    assert run(["parallel", "mgr_1_1", str(quick)], daemon.env).returncode == 1  # run_3: done
+    newest = daemon.call("runs", {"limit": 2})
+    assert [r["runId"] for r in newest] == ["run_3", "run_2"]
+    top = daemon.call("runs", {"limit": 1, "unfinishedFirst": True})  # what top asks for
+    assert [(r["runId"], r["done"]) for r in top] == [("run_2", False)]
     run(["cancel", "run_2"], daemon.env)
 
 

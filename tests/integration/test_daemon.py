@@ -5,17 +5,20 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import socket
 import stat
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
 
 from tcmctl.client import Client, DaemonUnreachable
-from tcmd.errors import InvalidParams, MethodNotFound, NotFound
+from tcmd.errors import InvalidParams, MethodNotFound, NotFound, Stopping, from_json
+from tcmd.server.daemon import SHUTDOWN_GRACE_S
 from tests.support import DaemonProcess, run_concurrently, wait_until
 
 
@@ -34,28 +37,28 @@ def raw_exchange(path: Path, payload: bytes, answers: int, timeout_s: float = 10
     return [json.loads(line) for line in buf.splitlines()]
 
 
-def test_ping_and_status(daemon: DaemonProcess) -> None:
-    assert daemon.call("ping")["pong"] is True
-    st = daemon.call("status")
-    assert st["pid"] == daemon.proc.pid  # type: ignore[union-attr]
+def test_ping_and_status(module_daemon: DaemonProcess) -> None:
+    assert module_daemon.call("ping")["pong"] is True
+    st = module_daemon.call("status")
+    assert st["pid"] == module_daemon.proc.pid  # type: ignore[union-attr]
     assert st["store"]["backend"] == "jsonfile"
     assert st["store"]["ok"] is True
-    assert st["socket"] == str(daemon.socket)
+    assert st["socket"] == str(module_daemon.socket)
 
 
-def test_tools_catalogue_describes_schemas(daemon: DaemonProcess) -> None:
-    tools = {t["name"]: t for t in daemon.call("tools")}
+def test_tools_catalogue_describes_schemas(module_daemon: DaemonProcess) -> None:
+    tools = {t["name"]: t for t in module_daemon.call("tools")}
     assert {"ping", "status", "tools", "describe"} <= set(tools)
     schema = tools["describe"]["inputSchema"]
     assert schema["required"] == ["name"]
     assert schema["additionalProperties"] is False
     assert tools["status"]["annotations"]["readOnlyHint"] is True
-    assert daemon.call("describe", {"name": "ping"})["name"] == "ping"
+    assert module_daemon.call("describe", {"name": "ping"})["name"] == "ping"
     with pytest.raises(NotFound, match="no tool named 'nope'"):
-        daemon.call("describe", {"name": "nope"})
+        module_daemon.call("describe", {"name": "nope"})
 
 
-def test_pipelined_requests_each_answered_by_id(daemon: DaemonProcess) -> None:
+def test_pipelined_requests_each_answered_by_id(module_daemon: DaemonProcess) -> None:
     n = 2000
     frames = []
     for i in range(n):
@@ -66,7 +69,7 @@ def test_pipelined_requests_each_answered_by_id(daemon: DaemonProcess) -> None:
         else:
             frames.append({"jsonrpc": "2.0", "id": i, "method": "ping"})
     payload = b"".join(json.dumps(f).encode() + b"\n" for f in frames)
-    answers = raw_exchange(daemon.socket, payload, n)
+    answers = raw_exchange(module_daemon.socket, payload, n)
     assert len(answers) == n
     by_id = {a["id"]: a for a in answers}
     assert len(by_id) == n
@@ -77,19 +80,19 @@ def test_pipelined_requests_each_answered_by_id(daemon: DaemonProcess) -> None:
             assert by_id[i]["result"]["pong"] is True
 
 
-def test_notifications_get_no_answer(daemon: DaemonProcess) -> None:
+def test_notifications_get_no_answer(module_daemon: DaemonProcess) -> None:
     payload = (
         b'{"jsonrpc":"2.0","method":"ping"}\n'
         b'{"jsonrpc":"2.0","method":"nope"}\n'
         b'{"jsonrpc":"2.0","id":7,"method":"ping"}\n'
     )
-    answers = raw_exchange(daemon.socket, payload, 1)
+    answers = raw_exchange(module_daemon.socket, payload, 1)
     assert [a["id"] for a in answers] == [7]
 
 
-def test_fifty_concurrent_clients(daemon: DaemonProcess) -> None:
+def test_fifty_concurrent_clients(module_daemon: DaemonProcess) -> None:
     def fifty_pings() -> int:
-        with daemon.client() as c:
+        with module_daemon.client() as c:
             return sum(c.call("ping")["pong"] is True for _ in range(50))
 
     assert sum(run_concurrently(fifty_pings, 50, timeout_s=30)) == 2500
@@ -121,10 +124,10 @@ def test_fifty_concurrent_clients(daemon: DaemonProcess) -> None:
     ],
 )
 def test_bad_input_gets_a_clear_error_and_the_connection_lives(
-    daemon: DaemonProcess, frame: bytes, code: int, needle: str
+    module_daemon: DaemonProcess, frame: bytes, code: int, needle: str
 ) -> None:
     answers = raw_exchange(
-        daemon.socket, frame + b'\n{"jsonrpc":"2.0","id":"after","method":"ping"}\n', 2
+        module_daemon.socket, frame + b'\n{"jsonrpc":"2.0","id":"after","method":"ping"}\n', 2
     )
     err = next(a for a in answers if a.get("id") != "after")
     assert err["error"]["code"] == code
@@ -132,14 +135,14 @@ def test_bad_input_gets_a_clear_error_and_the_connection_lives(
     assert any(a.get("id") == "after" and a["result"]["pong"] for a in answers)
 
 
-def test_invalid_request_keeps_its_id(daemon: DaemonProcess) -> None:
-    [answer] = raw_exchange(daemon.socket, b'{"jsonrpc":"2.0","id":"q1","method":5}\n', 1)
+def test_invalid_request_keeps_its_id(module_daemon: DaemonProcess) -> None:
+    [answer] = raw_exchange(module_daemon.socket, b'{"jsonrpc":"2.0","id":"q1","method":5}\n', 1)
     assert answer["id"] == "q1"
     assert answer["error"]["code"] == -32600
 
 
-def test_typed_errors_reach_the_client(daemon: DaemonProcess) -> None:
-    with daemon.client() as c:
+def test_typed_errors_reach_the_client(module_daemon: DaemonProcess) -> None:
+    with module_daemon.client() as c:
         with pytest.raises(MethodNotFound):
             c.call("nope")
         with pytest.raises(InvalidParams) as info:
@@ -147,14 +150,14 @@ def test_typed_errors_reach_the_client(daemon: DaemonProcess) -> None:
         assert info.value.data["errors"][0]["field"] == "name"  # type: ignore[index]
 
 
-def test_oversized_frame_refused_without_harming_others(daemon: DaemonProcess) -> None:
-    other = daemon.client()
+def test_oversized_frame_refused_without_harming_others(module_daemon: DaemonProcess) -> None:
+    other = module_daemon.client()
     assert other.call("ping")["pong"]
     big = b'{"jsonrpc":"2.0","id":1,"method":"describe","params":{"name":"' + b"x" * (5 << 20)
     with socket.socket(socket.AF_UNIX) as s:
         s.settimeout(10)
-        s.connect(str(daemon.socket))
-        # the daemon may close before we finish writing; the answer is still there
+        s.connect(str(module_daemon.socket))
+        # the module_daemon may close before we finish writing; the answer is still there
         with contextlib.suppress(BrokenPipeError, ConnectionResetError):
             s.sendall(big + b'"}}\n')
         data = b""
@@ -167,19 +170,19 @@ def test_oversized_frame_refused_without_harming_others(daemon: DaemonProcess) -
     other.close()
 
 
-def test_client_vanishing_mid_request_harms_nobody(daemon: DaemonProcess) -> None:
+def test_client_vanishing_mid_request_harms_nobody(module_daemon: DaemonProcess) -> None:
     for _ in range(5):
         with socket.socket(socket.AF_UNIX) as s:
-            s.connect(str(daemon.socket))
+            s.connect(str(module_daemon.socket))
             s.sendall(b'{"jsonrpc":"2.0","id":1,"method":"ping"}\n' * 5000)
             s.sendall(b'{"jsonrpc":"2.0","id":2,"meth')  # half a frame, then gone
-    assert daemon.call("ping")["pong"]
-    assert daemon.proc.poll() is None  # type: ignore[union-attr]
+    assert module_daemon.call("ping")["pong"]
+    assert module_daemon.proc.poll() is None  # type: ignore[union-attr]
 
 
-def test_socket_and_directory_permissions(daemon: DaemonProcess) -> None:
-    assert stat.S_IMODE(os.stat(daemon.socket).st_mode) == 0o600
-    assert stat.S_IMODE(os.stat(daemon.socket.parent).st_mode) == 0o700
+def test_socket_and_directory_permissions(module_daemon: DaemonProcess) -> None:
+    assert stat.S_IMODE(os.stat(module_daemon.socket).st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(module_daemon.socket.parent).st_mode) == 0o700
 
 
 @pytest.mark.skipif(os.getuid() != 0, reason="needs root to connect as another uid")
@@ -222,6 +225,38 @@ def test_sigterm_removes_socket_and_saves_state(daemon: DaemonProcess) -> None:
     assert snapshot.exists()
     assert json.loads(snapshot.read_text())["data"]["meta"]["boots"] == boots
     assert "tcmd stopped" in daemon.log()
+
+
+def test_stop_answers_long_polls_at_once(daemon: DaemonProcess) -> None:
+    """A follower's long poll does not hold the stop up: it is answered -32005 at once,
+    while a quick call on the same connection still gets its answer first."""
+    last = daemon.call("events", {"since": 10**15})["lastSeq"]  # the newest: nothing after
+    poll = {"follow": True, "since": last, "waitMs": 600_000}
+    frames = [
+        {"jsonrpc": "2.0", "id": 1, "method": "events", "params": poll},
+        {"jsonrpc": "2.0", "id": 2, "method": "ping"},
+    ]
+    with socket.socket(socket.AF_UNIX) as s:
+        s.settimeout(10)
+        s.connect(str(daemon.socket))
+        s.sendall(b"".join(json.dumps(f).encode() + b"\n" for f in frames))
+        answers = s.makefile("rb")
+        assert json.loads(answers.readline())["id"] == 2  # the poll is waiting
+        with Client(daemon.socket) as follower:  # ...and one through the client
+            follower.send("events", poll)
+            assert follower.call("ping")["pong"]  # read: the poll waits
+            began = time.monotonic()
+            assert daemon.proc is not None
+            daemon.proc.send_signal(signal.SIGTERM)
+            stopped = from_json(follower.receive()["error"])
+            assert isinstance(stopped, Stopping)
+            assert (stopped.code, stopped.message) == (-32005, "tcmd is stopping")
+        answer = json.loads(answers.readline())
+    assert answer["id"] == 1
+    stopping = {"code": -32005, "message": "tcmd is stopping", "data": {"reason": "stopping"}}
+    assert answer.get("error") == stopping, answer
+    assert daemon.proc.wait(10) == 0
+    assert time.monotonic() - began < SHUTDOWN_GRACE_S  # the grace is for the other calls
 
 
 def test_kill9_then_restart_keeps_state_and_handles_stale_socket(

@@ -8,8 +8,8 @@ request must get a result or a JSON-RPC error, never silence and never an intern
 (-32603: each one is a bug). Destructive tools run too, against a daemon whose state the
 test does not care about (its instances run the fake Claude Code).
 
-TCM_FUZZ_EXAMPLES sets the examples per test (default 100, the same ones each run, which
-keeps the module around 10 s on 2 cores); a longer hunt, exploring anew each time:
+TCM_FUZZ_EXAMPLES sets the examples per test (default 50, the same ones each run, which
+keeps the module around 5 s on 2 cores); a longer hunt, exploring anew each time:
 `TCM_FUZZ_EXAMPLES=5000 pytest tests/integration/test_fuzz_socket.py --timeout 0`.
 """
 
@@ -31,7 +31,7 @@ from hypothesis import strategies as st
 from tests.fakes import FAKE_CLAUDE
 from tests.support import AgentDaemon, DaemonProcess, wait_until
 
-DEFAULT_EXAMPLES = 100
+DEFAULT_EXAMPLES = 50
 EXAMPLES = int(os.environ.get("TCM_FUZZ_EXAMPLES", DEFAULT_EXAMPLES))
 FUZZ = settings(
     max_examples=EXAMPLES,
