@@ -111,10 +111,11 @@ def age(seconds: float | None) -> str:
 
 
 def memory(row: Mapping[str, Any]) -> str | None:
-    """The instance's memory when the daemon reports it (``memoryBytes``), e.g. 312M."""
-    value = row.get("memoryBytes")
-    if not isinstance(value, int | float):
+    """The instance's memory when the daemon reports it (``memoryMb``: RSS), e.g. 312M."""
+    mb = row.get("memoryMb")
+    if not isinstance(mb, int | float):
         return None
+    value = mb * 1024 * 1024
     for unit in ("B", "K", "M", "G"):
         if value < 1024 or unit == "G":
             return f"{value:.0f}{unit}" if unit != "G" else f"{value:.1f}G"
