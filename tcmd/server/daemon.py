@@ -100,6 +100,8 @@ class Daemon:
         memory = self.health.memory  # the admission of specialists learns from its samples
         self.parallel.admission.estimate = memory.estimates.of
         self.parallel.admission.measured = memory.samples.__contains__
+        self.parallel.account_held = self.health.holds.account_held  # a failed login: tasks
+        self.health.holds.released = self.parallel.kick  # wait, and go when it works again
         self.retention = Retention(settings, self.instances, self.parallel, emit=self.emit)
         self.ledger = Ledger(self.store, Prices({}))  # the table is read at start
         self.budgets = Budgets(settings, self.parallel, self.ledger, self.emit)
@@ -150,6 +152,13 @@ class Daemon:
             if fields.get("waitMs") is not None:
                 m.queue_wait.observe(fields["waitMs"] / 1000)
 
+    def _load_learned(self) -> None:
+        """What the store kept of the event log, the usage and the memory estimates."""
+        self.events.load()
+        self.ledger.prices = Prices.load(self.settings.prices_file)  # checked by Settings
+        self.ledger.load()  # before any hook, and before the dispatcher asks the budgets
+        self.health.memory.load()  # what instances of each profile took, for admission
+
     def _observe(self) -> None:
         """Connect the services' signals to the event log and the metrics."""
         self.parallel.emit = self.emit
@@ -193,7 +202,7 @@ class Daemon:
 
     def _after_sweep(self) -> None:
         sdnotify.notify("WATCHDOG=1")  # a stalled sweep stops it: systemd restarts us
-        if self.parallel.held:  # memory may have freed: the held jobs are looked at again
+        if self.parallel.held or self.parallel.claims_held:  # memory may have freed: look again
             self.parallel.kick()
 
     def _count_usage(self, acct: Account | None, model: str, counts: list[int]) -> None:
@@ -251,9 +260,7 @@ class Daemon:
         self.store.put("meta", "boots", self.boots)
         if self.settings.redis_url:
             self._with_redis(self.settings.redis_url)
-        self.events.load()
-        self.ledger.prices = Prices.load(self.settings.prices_file)  # checked by Settings
-        self.ledger.load()  # before any hook, and before the dispatcher asks the budgets
+        self._load_learned()
         self._observe()
         if self.settings.hooks == "http":  # before any launch: the agents' settings name it
             await self.hooks.start()

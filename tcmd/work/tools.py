@@ -377,7 +377,7 @@ class ParallelTools:
         else:
             jobs, managers = self.p.queue.jobs(manager_id=p.managerId), [str(p.managerId)]
             held = self.p.waiting.of_manager(str(p.managerId))
-            rows = [task_row(j, self.p.held.get(j.job_id)) for j in jobs]
+            rows = [task_row(j, self.p.held_of(j)) for j in jobs]
             rows += [self.p.waiting.row(*w) for w in held]
             waiting = len(held)
         by = {s: sum(j.state == s for j in jobs) for s in JobState}
@@ -437,9 +437,9 @@ class ParallelTools:
             manager_id=p.managerId,
             limit=None if not caller.is_operator else p.limit,
         )
-        held = self.p.held
+        held = self.p.held_of
         return [
-            {**j.public(), **({"held": held[j.job_id]} if j.job_id in held else {})}
+            {**j.public(), **({"held": why} if (why := held(j)) is not None else {})}
             for j in found
             if self._mine(caller, j)
         ][: p.limit]
