@@ -183,7 +183,7 @@ def test_top_survives_a_resize_and_a_daemon_restart(team: DaemonProcess, term: T
             lambda s, h=height: (
                 len(lines := s.splitlines()) == h and KEYS_LINE in lines[-1] and "mgr_1_2" in s
             ),
-            5,
+            10,
             f"top redrawn in {width}x{height}",
         )
     old_pid = team.proc.pid  # type: ignore[union-attr]
