@@ -111,15 +111,12 @@ def age(seconds: float | None) -> str:
 
 
 def memory(row: Mapping[str, Any]) -> str | None:
-    """The instance's memory when the daemon reports it (``memoryBytes``), e.g. 312M."""
-    value = row.get("memoryBytes")
-    if not isinstance(value, int | float):
+    """The instance's memory (RSS of its process tree, ``memoryMb``) once tcmd has
+    measured it, e.g. 312M or 1.2G."""
+    value = row.get("memoryMb")
+    if not isinstance(value, int | float) or isinstance(value, bool):
         return None
-    for unit in ("B", "K", "M", "G"):
-        if value < 1024 or unit == "G":
-            return f"{value:.0f}{unit}" if unit != "G" else f"{value:.1f}G"
-        value /= 1024
-    return None  # unreachable: the loop returns at G
+    return f"{value / 1024:.1f}G" if value >= 1024 else f"{value:.0f}M"
 
 
 def doing(node: Node) -> str:

@@ -3,9 +3,12 @@
 - Started with ``subprocess.Popen``, not asyncio's subprocess API: CPython vforks, where
   uvloop forks the whole daemon (~3 ms of its CPU and ~4 ms of the child's per call).
 - Awaited on a pidfd (Linux): no thread, no SIGCHLD handler.
-- Its stdin, stdout and stderr are temporary files, not pipes: a child's own children
-  (tmux's server, git's hooks) may hold a pipe open long after it exits, and a reader
-  would wait for an EOF that never comes.
+- Its stdout and stderr (and its stdin, when it is given one) are files in memory
+  (``memfd_create``), not pipes: a child's own children (tmux's server, git's hooks) may
+  hold a pipe open long after it exits, and a reader would wait for an EOF that never
+  comes. Not files in /tmp: each is a create and an unlink on the disk's filesystem,
+  made while the loop waits (0.44 ms of wall time each on this machine's ext4 under
+  load, a memfd 0.05 ms; a tmux call needs two or three).
 - On timeout or cancellation it is killed (its whole process group when it was given
   its own session) and reaped: nothing is left behind.
 """
@@ -17,9 +20,10 @@ import contextlib
 import os
 import signal
 import subprocess
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from tempfile import TemporaryFile
+from typing import IO
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,9 +42,7 @@ async def run_child(
     new_session: bool = False,
 ) -> Finished:
     """Run ``argv`` to its end; TimeoutError after ``timeout_s``, OSError if it can't start."""
-    with TemporaryFile() as inp, TemporaryFile() as out, TemporaryFile() as err:
-        inp.write(stdin)
-        inp.seek(0)
+    with _scratch() as out, _scratch() as err, _stdin(stdin) as inp:
         proc = subprocess.Popen(  # noqa: ASYNC220  # vfork+exec: does not block the loop
             argv, stdin=inp, stdout=out, stderr=err, env=env, start_new_session=new_session
         )
@@ -58,6 +60,25 @@ async def run_child(
         out.seek(0)
         err.seek(0)
         return Finished(rc, out.read(), err.read())
+
+
+def _scratch() -> IO[bytes]:
+    """An anonymous file in memory (a temporary file where memfds do not exist)."""
+    if hasattr(os, "memfd_create"):
+        return open(os.memfd_create("tcm-child", os.MFD_CLOEXEC), "w+b")
+    return TemporaryFile()
+
+
+@contextlib.contextmanager
+def _stdin(data: bytes) -> Iterator[IO[bytes] | int]:
+    """What the child reads: ``data`` in a scratch file, or /dev/null when there is none."""
+    if not data:
+        yield subprocess.DEVNULL
+        return
+    with _scratch() as inp:
+        inp.write(data)
+        inp.seek(0)
+        yield inp
 
 
 async def _exited(proc: subprocess.Popen[bytes]) -> int:

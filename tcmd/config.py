@@ -161,6 +161,26 @@ def _usd(var: str, raw: str) -> float | None:
     return value
 
 
+def _rate(var: str, raw: str) -> float:
+    try:
+        value = float(raw.strip())
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= 1000:
+        raise ConfigError(var, f"must be a number of starts per second 0-1000 (0: no limit), "
+                          f"got {raw!r}")  # fmt: skip
+    return value
+
+
+def _figures_file(var: str, raw: str) -> Path | None:
+    if not raw.strip():
+        return None
+    path = _dir(var, raw)
+    if not path.is_file():
+        raise ConfigError(var, f"file not found: {path}")
+    return path
+
+
 def _permission_mode(var: str, raw: str) -> str | None:
     value = raw.strip()
     if not value:
@@ -216,6 +236,12 @@ _SPEC: dict[str, tuple[str, Callable[[str, str], Any]]] = {
     "hooks": ("TCM_HOOKS", _choice("http", "command")),
     "prices_file": ("TCM_PRICES", _prices_file),
     "budget_usd": ("TCM_BUDGET_USD", _usd),
+    "memory_estimate_mb": ("TCM_MEMORY_ESTIMATE_MB", _int(1, 10_000_000)),
+    "memory_reserve_mb": ("TCM_MEMORY_RESERVE_MB", _int(0, 10_000_000)),
+    "instance_memory_max_mb": ("TCM_INSTANCE_MEMORY_MAX_MB", _int(0, 10_000_000)),
+    "memory_over_sweeps": ("TCM_MEMORY_OVER_SWEEPS", _int(1, 1000)),
+    "memory_figures": ("TCM_TEST_MEMORY_FIGURES", _figures_file),
+    "spawn_rate": ("TCM_SPAWN_RATE", _rate),
 }
 
 
@@ -263,6 +289,13 @@ class Settings:
     hooks: str = "http"  # how Claude reports hook events: POST to tcmd, or run `tcmctl hook`
     prices_file: Path | None = None  # prices per model over the shipped table (tcmd/prices.json)
     budget_usd: float | None = None  # estimated cost at which no new task starts, daemon-wide
+    # memory (docs/resources.md): admission of specialists, the cap per instance
+    memory_estimate_mb: int = 600  # what a new instance is expected to use, until measured
+    memory_reserve_mb: int = 1024  # kept free for the rest of the machine
+    instance_memory_max_mb: int = 0  # above it an instance is flagged, then restarted (0: off)
+    memory_over_sweeps: int = 3  # sweeps in a row above the cap before the restart
+    memory_figures: Path | None = None  # TESTS ONLY: read instead of /proc/meminfo and cgroups
+    spawn_rate: float = 2.0  # Claude starts per second at most (0: no pacing)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:

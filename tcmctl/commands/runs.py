@@ -66,6 +66,8 @@ def _reason(task: dict[str, Any]) -> str | None:
         return f"waiting on {', '.join(task.get('waitingOn') or ())}"
     if task.get("error"):
         return f"error: {task['error']}"
+    if task.get("held"):
+        return str(task["held"])
     return task.get("result")
 
 
@@ -110,13 +112,18 @@ def _news(tasks: list[dict[str, Any]], seen: dict[str, tuple[str, int]], at_s: f
     """One line per task that started, is to be retried or ended since the last look."""
     lines = []
     for task in tasks:
-        key = (task["status"], task["attempts"])
-        if seen.get(task["taskId"]) == key or task["status"] in ("queued", "waiting"):
+        held = task["status"] == "queued" and bool(task.get("held"))
+        key = (task["status"] + (" held" if held else ""), task["attempts"])
+        if seen.get(task["taskId"]) == key or task["status"] == "waiting":
+            continue
+        if task["status"] == "queued" and not held:
             continue
         seen[task["taskId"]] = key
         tid, status, attempts = task["taskId"], task["status"], task["attempts"]
         when = f"(+{render.duration(at_s)})"
-        if status == "active":
+        if held:  # once per hold: the reason says what it waits for
+            lines.append(f"{'held':9} {tid}  {render.cell(task['held'])[:80]}  {when}")
+        elif status == "active":
             where = (
                 f"on {task['instanceId']}"
                 if task.get("instanceId")

@@ -7,12 +7,14 @@ plus a screen capture only where one is needed (a busy instance silent for the s
 time). A finished turn's output is read for error patterns. Each instance gets a
 score, a verdict and reasons:
 
-    healthy · dead · stuck · errored · rate-limited · unresponsive · failed
+    healthy · dead · stuck · errored · rate-limited · over-memory · unresponsive · failed
 
 After UNHEALTHY_THRESHOLD bad sweeps in a row an instance is recovered: dead → restart
 (resuming its conversation); stuck → Escape and re-deliver the prompt in flight once,
 then restart; rate-limited → no new prompts (for Claude: to any Claude instance, it is
-the account's limit) until the reset time. An instance that runs a job's attempt is left
+the account's limit) until the reset time; over-memory (above TCM_INSTANCE_MEMORY_MAX_MB,
+for TCM_MEMORY_OVER_SWEEPS sweeps in a row) → restart, resuming. Each sweep also measures
+every instance's memory (health/memory.py). An instance that runs a job's attempt is left
 to the job (its timeout and retries recover the work). Recoveries are bounded per
 instance (TCM_RECOVERY_MAX per TCM_RECOVERY_WINDOW_MS); past that it is given up on, and
 its parent is told through an event (and its pane, if configured).
@@ -34,6 +36,7 @@ import structlog
 
 from tcmd.config import Settings
 from tcmd.errors import TcmError, Unavailable
+from tcmd.health.memory import Memory
 from tcmd.health.patterns import match_error, rate_limit_reset, with_overrides
 from tcmd.instances.agents.registry import profile
 from tcmd.instances.delivery import Delivery
@@ -43,8 +46,8 @@ from tcmd.tmux import PaneInfo
 
 log = structlog.get_logger(__name__)
 Emit = Callable[..., Any]
-SCORES = {"healthy": 100, "errored": 60, "rate-limited": 50, "stuck": 30, "unresponsive": 20,
-          "dead": 0, "failed": 0}  # fmt: skip
+SCORES = {"healthy": 100, "errored": 60, "rate-limited": 50, "over-memory": 40, "stuck": 30,
+          "unresponsive": 20, "dead": 0, "failed": 0}  # fmt: skip
 REPEATS_STUCK = 3  # the same prompt submitted this often with no finished turn: stuck
 TCM_TOOLS = "mcp__tcm__"  # how Claude names tcm's own tools (the shim is server "tcm")
 _SPINNER = re.compile(r"[\d⠀-⣿✻✶✳✢✽·*●]+")  # spinners and timers animate while stuck
@@ -94,6 +97,7 @@ class Health:
         self._problem: dict[str, str | None] = {}  # error pattern seen on a ready screen
         self._reset: dict[str, str | None] = {}  # reset time an errored screen announced
         self._scanned_turn: dict[str, int] = {}  # the turn whose screen was last scanned
+        self.memory = Memory(settings.memory_estimate_mb)
         self.sweeps = 0
         self.last_sweep_ms = 0.0
         self._tasks: set[asyncio.Task[None]] = set()
@@ -110,6 +114,7 @@ class Health:
             per_instance.pop(instance_id, None)
         for ids in (self.recovering, self.given_up, self.redelivered):
             ids.discard(instance_id)
+        self.memory.forget(instance_id)
 
     # -- holds (rate limits) ----------------------------------------------------------------
     def cancel_recoveries(self) -> None:
@@ -164,6 +169,12 @@ class Health:
         except Unavailable as exc:
             panes = None
             log.warning("tmux does not answer", error=exc.message)
+        if panes is not None:
+            self.memory.sample({
+                inst.id: (pane.pid, inst.agent)
+                for inst in watched
+                if (pane := panes.get(inst.id)) is not None and not pane.dead
+            })  # fmt: skip
         for inst in watched:
             if panes is None:
                 verdict = Verdict("unresponsive", ["tmux does not answer"])
@@ -199,13 +210,20 @@ class Health:
             and not self.busy_with_job(inst.id)  # a job's attempt: its retries and backoff decide
         ):
             self._hold(inst, verdict)  # once per episode: an expired hold is not renewed
+        if verdict.verdict == "over-memory" and (old is None or old.verdict != "over-memory"):
+            log.warning("instance over its memory cap", instance_id=inst.id,
+                        reason=verdict.reasons[0])  # fmt: skip
+            self.emit("memory.over", instanceId=inst.id, **self.memory.row(inst.id),
+                      maxMb=self.settings.instance_memory_max_mb)  # fmt: skip
+        over = verdict.verdict == "over-memory"
+        threshold = self.settings.memory_over_sweeps if over else self.settings.unhealthy_threshold
         if (
             bad
-            and self.streak[inst.id] >= self.settings.unhealthy_threshold
+            and self.streak[inst.id] >= threshold
             and inst.id not in self.recovering
             and not self.busy_with_job(inst.id)
-            and verdict.verdict in ("dead", "stuck")  # unresponsive: tmux itself must come back
-        ):
+            and verdict.verdict in ("dead", "stuck", "over-memory")  # unresponsive: tmux itself
+        ):  # must come back
             self._start_recovery(inst, verdict)
 
     async def _check(self, inst: Instance, pane: PaneInfo | None) -> Verdict:
@@ -259,6 +277,14 @@ class Health:
                 if reset is not None:
                     return Verdict("rate-limited", [problem, f"until {reset}"])
                 return Verdict("errored", [problem])
+        return self._memory_verdict(inst)
+
+    def _memory_verdict(self, inst: Instance) -> Verdict:
+        cap = self.settings.instance_memory_max_mb
+        sample = self.memory.samples.get(inst.id)
+        if cap and sample is not None and sample.rss_mb > cap:
+            return Verdict("over-memory", [f"uses {sample.rss_mb:.0f} MB, over "
+                                           f"TCM_INSTANCE_MEMORY_MAX_MB {cap}"])  # fmt: skip
         return Verdict("healthy", [])
 
     def _stall_s(self, inst: Instance) -> float:
@@ -387,6 +413,7 @@ class Health:
                 "lastCheck": v.at,
                 "recoveries": len(self.recoveries.get(iid, ())),
                 "recovering": iid in self.recovering,
+                **self.memory.row(iid),
             }
             for iid, v in sorted(self.checks.items())
             if visible(iid)
@@ -401,6 +428,8 @@ class Health:
             "dead": sum(r["verdict"] == "dead" for r in rows),
             "sweeps": self.sweeps,
             "lastSweepMs": round(self.last_sweep_ms, 2),
+            "memorySampleMs": round(self.memory.last_ms, 2),
+            "memoryEstimates": self.memory.estimates.describe(),
             "instances": rows,
         }
 

@@ -5,7 +5,8 @@ process is that instance (docs/operations.md). This launcher makes that ancestry
 leave. It marks itself a child subreaper (``PR_SET_CHILD_SUBREAPER``), so a process of the
 agent that double-forks to shed its parent is re-parented here, not to init; it starts the
 agent, reaps every orphan, and when the agent ends it ends what the agent left running, then
-exits the way the agent did (tmux shows the agent's exit status or signal).
+exits the way the agent did (tmux shows the agent's exit status or signal), after writing
+that status to ``exited`` beside HANDOFF for tcmd (instances/deaths.py).
 
 The agent starts only after tcmd has recorded the pane's pid, so the agent's first hook is
 never mistaken for a stranger's: tcmd makes a FIFO (``HANDOFF``, 0600, in the instance's
@@ -35,6 +36,7 @@ from pathlib import Path
 
 PR_SET_CHILD_SUBREAPER = 36
 HANDOFF_TIMEOUT_S = 60.0  # tcmd hands over within milliseconds; this is for a dead tcmd
+EXIT_RECORD = "exited"  # beside HANDOFF: the agent's raw wait status, for tcmd
 LEFTOVER_GRACE_S = 1.0  # SIGTERM, then this long, then SIGKILL for what the agent left behind
 _FORWARD = (signal.SIGHUP, signal.SIGTERM)  # tmux's kill: pass it on to the agent
 _IGNORE = (signal.SIGINT, signal.SIGQUIT, signal.SIGTSTP)  # keys on the pane: the agent's
@@ -127,7 +129,15 @@ def main(argv: list[str]) -> int:
         signal.signal(sig, lambda signum, frame: None)
     status = _wait_for(child)
     _end_leftovers()
+    _record_exit(Path(argv[0]).parent / EXIT_RECORD, status)
     return _exit_like(status)
+
+
+def _record_exit(path: Path, status: int) -> None:
+    """How the agent ended, for tcmd, which sees this process end (instances/deaths.py)
+    before tmux may have noticed."""
+    with contextlib.suppress(OSError):
+        path.write_text(str(status))
 
 
 def niceness_for(agent_nice: int) -> int | None:

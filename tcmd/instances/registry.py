@@ -32,7 +32,9 @@ from tcmd.errors import Conflict, Forbidden, NotFound, TcmError
 from tcmd.instances import launcher
 from tcmd.instances.agents.base import LaunchEnv
 from tcmd.instances.agents.registry import profile
+from tcmd.instances.deaths import DeathWatch, clear_exit, read_exit
 from tcmd.instances.identity import IN_TMUX, OUTSIDE, VANISHED, Identity, InPane, Who
+from tcmd.instances.pacing import Pacer
 from tcmd.instances.sessions import Sessions
 from tcmd.instances.tokens import Tokens
 from tcmd.model import LIVE, Instance, Role, State, check_move, child_id, number_of
@@ -41,10 +43,13 @@ from tcmd.tmux import NoServer, PaneInfo, SessionExists, Tmux
 
 log = structlog.get_logger(__name__)
 NS = "instances"
-# tmux 3.3a sometimes notices a pane's death only when a client next talks to it (seen:
-# seconds late, or never while idle), so the reconcile's one list-panes call every half
-# second is both the safety net and the nudge; the pane-died hook covers the prompt cases.
-RECONCILE_INTERVAL_S = 0.5
+# Deaths come from the kernel (a pidfd per pane process, instances/deaths.py), so the
+# reconcile's one list-panes call is a safety net every 2 s. Without pidfds: tmux 3.3a
+# sometimes notices a pane's death only when a client next talks to it (seen: seconds
+# late, or never while idle), so the reconcile every half second is both the safety net
+# and the nudge, and tmux's pane-died hook covers the prompt cases.
+RECONCILE_INTERVAL_S = 2.0 if DeathWatch.available else 0.5
+TMUX_CATCH_UP_S = 1.0  # a death the kernel told: how long to wait for tmux's record of it
 SCREEN_FALLBACK_AFTER_S = 3.0  # busy with no hook for this long: look at the screen
 _SAFE_PATH = re.compile(r"^[A-Za-z0-9_./+-]+$")
 EARLY_EXIT_S = 10.0  # an agent that ends this soon after its start did not start
@@ -75,11 +80,13 @@ class Instances:
         # called with each accepted hook of an instance (the usage ledger reads transcripts)
         self.turn_listeners: list[Callable[[Instance, str, dict[str, Any]], None]] = []
         self._reconcile_soon = asyncio.Event()
+        self.deaths = DeathWatch(self._pane_ended)
         # instance id -> monotonic time its pane was last (re)created, inf while that is
         # in flight: a tmux listing taken before then cannot speak about its pane
         self.pane_since: dict[str, float] = {}
         self.screen_checked: dict[str, float] = {}  # last screen fallback look, monotonic
         self.identity = Identity()  # pane processes: who calls, from the kernel
+        self.pacer = Pacer(settings.spawn_rate)  # starts of paced agents (Claude) per second
         self.node: str | None = None  # this daemon's node id, recorded in each new instance
         # with Redis: the next executive number across every node (above the local counter);
         # None when Redis cannot say (then the local counter numbers it)
@@ -109,7 +116,7 @@ class Instances:
         await self.tmux.ensure_server()
         self.identity.tmux_server = int(await self.tmux.run("display-message", "-p", "#{pid}"))
         await self.tmux.run("set-environment", "-g", "TCM_SOCKET", str(self.settings.socket_path))
-        if _SAFE_PATH.match(self.python):
+        if not DeathWatch.available and _SAFE_PATH.match(self.python):
             # tmux tells us at once when an agent's process dies; reconcile is the safety net
             await self.tmux.run(
                 "set-hook",
@@ -135,6 +142,7 @@ class Instances:
                 self._exited(inst, pane)
                 continue
             self.identity.pane_started(inst.id, pane.pid)
+            self.deaths.watch(inst.id, pane.pid)
             screen = await self._screen(inst)
             seen = profile(inst.agent).screen_state(screen) or State.READY
             inst.pane_id = pane.pane_id
@@ -333,8 +341,12 @@ class Instances:
             await self._kill(inst)
 
     async def launch(self, inst: Instance, *, resume: bool) -> bool:
-        """Start (or restart in place) the agent process of ``inst``; whether it resumed."""
+        """Start (or restart in place) the agent process of ``inst``; whether it resumed.
+        A paced profile's start first waits for its slot (TCM_SPAWN_RATE)."""
         prof = profile(inst.agent)
+        if prof.paced and await self.pacer.wait() and inst.status == State.TERMINATED:
+            raise Conflict(f"{inst.id} was terminated while it waited for its turn to start",
+                           data={"instanceId": inst.id})  # fmt: skip
         idir = self.settings.state_dir / "instances" / inst.id
         idir.mkdir(mode=0o700, parents=True, exist_ok=True)
         env = self._agent_env(inst, launch=inst.launched + 1)
@@ -352,6 +364,8 @@ class Instances:
         if inst.status != State.STARTING:
             self._set(inst, State.STARTING)
         self.pane_since[inst.id] = float("inf")
+        self.deaths.forget(inst.id)
+        clear_exit(idir)
         inst.launched += 1  # before the process exists: its first hook names this launch
         fd = launcher.open_handoff(handoff)
         try:
@@ -363,6 +377,7 @@ class Instances:
             finally:
                 self.pane_since[inst.id] = time.monotonic()
             self.identity.pane_started(inst.id, pane.pid)
+            self.deaths.watch(inst.id, pane.pid)
         except BaseException:
             os.close(fd)  # the launcher, if any, reads nothing and does not start the agent
             raise
@@ -425,6 +440,7 @@ class Instances:
         """Terminated now, in memory first: its token revoked, its hooks and new children
         refused. A store that refuses the record gets it again on the next reconcile."""
         self.identity.pane_gone(inst.id)
+        self.deaths.forget(inst.id)
         self.tokens.revoke(inst.token)
         if inst.status == State.TERMINATED:
             return
@@ -479,8 +495,12 @@ class Instances:
         self.store.put(NS, inst.id, inst)
 
     def _exited(self, inst: Instance, pane: PaneInfo | None) -> None:
+        """``pane``: tmux's record of the dead pane, else the launcher's record is read."""
         if pane is not None:
             inst.exit_status, inst.exit_signal = pane.dead_status, pane.dead_signal
+        else:
+            idir = self.settings.state_dir / "instances" / inst.id
+            inst.exit_status, inst.exit_signal = read_exit(idir)
         if inst.status not in (State.EXITED, State.TERMINATED):
             log.info(
                 "exited", instance_id=inst.id, status=inst.exit_status, signal=inst.exit_signal
@@ -610,10 +630,14 @@ class Instances:
             if self.pane_since.get(inst.id, 0) >= listed_at or inst.status not in LIVE:
                 continue  # launched (or changed) while we listed: our listing is stale for it
             pane = panes.get(inst.id)
-            if pane is None or pane.dead:
-                if pane is not None and now - self.pane_since.get(inst.id, 0) < EARLY_EXIT_S:
+            told = self.deaths.dead.get(inst.id)  # the kernel says its pane process ended
+            if pane is None or pane.dead or told is not None:
+                early = now - self.pane_since.get(inst.id, 0) < EARLY_EXIT_S
+                if pane is not None and not pane.dead and early and not self._tmux_late(inst):
+                    continue  # its last words are still on their way to tmux's screen
+                if pane is not None and early:
                     await self._early_exit(inst, pane, now - self.pane_since[inst.id])
-                self._exited(inst, pane)
+                self._exited(inst, pane if pane is not None and pane.dead else None)
             elif (
                 inst.status == State.BUSY
                 and now - self.last_event.get(inst.id, 0) > SCREEN_FALLBACK_AFTER_S
@@ -625,6 +649,25 @@ class Instances:
                 if profile(inst.agent).screen_state(screen) == State.READY:
                     log.info("screen shows ready", instance_id=inst.id)
                     self._set(inst, State.READY)
+
+    def _pane_ended(self, instance_id: str) -> None:
+        """The kernel says the pane process of ``instance_id`` ended: exited now, with the
+        status its launcher recorded; an early death waits for tmux's screen (its last
+        words become ``last_error``), which the reconcile reads."""
+        inst = self.by_id.get(instance_id)
+        since = self.pane_since.get(instance_id, 0.0)
+        if inst is None or inst.status not in LIVE or time.monotonic() - since < EARLY_EXIT_S:
+            self._reconcile_soon.set()
+            return
+        self._exited(inst, None)
+
+    def _tmux_late(self, inst: Instance) -> bool:
+        """A death the kernel told that tmux has not recorded yet: ask again shortly, and
+        after ``TMUX_CATCH_UP_S`` stop waiting for tmux (True)."""
+        if time.monotonic() - self.deaths.dead.get(inst.id, 0.0) >= TMUX_CATCH_UP_S:
+            return True
+        asyncio.get_running_loop().call_later(0.05, self._reconcile_soon.set)
+        return False
 
     async def _early_exit(self, inst: Instance, pane: PaneInfo, after_s: float) -> None:
         """An agent that ended within its first seconds did not start: the last lines it

@@ -114,6 +114,8 @@ class ListRow(BaseModel):
     created: float
     stateSince: float | None = None
     agent: str
+    memoryMb: float | None = None  # RSS of its process tree at the last health sweep
+    pssMb: float | None = None  # PSS of the same, where readable (refreshed less often)
 
 
 class TerminateParams(Params):

@@ -313,6 +313,9 @@ class StandardMetrics:
     hook_events: Counter
     tokens: Counter
     cost: Counter
+    memory: Gauge
+    pss: Gauge
+    memory_estimate: Gauge
 
 
 def standard(registry: Registry) -> StandardMetrics:
@@ -346,5 +349,20 @@ def standard(registry: Registry) -> StandardMetrics:
             "tcm_cost_usd_total",
             "Estimated cost in USD of the tokens of priced models, by model.",
             ["model"],
+        ),
+        memory=r.gauge(
+            "tcm_instance_memory_bytes",
+            "Resident memory (RSS) of each instance's process tree, last health sweep.",
+            ["instance"],
+        ),
+        pss=r.gauge(
+            "tcm_instance_pss_bytes",
+            "Proportional memory (PSS) of each instance's process tree, where readable.",
+            ["instance"],
+        ),
+        memory_estimate=r.gauge(
+            "tcm_memory_estimate_bytes",
+            "What a new instance of each profile is expected to use (p90 of the peaks).",
+            ["profile"],
         ),
     )

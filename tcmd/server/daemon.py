@@ -46,6 +46,7 @@ from tcmd.server.rpc import Limits, RpcServer
 from tcmd.server.tools import CoreTools
 from tcmd.store import StateDamaged
 from tcmd.store.jsonfile import JsonFileStore
+from tcmd.store.locks import Locks, embedded_locks, redis_locks
 from tcmd.tmux import Tmux
 from tcmd.usage.ledger import Account, Ledger
 from tcmd.usage.tools import UsageTools
@@ -53,6 +54,7 @@ from tcmd.usage.transcript import KINDS
 from tcmd.work.budget import Budgets
 from tcmd.work.dispatcher import Parallel
 from tcmd.work.queue.local import LocalJobQueue
+from tcmd.work.repolocks import RepoLocks
 from tcmd.work.retention import Retention
 from tcmd.work.tools import ParallelTools
 
@@ -94,8 +96,11 @@ class Daemon:
             busy_with_job=self.parallel.specialists.__contains__,
             emit=self.emit,
             watchdog_s=sdnotify.watchdog_interval_s(),
-            on_sweep=lambda: sdnotify.notify("WATCHDOG=1"),
+            on_sweep=self._after_sweep,
         )
+        memory = self.health.memory  # the admission of specialists learns from its samples
+        self.parallel.admission.estimate = memory.estimates.of
+        self.parallel.admission.measured = memory.samples.__contains__
         self.retention = Retention(settings, self.instances, self.parallel, emit=self.emit)
         self.ledger = Ledger(self.store, Prices({}))  # the table is read at start
         self.budgets = Budgets(settings, self.parallel, self.ledger, self.emit)
@@ -125,6 +130,10 @@ class Daemon:
         self.shared: SharedWork | None = None  # the shared job queue (REDIS_URL set)
         self.forwarder: Forwarder | None = None  # calls on other nodes' instances
         self.locks = PidLocks(settings.socket_path)
+        self.lock_service: Locks = embedded_locks()  # Redis's when REDIS_URL is set
+        self._lock_client: Redis | None = None
+        self.repo_locks = RepoLocks(self.lock_service)  # worktree changes, one at a time
+        self.parallel.repo_guard = self.repo_locks.hold
         self._background: set[asyncio.Task[Any]] = set()
         self._signals = 0
 
@@ -170,8 +179,23 @@ class Daemon:
                     if (inst := find(iid)) is not None and inst.status != State.TERMINATED
                 }
             )
+            samples = self.health.memory.samples
+            mb = 1024 * 1024
+            self.metrics.memory.set_all({(iid,): s.rss_mb * mb for iid, s in samples.items()})
+            self.metrics.pss.set_all(
+                {(iid,): s.pss_mb * mb for iid, s in samples.items() if s.pss_mb is not None}
+            )
+            estimates = self.health.memory.estimates.describe()
+            self.metrics.memory_estimate.set_all(
+                {(p,): e["estimateMb"] * mb for p, e in estimates.items()}
+            )
 
         self.registry.before_collect(collect)
+
+    def _after_sweep(self) -> None:
+        sdnotify.notify("WATCHDOG=1")  # a stalled sweep stops it: systemd restarts us
+        if self.parallel.held:  # memory may have freed: the held jobs are looked at again
+            self.parallel.kick()
 
     def _count_usage(self, acct: Account | None, model: str, counts: list[int]) -> None:
         m = self.metrics
@@ -185,6 +209,9 @@ class Daemon:
         """A hook event POSTed by an agent: the token alone names it (no peer pid on TCP)."""
         caller = self.instances.resolve_caller(token, None, "hook")
         self.instances.on_hook(caller, payload, launch)
+
+    def _memory_row(self, inst: Instance) -> dict[str, Any]:
+        return self.health.memory.row(inst.id)
 
     def _manager_load(self, inst: Instance) -> dict[str, Any]:
         if inst.role != Role.MANAGER:
@@ -244,7 +271,7 @@ class Daemon:
         instance_tools = InstanceTools(
             self.instances, self.delivery, peers=lambda: self.mirror.peers if self.mirror else {}
         )
-        instance_tools.row_extras.append(self._manager_load)
+        instance_tools.row_extras += [self._manager_load, self._memory_row]
         instance_tools.emit = self.emit
         instance_tools.forwarder = self.forwarder
         if self.forwarder is not None:
@@ -290,11 +317,15 @@ class Daemon:
             _, stuck = await asyncio.wait(self._background, timeout=STOP_TASKS_S)
         for task in stuck:
             log.warning("background task did not stop in time", task=task.get_name())
+        await self.lock_service.close()
+        if self.settings.redis_url:
+            from redis.exceptions import RedisError  # imported with REDIS_URL only
+        if self._lock_client is not None:
+            with contextlib.suppress(RedisError, OSError):
+                await self._lock_client.aclose()
         if self.mirror is not None:
             await self.mirror.close()
         if self.shared is not None:
-            from redis.exceptions import RedisError
-
             with contextlib.suppress(RedisError, OSError):
                 await self.shared.q.client.aclose()
         self.store.close()
@@ -336,6 +367,14 @@ class Daemon:
             url, socket_timeout=REDIS_TIMEOUT_S + WAIT_S, socket_connect_timeout=REDIS_TIMEOUT_S
         )
         self.shared = self._shared(blocking)
+        # locks: a client whose socket timeout is shorter than their TTLs (docs/redis.md)
+        self._lock_client = Redis.from_url(
+            url, socket_timeout=REDIS_TIMEOUT_S, socket_connect_timeout=REDIS_TIMEOUT_S
+        )
+        self.lock_service = redis_locks(self._lock_client, self.settings.redis_prefix)
+        self.repo_locks.locks = self.lock_service
+        self.retention.locks = self.lock_service
+        self.retention.prune = partial(self.shared.q.prune, self.node)
         self.forwarder = Forwarder(
             blocking,
             node=self.node,

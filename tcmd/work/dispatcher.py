@@ -39,6 +39,7 @@ from tcmd.instances.registry import Instances
 from tcmd.model import IDLE, LIVE, Instance, Role, State
 from tcmd.store import StateStore
 from tcmd.work import worktrees
+from tcmd.work.admission import RECHECK_S, Admission, ProcFigures
 from tcmd.work.queue.base import FINAL, Job, JobState
 from tcmd.work.queue.local import LocalJobQueue
 from tcmd.work.tickets import LocalTicket, Ticket
@@ -104,12 +105,17 @@ class Parallel:
         self.peak_per_manager: dict[str, int] = {}
         self.peak_managers = 0
         self.worktree_root = settings.state_dir / "worktrees"
+        self.repo_guard: worktrees.Guard = worktrees.unguarded  # repolocks.RepoLocks.hold
+        self.node_names = False  # with Redis: worktrees named <node>.<run> (run ids are per node)
         self._wake = asyncio.Event()
         self.poke: Callable[[], None] | None = None  # the shared queue's claim loop (Redis)
         self._numbering = asyncio.Lock()  # Redis: a shared number, then its instance, in order
         self.emit: Callable[..., Any] = lambda kind, **fields: None  # the event log, when wired
         # "may this job start now?": None, or the reason it is cancelled instead (budgets)
         self.may_start: Callable[[Job], str | None] = lambda job: None
+        # memory: a job starts only while its specialist fits (work/admission.py)
+        self.admission = Admission(settings, ProcFigures(settings.memory_figures))
+        self.held: dict[str, str] = {}  # job id -> why it waits (held: memory …)
         # tasks waiting for their dependencies (work/waiting.py): queued when they are ready
         self.waiting = Waiting(store, queue, self._live_manager)
         self.waiting.emit = self.emit_job
@@ -174,6 +180,8 @@ class Parallel:
         while True:
             wake_at = self.queue.next_wakeup()
             delay = None if wake_at is None else max(0.0, wake_at - time.time())
+            if self.held:  # held for memory: look again soon, it may have freed
+                delay = RECHECK_S if delay is None else min(delay, RECHECK_S)
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(delay):
                     await self._wake.wait()
@@ -211,9 +219,16 @@ class Parallel:
             while self.active.get(mid, 0) < self.limit_for(mid):
                 if mid not in busy and len(busy) >= self.manager_limit():
                     break
-                job = self.queue.take(mid, now)
+                job = self.queue.peek(mid, now)
                 if job is None:
                     break
+                if (held := self.memory_held(job)) is not None:
+                    self._hold(job, held)
+                    break  # this manager's next job waits; another profile may still fit
+                job = self.queue.take(mid, now)
+                if job is None:  # never: peek said it is there
+                    break
+                self.held.pop(job.job_id, None)
                 if (refused := self.may_start(job)) is not None:
                     self.emit_job(self.queue.cancel(job.job_id, refused))
                     continue
@@ -226,9 +241,43 @@ class Parallel:
                 task = asyncio.get_running_loop().create_task(self.attempt(job, mid))
                 self.attempts[job.job_id] = task
                 task.add_done_callback(functools.partial(self.attempt_done, job.job_id, mid))
+        if self.held:
+            self.held = {j: why for j, why in self.held.items() if self._queued(j)}
         self.instances.changes.fire()
         if self.poke is not None:
             self.poke()
+
+    # -- memory admission (work/admission.py) ---------------------------------------------
+    def memory_held(self, job: Job) -> str | None:
+        """Why ``job`` may not start now for want of memory (None: it may)."""
+        run = self.runs.get(job.run_id)
+        return self.admission.check(run.agent if run else "claude", self.starting())
+
+    def starting(self) -> list[tuple[str, str | None]]:
+        """(profile, specialist id or None) of every attempt running now."""
+        out: list[tuple[str, str | None]] = []
+        for job_id in self.attempts:
+            try:
+                job = self.queue.get(job_id)
+            except TcmError:  # another node's job, not reflected here
+                out.append(("claude", None))
+                continue
+            run = self.runs.get(job.run_id)
+            out.append((run.agent if run else "claude", job.instance_id))
+        return out
+
+    def _hold(self, job: Job, why: str) -> None:
+        if job.job_id not in self.held:
+            log.info("job held", job_id=job.job_id, reason=why)
+            self.emit("job.held", jobId=job.job_id, taskId=job.task_id, runId=job.run_id,
+                      managerId=job.manager_id, reason=why)  # fmt: skip
+        self.held[job.job_id] = why
+
+    def _queued(self, job_id: str) -> bool:
+        try:
+            return self.queue.get(job_id).state in (JobState.QUEUED, JobState.RETRYING)
+        except TcmError:
+            return False
 
     def emit_job(self, job: Job) -> None:
         """A ``job.state`` event: what finished (or will retry), how long it took and waited."""
@@ -312,7 +361,7 @@ class Parallel:
             extra["instanceId"] = spec.id
             await self._release(spec, run)
             if wt is not None:  # the agent is gone: nothing can write into it any more
-                extra.update(await worktrees.finish(wt))
+                extra.update(await worktrees.finish(wt, self.repo_guard))
             if (done := await ticket.complete(result, extra)) is not None:
                 self.emit_job(done)
             log.info("task completed", job_id=job.job_id, task_id=job.task_id,
@@ -336,7 +385,7 @@ class Parallel:
     ) -> None:
         reason = exc.message if isinstance(exc, TcmError) else str(exc)
         if wt is not None and job.attempts >= job.retry.attempts:  # the last attempt
-            await ticket.annotate(extra=await worktrees.finish(wt))
+            await ticket.annotate(extra=await worktrees.finish(wt, self.repo_guard))
         if (failed := await ticket.fail(reason)) is not None:
             self.emit_job(failed)
             log.info("task attempt failed", job_id=job.job_id, task_id=job.task_id,
@@ -372,7 +421,14 @@ class Parallel:
         existing = job.extra.get("worktreeInfo")
         if existing:  # a retry works on in the same worktree: nothing is thrown away
             return worktrees.Worktree.from_json(existing)
-        wt = await worktrees.create(Path(run.work_dir), self.worktree_root, run.run_id, job.task_id)
+        # with Redis a run id is its node's (its jobs may even have fallen back to the local
+        # queue): qualified, so two nodes never pick one branch in a repository both use
+        key = run.run_id
+        if self.node_names and job.node:
+            key = worktrees.node_run(job.node, run.run_id)
+        wt = await worktrees.create(
+            Path(run.work_dir), self.worktree_root, key, job.task_id, self.repo_guard
+        )
         await ticket.annotate(extra={"worktreeInfo": wt.to_json(), "branch": wt.branch})
         return wt
 

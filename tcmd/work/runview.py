@@ -8,8 +8,9 @@ from tcmd.work.dispatcher import Parallel, Run
 from tcmd.work.queue.base import Job, JobState
 
 
-def task_row(job: Job) -> dict[str, Any]:
-    """A task of a run as getParallelStatus and executeParallel show it."""
+def task_row(job: Job, held: str | None = None) -> dict[str, Any]:
+    """A task of a run as getParallelStatus and executeParallel show it; ``held``: why a
+    queued task may not start now (``held: memory (…)``)."""
     row = {
         "taskId": job.task_id,
         "jobId": job.job_id,
@@ -29,6 +30,8 @@ def task_row(job: Job) -> dict[str, Any]:
     for key in ("branch", "hasCommits", "dirty", "worktree", "exitCode", "ranOn"):
         if key in job.extra:
             row[key] = job.extra[key]
+    if held is not None:
+        row["held"] = held
     if job.task.get("dependsOn"):
         row["dependsOn"] = list(job.task["dependsOn"])
     return row
@@ -38,11 +41,11 @@ def run_tasks(parallel: Parallel, run: Run) -> list[dict[str, Any]]:
     """Every task of a run in task order: its job's row, or what it waits for."""
     waiting = parallel.waiting
     if not waiting.pending(run.run_id):
-        return [task_row(j) for j in parallel.run_jobs(run)]
+        return [task_row(j, parallel.held.get(j.job_id)) for j in parallel.run_jobs(run)]
     return [
         waiting.row(run.run_id, task_id)
         if waiting.is_waiting(run.run_id, task_id)
-        else task_row(parallel.queue.get(job_id))
+        else task_row(parallel.queue.get(job_id), parallel.held.get(job_id))
         for task_id, job_id in run.job_ids.items()
     ]
 

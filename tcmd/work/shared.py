@@ -35,6 +35,7 @@ DOWN = (RedisError, OSError, TimeoutError)  # Redis cannot answer now
 ENQUEUE_TIMEOUT_S = 2.0  # a run's enqueue takes longer: its jobs go to the local queue
 WAIT_S = 10.0  # the longest BLPOP on the wake or notice list
 BACKOFF_S = (0.05, 0.1, 0.2, 0.5, 1.0, 2.0)  # between retries of a call Redis did not answer
+RUNS_CACHED = 1_000  # other nodes' runs kept in memory (read again from Redis when dropped)
 
 
 class LeaseTicket:
@@ -115,10 +116,12 @@ class SharedWork:
         self.node = node
         self.runs: dict[str, Run] = {}  # "node:run_id" → another node's run it ran jobs of
         self.view_stale = True  # re-read the view's unfinished shared jobs at (re)connection
+        self.limits: dict[str, int] = {}  # {q}:limits as the last claim round read it
         self._poked = asyncio.Event()
         self._wake_task: asyncio.Task[bool] | None = None
         self._poke_task: asyncio.Task[Any] | None = None
         parallel.poke = self._poked.set
+        parallel.node_names = True
 
     # -- submitting ---------------------------------------------------------------------------
     async def new_job_ids(self, n: int) -> list[str] | None:
@@ -152,6 +155,8 @@ class SharedWork:
         try:
             async with asyncio.timeout(ENQUEUE_TIMEOUT_S):
                 await self.q.put_run(self.node, run.run_id, run.to_json())
+                # the managers' limits, before any node may claim their jobs
+                await self.q.set_limits({m: self.p.limit_for(m) for m in run.manager_ids})
                 await self.q.enqueue_many(jobs)
         except DOWN as exc:
             log.warning("shared queue unreachable: the run's jobs go to the local queue",
@@ -288,7 +293,10 @@ class SharedWork:
         return any(self.p.active[m] < self.p.limit_for(m) for m in busy)
 
     async def _round(self) -> None:
-        """Claim for this node's managers, then for other nodes' managers with work."""
+        """Clear expired leases (a dead node's jobs wait again, for any node to take, even
+        one without managers), then claim for this node's managers, then for other nodes'
+        managers with work."""
+        _, self.limits = await self.q.reap_and_limits()
         own = sorted(m.id for m in self.p.live_managers())
         for mid in own:
             await self._claim(mid, foreign=False)
@@ -298,19 +306,29 @@ class SharedWork:
             if self.p.instances.find(mid) is None:
                 await self._claim(mid, foreign=True)
 
+    def _full(self, mid: str) -> bool:
+        """Whether ``mid`` ran at its limit, on every node, when this round began (its
+        CLAIM checks again: this only saves asking)."""
+        cap = self.limits.get(f"max:{mid}")
+        return cap is not None and self.limits.get(f"active:{mid}", 0) >= cap
+
     async def _claim(self, mid: str, *, foreign: bool) -> None:
         p = self.p
         busy = {m for m, n in p.active.items() if n > 0}
-        if mid not in busy and len(busy) >= p.manager_limit():
+        if (mid not in busy and len(busy) >= p.manager_limit()) or self._full(mid):
             return
         free = p.limit_for(mid) - p.active.get(mid, 0)
+        if free > 0 and p.admission.check("claude", p.starting()) is not None:
+            return  # no room for one more (Claude) specialist: claim nothing until there is
         if free > 0 and foreign:
             free = min(await self._fit(mid, free), p.limit_for(mid) - p.active.get(mid, 0))
         if free <= 0:
             return
         p.active[mid] = p.active.get(mid, 0) + free  # reserved over the await: limits hold
         try:
-            leases = await self.q.claim(mid, self.node, free)
+            leases = await self.q.claim(
+                mid, self.node, free, None if foreign else p.limit_for(mid)
+            )
         finally:
             p.active[mid] -= free
         for lease in leases:
@@ -335,6 +353,8 @@ class SharedWork:
         doc = await self.q.get_run(str(node), run_id)
         if doc is None:
             return None
+        if len(self.runs) >= RUNS_CACHED:  # other nodes' runs come and go: start afresh
+            self.runs.clear()
         run = self.runs[f"{node}:{run_id}"] = Run(**doc)
         return run
 

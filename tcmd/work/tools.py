@@ -97,7 +97,8 @@ class ParallelTools:
             ),
             Tool(
                 "queueStats",
-                "Counts by state and priority, average wait and run time, throughput.",
+                "Counts by state and priority, average wait and run time, throughput; with "
+                "Redis, shared.limits: each manager's attempts on every node and its limit.",
                 NoParams,
                 self.queue_stats,
                 inline=True,
@@ -203,6 +204,9 @@ class ParallelTools:
             run.job_ids.update((j.task_id, j.job_id) for j in jobs)  # every task, in order
             later = [j for j in jobs if j.task.get("dependsOn")]
             self.p.waiting.add(run.run_id, run.agent, run.job_ids, later)
+        for manager_id in run.manager_ids:  # before the shared queue stores the limits
+            if opts.maxConcurrent is not None:
+                self.p.limits[manager_id] = opts.maxConcurrent
         try:
             if shared and self.shared is not None:
                 await self.shared.submit(run, ready)
@@ -219,9 +223,6 @@ class ParallelTools:
                 run.job_ids.update((j.task_id, j.job_id) for j in jobs)
                 self.p.save_run(run)
             self.p.waiting.submitted(run.run_id, shared=bool(ready[0].extra.get("shared")))
-        for manager_id in run.manager_ids:
-            if opts.maxConcurrent is not None:
-                self.p.limits[manager_id] = opts.maxConcurrent
         self.p.dispatch()
 
     async def _await_run(self, run: Run) -> dict[str, Any]:
@@ -378,7 +379,8 @@ class ParallelTools:
         else:
             jobs, managers = self.p.queue.jobs(manager_id=p.managerId), [str(p.managerId)]
             held = self.p.waiting.of_manager(str(p.managerId))
-            rows = [task_row(j) for j in jobs] + [self.p.waiting.row(*w) for w in held]
+            rows = [task_row(j, self.p.held.get(j.job_id)) for j in jobs]
+            rows += [self.p.waiting.row(*w) for w in held]
             waiting = len(held)
         by = {s: sum(j.state == s for j in jobs) for s in JobState}
         status = {
@@ -437,7 +439,12 @@ class ParallelTools:
             manager_id=p.managerId,
             limit=None if not caller.is_operator else p.limit,
         )
-        return [j.public() for j in found if self._mine(caller, j)][: p.limit]
+        held = self.p.held
+        return [
+            {**j.public(), **({"held": held[j.job_id]} if j.job_id in held else {})}
+            for j in found
+            if self._mine(caller, j)
+        ][: p.limit]
 
     def queue_stats(self, caller: Caller, p: NoParams) -> dict[str, Any]:
         """The whole queue for the operator; for an instance, the same figures over the
@@ -447,6 +454,8 @@ class ParallelTools:
             stats = self.p.queue.stats(now)
             stats["peakManagers"] = self.p.peak_managers
             stats["peakPerManager"] = dict(self.p.peak_per_manager)
+            if self.shared is not None:  # every node's attempts per manager, and the limits
+                stats["shared"] = {"limits": dict(self.shared.limits)}
             return stats
         stats = stats_of([j for j in self.p.queue.jobs() if self._mine(caller, j)], now)
         stats["peakPerManager"] = {
@@ -490,7 +499,7 @@ class ParallelTools:
     async def worktrees(self, caller: Caller, p: WorktreesParams) -> dict[str, Any]:
         root = self.p.worktree_root
         if p.prune:
-            return {"pruned": await worktrees.prune(root)}
+            return {"pruned": await worktrees.prune(root, self.p.repo_guard)}
         return {"worktrees": await worktrees.list_worktrees(root)}
 
 

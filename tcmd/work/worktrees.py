@@ -5,6 +5,10 @@ Layout under ``root``, one directory per repository (its name plus a hash of its
     <root>/<repo-name>-<hash8>/<run>/<task>        the worktree, on branch tcm/<run>/<task>
     <root>/<repo-name>-<hash8>/<run>/.<task>.json  Worktree.to_json(): repo, branch, base, …
 
+``<run>`` is the run id, or ``<node>.<run id>`` with Redis (run ids are per node: two
+nodes' ``run_1`` must not pick one branch in a repository both use). Changes
+to a repository's worktrees run under a ``Guard`` (repolocks.py: one at a time, every node).
+
 The metadata (written before ``git worktree add``, deleted with the worktree; ids never start
 with a dot, so it is never mistaken for a task) counts only where ``git worktree list`` agrees.
 
@@ -25,6 +29,7 @@ import os
 import re
 import shutil
 import time
+from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -43,6 +48,16 @@ ADD_TIMEOUT_S = 300.0  # a checkout of a big tree plus the user's post-checkout 
 _LOCATING = ("GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE", "GIT_COMMON_DIR", "GIT_NAMESPACE",
              "GIT_OBJECT_DIRECTORY", "GIT_ALTERNATE_OBJECT_DIRECTORIES")  # fmt: skip
 _ID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,99}")
+
+# What every change to a repository's worktrees runs under: a context manager taking the
+# repository's top level (repolocks.RepoLocks.hold: one change at a time on every node).
+Guard = Callable[[Path], contextlib.AbstractAsyncContextManager[None]]
+
+
+@contextlib.asynccontextmanager
+async def unguarded(repo: Path) -> AsyncIterator[None]:
+    """No guard: the caller makes sure nothing else changes the repository's worktrees."""
+    yield
 
 
 class GitError(Unavailable):
@@ -119,8 +134,12 @@ async def repo_root(path: Path) -> Path | None:
     return None if found is None else found[0]
 
 
-async def create(work_dir: Path, root: Path, run_id: str, task_id: str) -> Worktree:
-    """Make a worktree on a new branch at HEAD of the repository holding `work_dir`."""
+async def create(
+    work_dir: Path, root: Path, run_id: str, task_id: str, guard: Guard = unguarded
+) -> Worktree:
+    """Make a worktree on a new branch at HEAD of the repository holding `work_dir`.
+    ``run_id`` names the run's directory and branch (``<node>.<run>`` with Redis: two
+    nodes' runs share ids)."""
     _check_id("runId", run_id)
     _check_id("taskId", task_id)
     found = await _locate(work_dir)
@@ -144,7 +163,9 @@ async def create(work_dir: Path, root: Path, run_id: str, task_id: str) -> Workt
     wt = Worktree(path=path, branch=branch, repo=top, base=base, workdir=path / prefix)
     meta.write_text(json.dumps(wt.to_json()))
     try:
-        await git(top, "worktree", "add", "-b", branch, str(path), base, timeout_s=ADD_TIMEOUT_S)
+        async with guard(top):
+            await git(top, "worktree", "add", "-b", branch, str(path), base,
+                      timeout_s=ADD_TIMEOUT_S)  # fmt: skip
     except TcmError as exc:
         if not path.exists():
             _forget(path)
@@ -154,6 +175,15 @@ async def create(work_dir: Path, root: Path, run_id: str, task_id: str) -> Workt
     wt.workdir.mkdir(parents=True, exist_ok=True)  # an untracked subdirectory is not checked out
     log.info("worktree created", path=str(path), branch=branch, base=base)
     return wt
+
+
+def node_run(node: str, run_id: str) -> str:
+    """``<node>.<run id>``: a run's name in worktree paths and branches with Redis. A node id
+    may hold what a branch may not (a leading dot or dash, ``..``): those become ``_``."""
+    name = f"{node}.{run_id}"
+    if _ID.fullmatch(name) and ".." not in name:
+        return name
+    return f"{re.sub(r'[^A-Za-z0-9_]', '_', node)}.{run_id}"
 
 
 async def inspect(wt: Worktree) -> WorktreeState:
@@ -168,7 +198,7 @@ async def inspect(wt: Worktree) -> WorktreeState:
     return WorktreeState(commits=commits, dirty=bool(status), detached_commits=int(detached))
 
 
-async def finish(wt: Worktree) -> dict[str, Any]:
+async def finish(wt: Worktree, guard: Guard = unguarded) -> dict[str, Any]:
     """Remove a clean worktree and an empty branch; keep (and say why) anything holding work.
 
     Raises only when the worktree cannot even be inspected; nothing is removed then.
@@ -178,25 +208,31 @@ async def finish(wt: Worktree) -> dict[str, Any]:
                             "hasCommits": state.commits > 0, "dirty": state.dirty,
                             "removed": False, "branchDeleted": False}  # fmt: skip
     try:
-        if not wt.path.is_dir():  # deleted by hand: let git forget it
-            await git(wt.repo, "worktree", "prune")
-            done["removed"] = True
-        elif not state.dirty and not state.detached_commits:
-            await git(wt.repo, "worktree", "remove", str(wt.path))
-            done["removed"] = True
-        if done["removed"]:
-            _forget(wt.path)
-        if done["removed"] and not state.commits:
-            try:
-                await git(wt.repo, "branch", "-d", wt.branch)
-            except GitError as exc:
-                if "not found" not in exc.stderr:  # else: finished twice, already deleted
-                    raise
-            done["branchDeleted"] = True
+        async with guard(wt.repo):
+            await _remove(wt, state, done)
     except GitError as exc:  # refused (locked, submodules, not merged, …): keep it, say why
         done["error"] = exc.stderr
     log.info("worktree finished", **done)
     return done
+
+
+async def _remove(wt: Worktree, state: WorktreeState, done: dict[str, Any]) -> None:
+    """finish()'s changes to the repository, under its guard."""
+    if not wt.path.is_dir():  # deleted by hand: let git forget it
+        await git(wt.repo, "worktree", "prune")
+        done["removed"] = True
+    elif not state.dirty and not state.detached_commits:
+        await git(wt.repo, "worktree", "remove", str(wt.path))
+        done["removed"] = True
+    if done["removed"]:
+        _forget(wt.path)
+    if done["removed"] and not state.commits:
+        try:
+            await git(wt.repo, "branch", "-d", wt.branch)
+        except GitError as exc:
+            if "not found" not in exc.stderr:  # else: finished twice, already deleted
+                raise
+        done["branchDeleted"] = True
 
 
 async def list_worktrees(root: Path) -> list[dict[str, Any]]:
@@ -214,16 +250,17 @@ async def list_worktrees(root: Path) -> list[dict[str, Any]]:
     return listed
 
 
-async def prune(root: Path) -> list[dict[str, Any]]:
+async def prune(root: Path, guard: Guard = unguarded) -> list[dict[str, Any]]:
     """`finish` every tcm worktree under `root`, then ``git worktree prune`` each repository."""
     done: list[dict[str, Any]] = []
     for wt in (known := await _known(root)):
         try:
-            done.append(await finish(wt))
+            done.append(await finish(wt, guard))
         except TcmError as exc:
             done.append({"branch": wt.branch, "worktree": str(wt.path), "error": exc.message})
     for repo in sorted({wt.repo for wt in known}):
-        await git(repo, "worktree", "prune")
+        async with guard(repo):
+            await git(repo, "worktree", "prune")
     return done
 
 

@@ -6,8 +6,9 @@
 1 executive and N managers (the `shell` agent: they only own runs), specialists the fake
 Claude, each task ``@work <s>`` (about <s> seconds busy, a Bash tool call a second) with a
 random priority, submitted as one run per manager (``executeParallel``, not waited on).
-Meanwhile operator clients, each on its own connection, call list/status/queueStats back
-to back with a 10 s timeout.
+Meanwhile operator clients, each a process of its own (as operators are: no GIL shared
+with the bench or with each other) on its own connection, call list/status/queueStats
+back to back with a 10 s timeout.
 
 Reports wall time against the ideal (tasks ÷ slots × task time), peak specialists running
 (from the jobs' own start/finish times in the store, from the daemon's peaks, and sampled
@@ -19,10 +20,10 @@ and against the fake's event log of prompts and Stops.
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import os
 import random
 import statistics
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,16 +46,20 @@ class Operator:
 
     socket: Path
     timeout_s: float
-    stop: threading.Event
     latencies: list[float] = field(default_factory=list)
     timeouts: int = 0
     errors: int = 0
     busy_peak: int = 0  # specialists seen busy in one `list` answer
 
-    def run(self) -> None:
+    def run(self, stop: Any, done: Any) -> None:
+        """In its own process until ``stop`` is set; then itself goes back on ``done``."""
+        self.calls_until(stop)
+        done.put(self)
+
+    def calls_until(self, stop: Any) -> None:
         client = Client(self.socket, timeout_s=self.timeout_s).connect()
         n = 0
-        while not self.stop.is_set():
+        while not stop.is_set():
             method = OPERATOR_METHODS[n % len(OPERATOR_METHODS)]
             n += 1
             t = time.perf_counter()
@@ -156,13 +161,14 @@ def main() -> None:
             for _ in range(a.managers)
         ]
         tmux_pid = int(agents.daemon.tmux("display", "-p", "#{pid}"))
-        stop = threading.Event()
-        operators = [
-            Operator(agents.daemon.socket, a.rpc_timeout, stop) for _ in range(a.operators)
+        mp = multiprocessing.get_context("spawn")
+        stop, done = mp.Event(), mp.Queue()
+        processes = [
+            mp.Process(target=Operator(agents.daemon.socket, a.rpc_timeout).run, args=(stop, done))
+            for _ in range(a.operators)
         ]
-        threads = [threading.Thread(target=o.run, daemon=True) for o in operators]
-        for t in threads:
-            t.start()
+        for p in processes:
+            p.start()
         cpu0 = (cpu_seconds(proc.pid, children=False), cpu_seconds(proc.pid),
                 cpu_seconds(tmux_pid, children=False), _machine_busy_s())  # fmt: skip
         t0 = time.time()
@@ -180,8 +186,9 @@ def main() -> None:
         cpu1 = (cpu_seconds(proc.pid, children=False), cpu_seconds(proc.pid),
                 cpu_seconds(tmux_pid, children=False), _machine_busy_s())  # fmt: skip
         stop.set()
-        for t in threads:
-            t.join(a.rpc_timeout + 5)
+        operators: list[Operator] = [done.get(timeout=a.rpc_timeout + 30) for _ in processes]
+        for p in processes:
+            p.join(10)
         stats = agents.call("queueStats")
         rss_mb = _vm_hwm_mb(proc.pid)
         load1 = Path("/proc/loadavg").read_text().split()[:3]

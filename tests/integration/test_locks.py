@@ -8,6 +8,7 @@ import os
 import signal
 import time
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
@@ -23,6 +24,7 @@ from tcmd.store.locks import (
     Locks,
     RedisLockBackend,
 )
+from tcmd.work.repolocks import RepoLocks, lock_name
 from tests.redis_server import RedisServer
 
 Factory = Callable[..., Locks]
@@ -241,3 +243,30 @@ async def test_hung_redis_holder_told_within_ttl(redis_server: RedisServer) -> N
         os.kill(redis_server.proc.pid, signal.SIGCONT)
     await locks.close()
     await client.aclose()
+
+
+async def test_repository_locks_queue_changes_and_go_on_while_redis_is_away(
+    redis_server: RedisServer,
+) -> None:
+    assert lock_name(Path("/srv/my repo/{x}")) == "worktree:/srv/my%20repo/%7Bx%7D"
+    client = client_for(redis_server)
+    nodes = [RepoLocks(Locks(RedisLockBackend(client, "tcm:"))) for _ in range(2)]
+    repo, inside, most = Path("/srv/repo"), 0, 0
+
+    async def change(node: RepoLocks) -> None:
+        nonlocal inside, most
+        async with node.hold(repo):
+            inside += 1
+            most = max(most, inside)
+            await asyncio.sleep(0.01)  # the change takes a while: others must wait
+            inside -= 1
+
+    await asyncio.gather(*(change(nodes[i % 2]) for i in range(6)))
+    assert most == 1
+    redis_server.stop()
+    try:  # Redis away: each node still holds its own lock, and work goes on
+        await asyncio.wait_for(asyncio.gather(*(change(nodes[0]) for _ in range(3))), 10)
+        assert most == 1
+    finally:
+        redis_server.start()
+        await client.aclose()

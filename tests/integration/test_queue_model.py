@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from tcmd.work.queue.base import AsyncJobQueue, JobState, Priority, RetryPolicy, StaleLease
+from tcmd.work.queue.redis import RedisJobQueue
 from tests.integration.queue_backends import local_queue, make_job, redis_queue
 from tests.redis_server import RedisServer
 
@@ -45,6 +46,7 @@ class Model:
     attempts: int = 0
     token: int | None = None
     result: str | None = None
+    under: str | None = None  # the manager that claimed it last
 
 
 class QueueMachine(RuleBasedStateMachine):
@@ -109,6 +111,7 @@ class QueueMachine(RuleBasedStateMachine):
         for lease in leases:
             job = self.model[lease.job.job_id]
             job.state, job.token, job.attempts = JobState.ACTIVE, lease.token, job.attempts + 1
+            job.under = manager
             assert lease.job.attempts == job.attempts
 
     def _release(self, job_id: str) -> None:
@@ -175,6 +178,15 @@ class QueueMachine(RuleBasedStateMachine):
         by_state = self.run(self.queue.stats())["byState"]
         for state in JobState:
             assert by_state[state.value] == sum(1 for j in self.model.values() if j.state is state)
+        if isinstance(self.queue, RedisJobQueue):  # every end of an active job frees its room
+            running = self.run(self.queue.limits())
+            for manager in MANAGERS:
+                expected = sum(
+                    1
+                    for j in self.model.values()
+                    if j.state is JobState.ACTIVE and j.under == manager
+                )
+                assert running.get(f"active:{manager}", 0) == expected
 
 
 def run_machine(open_queue: Opener) -> None:

@@ -192,3 +192,50 @@ async def test_two_queues_share_one_redis(redis_server: RedisServer) -> None:
         [refused] = await a.ack_many([(stale.job.job_id, stale.token, "again", None)])
         assert isinstance(refused, StaleLease)
         assert (await a.stats())["byState"]["completed"] == 6
+
+
+async def test_a_manager_s_limit_holds_on_every_node(redis_server: RedisServer) -> None:
+    async with (
+        redis_queue(redis_server.url) as a,
+        redis_queue(redis_server.url) as b,
+        redis_queue(redis_server.url, lease_ms=300) as dying,  # leases that run out soon
+    ):
+        assert isinstance(a, RedisJobQueue) and isinstance(b, RedisJobQueue)
+        assert isinstance(dying, RedisJobQueue)
+        await a.enqueue_many([make_job(f"job_{n}", "mgr_1_1") for n in range(1, 7)])
+        first = await a.claim("mgr_1_1", "node-a", 5, limit=2)  # its own node: limit 2
+        assert len(first) == 2
+        assert await b.claim("mgr_1_1", "node-b", 3) == []  # no room left on any node
+        assert (await b.reap_and_limits()) == ([], {"max:mgr_1_1": 2, "active:mgr_1_1": 2})
+        await a.ack(first[0].job.job_id, first[0].token, None)
+        assert await b.wait(5) is True  # the freed room wakes an idle node
+        [taken] = await b.claim("mgr_1_1", "node-b", 3)
+        await b.fail(taken.job.job_id, taken.token, "boom")  # an end frees room too
+        [again] = await b.claim("mgr_1_1", "node-b", 3)
+        await b.cancel(again.job.job_id)  # and a cancel
+        [held] = await dying.claim("mgr_1_1", "node-c", 3)
+        assert await b.claim("mgr_1_1", "node-b", 3) == []
+        # a dead holder's lease runs out: the reap frees its room
+        [after] = await eventually(lambda: b.claim("mgr_1_1", "node-b", 3))
+        assert (await b.get(held.job.job_id)).reruns == 1
+        assert (await a.stats())["limits"]["active:mgr_1_1"] == 2
+        await b.give_up(after.job.job_id, "done with it")
+        assert (await b.limits())["active:mgr_1_1"] == 1
+
+
+async def test_prune_forgets_a_run_s_final_jobs_and_its_description(
+    redis_server: RedisServer,
+) -> None:
+    async with redis_queue(redis_server.url) as q:
+        assert isinstance(q, RedisJobQueue)
+        await q.put_run("a", "run_1", {"workDir": "/tmp"})
+        await q.enqueue_many([make_job(f"job_{n}", "mgr_1_1") for n in range(1, 4)])
+        for lease in await q.claim("mgr_1_1", "node-a", 2):
+            await q.ack(lease.job.job_id, lease.token, None)
+        assert await q.prune("a", "run_1", ["job_1", "job_2", "job_3"]) == 2
+        assert await q.get_run("a", "run_1") is not None  # job_3 is still queued
+        assert [j.job_id for j in await q.jobs()] == ["job_3"]
+        await q.cancel("job_3")
+        assert await q.prune("a", "run_1", ["job_3"]) == 1
+        assert await q.get_run("a", "run_1") is None and await q.jobs() == []
+        assert sum((await q.stats())["byState"].values()) == 0

@@ -296,3 +296,12 @@ async def test_git_errors_and_timeouts(
     monkeypatch.setattr(worktrees, "GIT_BIN", str(slow))
     with pytest.raises(Unavailable, match="no answer in"):
         await worktrees.git(repo, "status", timeout_s=0.2)
+
+
+def test_node_run_names_are_valid_run_ids() -> None:
+    assert worktrees.node_run("a", "run_1") == "a.run_1"
+    assert worktrees.node_run("host-x1.lan", "run_7") == "host-x1.lan.run_7"
+    for node in (".a", "-a", "a.", "a..b"):  # legal node ids a branch name may not hold
+        name = worktrees.node_run(node, "run_1")
+        worktrees._check_id("runId", name)
+        assert name.endswith(".run_1")

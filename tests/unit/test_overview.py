@@ -58,12 +58,13 @@ def test_doing_and_memory() -> None:
                 "completed": 5,
                 "failed": 1,
             },
-            memoryBytes=300 * 1024 * 1024,
+            memoryMb=300.4,
         )
     )
     assert overview.doing(mgr) == "2/3 active, 4 queued, 5 done, 1 failed"
     assert overview.memory(mgr.row) == "300M"
-    assert overview.memory({"memoryBytes": None}) is None
+    assert overview.memory({"memoryMb": None}) is None
+    assert overview.memory({"memoryMb": 1536.0}) == "1.5G"
     failed = overview.Node(row("exec_2", None, "errored", lastError="rate_limit"))
     assert overview.doing(failed) == "error: rate_limit"
 

@@ -40,6 +40,7 @@ class Launch:
 class AgentProfile(Protocol):
     name: str
     stall_ms: int | None  # busy this long with no sign of life: stuck (None: TCM_STALL_MS)
+    paced: bool  # starts at most TCM_SPAWN_RATE a second (instances/pacing.py)
 
     def check(self, settings: Settings) -> None:
         """Refuse (InvalidParams) before anything is made when the agent cannot start."""

@@ -69,6 +69,7 @@ _DIALOG = re.compile(
 class ClaudeProfile:
     name = "claude"
     stall_ms: int | None = None  # TCM_STALL_MS: tool hooks are its heartbeat
+    paced: bool = True  # many starts of one login at once: paced (TCM_SPAWN_RATE)
 
     def check(self, settings: Settings) -> None:
         program = settings.claude_command[0]

@@ -21,6 +21,7 @@ class ShellProfile:
     name = "shell"
     # a quiet command (a build, a sleep) is no sign of trouble: a shell agent gets an hour
     stall_ms: int | None = 3_600_000
+    paced: bool = False
 
     def check(self, settings: Settings) -> None:
         """Nothing to find: it runs on tcmd's own interpreter."""

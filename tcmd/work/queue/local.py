@@ -160,12 +160,20 @@ class LocalJobQueue:
         self._enqueue(job)
         return job
 
-    def take(self, manager_id: str, now: float) -> Job | None:
-        """The best of the manager's and the pool's ready jobs → active; O(log n)."""
+    def peek(self, manager_id: str, now: float) -> Job | None:
+        """The job ``take`` would hand out now, left waiting (due retries are queued)."""
+        best = self._best(manager_id, now)
+        return None if best is None else best[0][3]
+
+    def _best(self, manager_id: str, now: float) -> tuple[list[Any], _Heap] | None:
         if self._timers.entries:
             self._promote(now)
         mine, shared = self._top(manager_id), self._top(None)
-        best = shared if mine is None or (shared is not None and shared[0] < mine[0]) else mine
+        return shared if mine is None or (shared is not None and shared[0] < mine[0]) else mine
+
+    def take(self, manager_id: str, now: float) -> Job | None:
+        """The best of the manager's and the pool's ready jobs → active; O(log n)."""
+        best = self._best(manager_id, now)
         if best is None:
             return None
         entry, heap = best

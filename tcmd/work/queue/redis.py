@@ -65,6 +65,7 @@ class RedisJobQueue:
         self._next_due = client.register_script(lua.NEXT_DUE)
         self._stats = client.register_script(lua.STATS)
         self._ids_above = client.register_script(lua.IDS_ABOVE)
+        self._prune = client.register_script(lua.PRUNE)
 
     async def new_job_id(self) -> str:
         """A fresh ``job_<n>`` from INCR: unique across every node on this Redis."""
@@ -101,9 +102,15 @@ class RedisJobQueue:
                 out.append(job)
         return out
 
-    async def claim(self, manager_id: str, node_id: str, n: int = 1) -> list[Lease]:
-        """Up to ``n`` best ready jobs of ``manager_id`` or the pool, leased to ``node_id``."""
-        rows = await self._claim(self._keys, [self.base, manager_id, node_id, n, self.lease_ms])
+    async def claim(
+        self, manager_id: str, node_id: str, n: int = 1, limit: int | None = None
+    ) -> list[Lease]:
+        """Up to ``n`` best ready jobs of ``manager_id`` or the pool, leased to ``node_id``,
+        never more than the room left under the manager's limit on every node (``limit``,
+        stored for the other nodes; None: the limit its own node stored, if any)."""
+        args: list[str | int] = [self.base, manager_id, node_id, n, self.lease_ms]
+        args.append("" if limit is None else limit)
+        rows = await self._claim(self._keys, args)
         leases = []
         for row in rows:
             raw = _moved(row)
@@ -221,7 +228,7 @@ class RedisJobQueue:
 
     async def stats(self) -> dict[str, Any]:
         """The figures of LocalJobQueue.stats, over every node's jobs."""
-        counts, waits, runs, done = await self._stats(self._keys, [self.base])
+        counts, waits, runs, done, limits = await self._stats(self._keys, [self.base])
         c = {k: int(v) for k, v in _pairs(counts).items()}
         return {
             "byState": {s.value: c.get(f"state:{s.value}", 0) for s in JobState},
@@ -229,7 +236,37 @@ class RedisJobQueue:
             "avgWaitMs": _mean(waits),
             "avgRunMs": _mean(runs),
             "throughputPerMin": int(done),
+            "limits": {k: int(v) for k, v in _pairs(limits).items()},
         }
+
+    async def reap_and_limits(self) -> tuple[list[str], dict[str, int]]:
+        """``reap()`` then ``limits()``, in one round trip (a claim round starts with both)."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            await self._reap(self._keys, [self.base], client=pipe)
+            pipe.hgetall(self.base + "limits")
+            expired, raw = await pipe.execute()
+        return [_text(i) for i in expired], {_text(k): int(v) for k, v in raw.items()}
+
+    async def limits(self) -> dict[str, int]:
+        """``active:<manager>`` (attempts running on every node) and ``max:<manager>``."""
+        raw = await self._redis.hgetall(self.base + "limits")
+        return {_text(k): int(v) for k, v in raw.items()}
+
+    async def set_limits(self, limits: dict[str, int]) -> None:
+        """Store managers' limits (``max:<manager>``), which every node's claims obey."""
+        if limits:
+            mapping = {f"max:{m}": n for m, n in limits.items()}
+            await self._redis.hset(self.base + "limits", mapping=mapping)  # type: ignore[arg-type]
+
+    async def prune(self, node: str, run_id: str, job_ids: Sequence[str]) -> int:
+        """Forget a finished run's final jobs and, once none is left unfinished, its
+        description; one script call per ``BATCH`` ids (no key scan). → jobs forgotten."""
+        gone = kept = 0
+        for at in range(0, max(len(job_ids), 1), BATCH):
+            run_key = f"run:{node}:{run_id}" if at + BATCH >= len(job_ids) and not kept else ""
+            n, left = await self._prune(self._keys, [self.base, run_key, *job_ids[at : at + BATCH]])
+            gone, kept = gone + int(n), kept + int(left)
+        return gone
 
     # -- what the dispatchers of several nodes share beside the jobs --------------------------
     async def put_run(self, node: str, run_id: str, doc: dict[str, Any]) -> None:

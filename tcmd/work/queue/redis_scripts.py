@@ -20,7 +20,7 @@ local B = ARGV[1]
 local JOBS, SEQ, FENCE = B .. 'jobs', B .. 'seq', B .. 'fence'
 local POOL, DELAYED, LEASES = B .. 'pool', B .. 'delayed', B .. 'leases'
 local WAKE, STATS, DONE = B .. 'wake', B .. 'stats', B .. 'done'
-local WAITS, RUNS = B .. 'waits', B .. 'runs'
+local WAITS, RUNS, LIMITS = B .. 'waits', B .. 'runs', B .. 'limits'
 local WAKE_MAX, SAMPLES, SLACK, WINDOW_MS = 1024, 1000, 256, 60000
 local CHUNK = 1000 -- arguments per redis.call when a script unpacks a batch
 local PRIO_SHIFT = 1125899906842624 -- 2^50: score = priority * 2^50 + seq, exact in a double
@@ -52,12 +52,12 @@ end
 
 -- the fields every transition needs, with the manager '' for the pool
 local NEEDED = {'state', 'manager_id', 'priority', 'seq', 'attempts', 'token', 'lease_until',
-  'started_at', 'queued_at', 'next_retry_at', 'reruns'}
+  'started_at', 'queued_at', 'next_retry_at', 'reruns', 'under'}
 
 local function parse(id, f)
   return {id = id, state = f[1], mgr = f[2] or '', prio = tonumber(f[3]), seq = tonumber(f[4]),
     attempts = tonumber(f[5]), token = f[6], lease_until = tonumber(f[7]), started_at = f[8],
-    queued_at = f[9], next_retry_at = f[10], reruns = tonumber(f[11] or '0')}
+    queued_at = f[9], next_retry_at = f[10], reruns = tonumber(f[11] or '0'), under = f[12]}
 end
 
 local function load(id)
@@ -103,7 +103,29 @@ local function push_capped(list, values, cap, slack)
   if each_chunk('LPUSH', list, values) > cap + slack then redis.call('LTRIM', list, 0, cap - 1) end
 end
 
+-- a manager's attempts on every node: LIMITS holds active:<mgr> (claims add, every end of an
+-- active job takes away) and max:<mgr> (the manager's limit, set by its own node). Ends are
+-- gathered in FREED and settled at once; a manager that was at its limit and has ready jobs
+-- wakes idle nodes, which its limit had kept from claiming.
+local FREED = {}
+
+local function settle()
+  for mgr, n in pairs(FREED) do
+    local left = redis.call('HINCRBY', LIMITS, 'active:' .. mgr, -n)
+    if left <= 0 then redis.call('HDEL', LIMITS, 'active:' .. mgr) end
+    local cap = tonumber(redis.call('HGET', LIMITS, 'max:' .. mgr) or '')
+    if cap and left + n >= cap then
+      local ready = redis.call('ZCARD', ready_key(mgr)) + redis.call('ZCARD', POOL)
+      local ones = {}
+      for i = 1, math.min(n, ready, WAKE_MAX) do ones[i] = '1' end
+      push_capped(WAKE, ones, WAKE_MAX, 0)
+    end
+  end
+  FREED = {}
+end
+
 local function flush()
+  settle()
   for field, n in pairs(DELTA) do
     if n ~= 0 then redis.call('HINCRBY', STATS, field, n) end
   end
@@ -119,6 +141,9 @@ end
 -- as nil: delete)
 local function move(j, state, changes)
   count(j, -1)
+  if j.state == 'active' and state ~= 'active' and j.under then
+    FREED[j.under] = (FREED[j.under] or 0) + 1
+  end
   local k = jkey(j.id)
   local set, del = {'state', state}, {}
   for i = 1, #changes, 2 do
@@ -243,14 +268,26 @@ return out
 """
 )
 
-# ARGV: base, manager id, node id, n, lease_ms. → per claimed job {HGETALL, changes}
+# ARGV: base, manager id, node id, n, lease_ms, the manager's limit ('' unknown: the one
+# stored). n is capped by the room left under the manager's limit on every node.
+# → per claimed job {HGETALL, changes}
 CLAIM = (
     _PRELUDE
     + r"""
 local mgr, node, n, lease_ms = ARGV[2], ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5])
 local ms, now_s = clock()
+if ARGV[6] and ARGV[6] ~= '' then redis.call('HSET', LIMITS, 'max:' .. mgr, ARGV[6]) end
 promote(ms)
 reap(ms, now_s)
+settle()
+local cap = tonumber(redis.call('HGET', LIMITS, 'max:' .. mgr) or '')
+if cap then
+  n = math.min(n, cap - tonumber(redis.call('HGET', LIMITS, 'active:' .. mgr) or '0'))
+end
+if n <= 0 then
+  flush()
+  return {}
+end
 -- the best n of the manager's ready jobs and the pool's, merged by score
 local mine = ready_key(mgr)
 local a = redis.call('ZRANGE', mine, 0, n - 1, 'WITHSCORES')
@@ -280,13 +317,14 @@ for i, id in ipairs(picked) do
   local j = load_all(id)
   local changes = {'attempts', tostring(j.attempts + 1), 'started_at', now_s,
     'token', tostring(last - #picked + i), 'node', node, 'lease_until', deadline,
-    'instance_id', false}
+    'instance_id', false, 'under', mgr}
   out[#out + 1] = move(j, 'active', changes)
   leases[#leases + 1] = deadline
   leases[#leases + 1] = id
   WAIT_SAMPLES[#WAIT_SAMPLES + 1] = tostring((tonumber(now_s) - tonumber(j.queued_at)) * 1000)
 end
 each_chunk('ZADD', LEASES, leases)
+redis.call('HINCRBY', LIMITS, 'active:' .. mgr, #picked)
 flush()
 return out
 """
@@ -452,7 +490,34 @@ STATS = (
 local ms = clock()
 return {redis.call('HGETALL', STATS), redis.call('LRANGE', WAITS, 0, SAMPLES - 1),
   redis.call('LRANGE', RUNS, 0, SAMPLES - 1),
-  redis.call('ZCOUNT', DONE, int(ms - WINDOW_MS), '+inf')}
+  redis.call('ZCOUNT', DONE, int(ms - WINDOW_MS), '+inf'), redis.call('HGETALL', LIMITS)}
+"""
+)
+
+# Retention. ARGV: base, run key ('' none), then job ids. Forgets each final job (its hash,
+# its place in the index, its counters); the run key goes once none of the ids is left
+# unfinished. → {jobs forgotten, jobs kept (not final)}
+PRUNE = (
+    _PRELUDE
+    + r"""
+local gone, kept = {}, 0
+for i = 3, #ARGV do
+  local j = load(ARGV[i])
+  if j and FINAL[j.state] then
+    count(j, -1)
+    redis.call('DEL', jkey(j.id))
+    gone[#gone + 1] = j.id
+  elseif j then
+    kept = kept + 1
+  end
+end
+if #gone > 0 then
+  each_chunk('ZREM', JOBS, gone)
+  each_chunk('ZREM', DONE, gone)
+end
+if kept == 0 and ARGV[2] ~= '' then redis.call('DEL', B .. ARGV[2]) end
+flush()
+return {#gone, kept}
 """
 )
 
