@@ -7,7 +7,7 @@ from __future__ import annotations
 import contextlib
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tcmd.api import Caller, NoParams, Tool
 from tcmd.errors import Conflict, Forbidden, InvalidParams, NotFound, TcmError
@@ -31,8 +31,10 @@ from tcmd.work.params import (
 from tcmd.work.queue.base import FINAL, Job, JobState, Priority, RetryPolicy, stats_of
 from tcmd.work.runmerge import MergeTool
 from tcmd.work.runview import run_row, run_tasks, task_row
-from tcmd.work.shared import SharedWork
 from tcmd.work.waiting import SharedRelease
+
+if TYPE_CHECKING:  # Redis is imported only with REDIS_URL
+    from tcmd.work.shared import SharedWork
 
 _UNSET_GRAPH_FIELDS = {"dependsOn", "runIfDependencyFails"}  # kept out of a job without them
 
