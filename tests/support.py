@@ -86,6 +86,9 @@ class DaemonProcess:
             "TCM_TMUX_SOCKET": self.tmux_socket,
             "TCM_LOG_FORMAT": "json",
             "TCM_LOG_LEVEL": "debug",
+            # Claude starts unpaced (the default is 2 a second): the suite's agents are the
+            # fake and a few real Claudes; test_resources tests the pacing with its own rate
+            "TCM_SPAWN_RATE": "0",
             **(extra_env or {}),
         }
         self.env.pop("TCM_INSTANCE_TOKEN", None)
