@@ -84,7 +84,7 @@ def main() -> None:
         used = cpu_seconds(pid) - c0
         window = time.monotonic() - t0
         print(
-            f"CPU of tcmd (health loop + 0.5 s reconcile, tmux clients included) with "
+            f"CPU of tcmd (health loop + the reconcile, tmux clients included) with "
             f"{N} idle instances at the default 10 s interval: "
             f"{100 * used / window:.2f} % of one core   (target <= 2 %)"
         )
