@@ -270,10 +270,9 @@ class Tmux:
                 answers = await asyncio.gather(*futures)
         except TimeoutError:
             self._breaker.timed_out()
+            # the connection stays: the answer still comes, in order (dropping it would lose
+            # the commands queued behind this one and cost a reconnection under load)
             log.warning("tmux_timeout", command=command, timeout_s=self.timeout_s, control=True)
-            # a connection that answers nothing holds every call behind it: drop it, calls
-            # go per call until the reconcile attaches a new one
-            self.disconnect()
             raise Unavailable(
                 f"tmux did not answer within {self.timeout_s}s", data={"command": command}
             ) from None
