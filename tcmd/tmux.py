@@ -166,6 +166,7 @@ _READ_ONLY = frozenset({"list-panes", "list-sessions", "has-session", "display-m
 # A paste's text travels as one argument of one line over the control connection; a
 # longer one goes by load-buffer from a client's stdin.
 PASTE_OVER_CONTROL_MAX = 16384
+ATTACH_RETRY_S = 30.0
 
 
 def _split(args: Sequence[str]) -> list[list[str]]:
@@ -238,6 +239,7 @@ class Tmux:
         self._breaker = _Breaker(breaker_threshold, breaker_cooldown_s)
         self.use_control = use_control
         self._control: ControlClient | None = None
+        self._attach_after = 0.0  # no attach before this (monotonic) after a failed one
 
     @property
     def connected(self) -> bool:
@@ -314,7 +316,7 @@ class Tmux:
         """
         if self.connected:
             return True
-        if not self.use_control:
+        if not self.use_control or time.monotonic() < self._attach_after:
             return False
         try:
             await self._control_session()
@@ -331,7 +333,9 @@ class Tmux:
         try:
             await control.start(self.timeout_s)
         except (ControlLost, TimeoutError, OSError) as exc:
-            log.warning("tmux control client failed to attach", error=str(exc))
+            # e.g. a tmux older than 3.2 (no attach-session -f): per call, asked again later
+            self._attach_after = time.monotonic() + ATTACH_RETRY_S
+            log.warning("tmux control client failed to attach", error=str(exc) or "timeout")
             return False
         control.on_lost = self._lost
         self._control = control
