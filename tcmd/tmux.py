@@ -167,6 +167,12 @@ _READ_ONLY = frozenset({"list-panes", "list-sessions", "has-session", "display-m
 # longer one goes by load-buffer from a client's stdin.
 PASTE_OVER_CONTROL_MAX = 16384
 ATTACH_RETRY_S = 30.0
+# Calls that make or end panes: tmux forks (and waits for its utmp helper) on each. Per
+# call, the start of each client process spaced them out; on the connection nothing
+# would, and a burst of them (200 launches at once) keeps the server from every other
+# client for seconds. So at most this many are in flight on the connection at once.
+_HEAVY = frozenset({"new-session", "respawn-pane", "kill-session"})
+HEAVY_IN_FLIGHT = 2
 
 
 def _split(args: Sequence[str]) -> list[list[str]]:
@@ -240,6 +246,7 @@ class Tmux:
         self.use_control = use_control
         self._control: ControlClient | None = None
         self._attach_after = 0.0  # no attach before this (monotonic) after a failed one
+        self._heavy = asyncio.Semaphore(HEAVY_IN_FLIGHT)
 
     @property
     def connected(self) -> bool:
@@ -252,13 +259,17 @@ class Tmux:
         command = _summary(args)
         commands = _split(args)
         if self.connected and stdin is None and all(routable(c) for c in commands):
-            try:
-                return await self._run_control(command, commands)
-            except ControlLost:
-                if not all(c[0] in _READ_ONLY for c in commands):
-                    raise Unavailable(
-                        "tmux control connection lost during the call", data={"command": command}
-                    ) from None
+            heavy = any(c[0] in _HEAVY for c in commands)
+            async with self._heavy if heavy else contextlib.nullcontext():
+                try:
+                    if self.connected:  # still, after the wait for a heavy call's turn
+                        return await self._run_control(command, commands)
+                except ControlLost:
+                    if not all(c[0] in _READ_ONLY for c in commands):
+                        raise Unavailable(
+                            "tmux control connection lost during the call",
+                            data={"command": command},
+                        ) from None
         return await self._run_client(command, args, stdin)
 
     async def _run_control(self, command: str, commands: list[list[str]]) -> str:
