@@ -210,7 +210,8 @@ async def test_control_chars_in_command_name_do_not_break_parsing(
 
     async def both_execed() -> dict[str, PaneInfo] | None:  # past `env -C DIR --`
         panes = {p.session: p for p in await tmux.panes()}
-        return panes if panes["exec_6"].command == "sleep" else None
+        past = panes["exec_6"].command == "sleep" and panes["exec_5"].command != "env"
+        return panes if past else None
 
     by_session = await until(both_execed, "both panes past env")
     assert by_session["exec_5"].command == "we\x1fi\trd;x"

@@ -100,6 +100,29 @@ async def test_commands_are_answered_in_order_with_their_errors(tmux: Tmux, tmp_
         await tmux.new_session("exec_1", ["sleep", "30"], cwd=tmp_path, env={})
 
 
+async def test_calls_that_make_panes_are_not_sent_in_a_burst(
+    tmux: Tmux, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    control = tmux._control
+    assert control is not None
+    in_flight: list[int] = []
+    real = control.submit
+
+    def submit(args: Any) -> Any:
+        in_flight.append(len(control.pending) + 1)
+        return real(args)
+
+    monkeypatch.setattr(control, "submit", submit)
+    names = [f"exec_{i}" for i in range(12)]
+    await asyncio.gather(
+        *(tmux.new_session(n, ["sleep", "30"], cwd=tmp_path, env={}) for n in names)
+    )
+    await asyncio.gather(*(tmux.kill_session(n) for n in names))
+    assert len(in_flight) == 24
+    assert max(in_flight) <= tcmd.tmux.HEAVY_IN_FLIGHT
+    assert await tmux.panes() == []
+
+
 async def test_hostile_arguments_mean_what_they_mean_per_call(
     tmux: Tmux, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
