@@ -1,8 +1,8 @@
 """The tcmctl command line (click). Every command takes --json for machine output.
 
-Exit codes: 0 ok, 1 the command ran but did not succeed, 2 usage, 3 daemon unreachable,
-4 refused by the daemon (its error code and message go to stderr), 5 `wait` timed out,
-130 interrupted while following a run (the run goes on).
+Exit codes: 0 ok, 1 the command ran but did not succeed, 2 usage, 3 daemon unreachable
+(or stopping), 4 refused by the daemon (its error code and message go to stderr), 5 `wait`
+timed out, 130 interrupted while following a run (the run goes on).
 """
 
 from __future__ import annotations

@@ -28,16 +28,24 @@ def wait_until(
     timeout_s: float = 10.0,
     interval_s: float = 0.01,
     what: str = "condition",
+    max_interval_s: float = 0.05,
 ) -> T:
-    """Poll ``predicate`` until it returns something truthy; fail after ``timeout_s``."""
+    """Poll ``predicate`` until it returns something truthy; fail after ``timeout_s``.
+
+    The first polls are ``interval_s`` apart, later ones further (x1.5 each, up to
+    ``max_interval_s``): a quick condition is seen at once, and a long wait does not take
+    the CPU from the daemon, tmux and agents it waits for (2 cores, two xdist workers).
+    """
     deadline = time.monotonic() + timeout_s
+    interval = interval_s
     while True:
         value = predicate()
         if value:
             return value
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
-        time.sleep(interval_s)
+        time.sleep(interval)
+        interval = min(interval * 1.5, max(interval_s, max_interval_s))
 
 
 def run_concurrently(fn: Callable[[], T], n: int, timeout_s: float = 60) -> list[T]:
@@ -78,10 +86,16 @@ class DaemonProcess:
             "TCM_TMUX_SOCKET": self.tmux_socket,
             "TCM_LOG_FORMAT": "json",
             "TCM_LOG_LEVEL": "debug",
+            # Claude starts unpaced (the default is 2 a second): the suite's agents are the
+            # fake and a few real Claudes; test_resources tests the pacing with its own rate
+            "TCM_SPAWN_RATE": "0",
             **(extra_env or {}),
         }
         self.env.pop("TCM_INSTANCE_TOKEN", None)
         self.env.pop("TCM_INSTANCE_ID", None)
+        # xdist's workers set COLUMNS=80 LINES=24: a pane's size must come from its tty
+        self.env.pop("COLUMNS", None)
+        self.env.pop("LINES", None)
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = state_dir.parent / f"tcmd-{self.tag}.log"
 

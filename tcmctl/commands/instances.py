@@ -28,6 +28,7 @@ LIST_COLUMNS = [
     "parentId",
     "status",
     "agent",
+    "memoryMb",
     "load",
     "workDir",
     "lastResult",
@@ -282,11 +283,13 @@ def health(obj: Ctx, instance_id: str | None) -> None:
         lambda r: (
             render.table(
                 [{**row, "reasons": "; ".join(row["reasons"])} for row in r["instances"]],
-                ["instanceId", "score", "verdict", "recoveries", "reasons"],
+                ["instanceId", "score", "verdict", "memoryMb", "recoveries", "reasons"],
                 max_width=70,
             )
             + f"\n{r['healthy']}/{r['total']} healthy, {r['recovering']} recovering, "
             f"{r['dead']} dead; last sweep {r['lastSweepMs']} ms"
+            + "".join(f"; {p} estimate {e['estimateMb']:.0f} MB"
+                      for p, e in r.get("memoryEstimates", {}).items())
         ),
     )
 

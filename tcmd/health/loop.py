@@ -7,12 +7,15 @@ plus a screen capture only where one is needed (a busy instance silent for the s
 time). A finished turn's output is read for error patterns. Each instance gets a
 score, a verdict and reasons:
 
-    healthy · dead · stuck · errored · rate-limited · over-memory · unresponsive · failed
+    healthy · dead · stuck · errored · rate-limited · auth-failed · over-memory ·
+    unresponsive · failed
 
 After UNHEALTHY_THRESHOLD bad sweeps in a row an instance is recovered: dead → restart
 (resuming its conversation); stuck → Escape and re-deliver the prompt in flight once,
 then restart; rate-limited → no new prompts (for Claude: to any Claude instance, it is
-the account's limit) until the reset time; over-memory (above TCM_INSTANCE_MEMORY_MAX_MB,
+the account's limit) until the reset time; auth-failed (a 401: the account's login) → the
+same hold on every instance of the account, no restart, no new task, reported once, until
+a turn succeeds again or AUTH_HOLD_S pass; over-memory (above TCM_INSTANCE_MEMORY_MAX_MB,
 for TCM_MEMORY_OVER_SWEEPS sweeps in a row) → restart, resuming. Each sweep also measures
 every instance's memory (health/memory.py). An instance that runs a job's attempt is left
 to the job (its timeout and retries recover the work). Recoveries are bounded per
@@ -36,8 +39,9 @@ import structlog
 
 from tcmd.config import Settings
 from tcmd.errors import TcmError, Unavailable
+from tcmd.health.holds import LOGIN, Holds
 from tcmd.health.memory import Memory
-from tcmd.health.patterns import match_error, rate_limit_reset, with_overrides
+from tcmd.health.patterns import auth_failure, match_error, rate_limit_reset, with_overrides
 from tcmd.instances.agents.registry import profile
 from tcmd.instances.delivery import Delivery
 from tcmd.instances.registry import Instances
@@ -46,8 +50,8 @@ from tcmd.tmux import PaneInfo
 
 log = structlog.get_logger(__name__)
 Emit = Callable[..., Any]
-SCORES = {"healthy": 100, "errored": 60, "rate-limited": 50, "over-memory": 40, "stuck": 30,
-          "unresponsive": 20, "dead": 0, "failed": 0}  # fmt: skip
+SCORES = {"healthy": 100, "errored": 60, "rate-limited": 50, "auth-failed": 50,
+          "over-memory": 40, "stuck": 30, "unresponsive": 20, "dead": 0, "failed": 0}  # fmt: skip
 REPEATS_STUCK = 3  # the same prompt submitted this often with no finished turn: stuck
 TCM_TOOLS = "mcp__tcm__"  # how Claude names tcm's own tools (the shim is server "tcm")
 _SPINNER = re.compile(r"[\d⠀-⣿✻✶✳✢✽·*●]+")  # spinners and timers animate while stuck
@@ -91,18 +95,20 @@ class Health:
         self.recovering: set[str] = set()
         self.given_up: set[str] = set()
         self.redelivered: set[str] = set()
-        self.held_until: dict[str, float] = {}  # instance id (or "agent:claude") -> unix time
+        self.holds = Holds(delivery, self.emit)  # rate limits and failed logins
         self._fingerprint: dict[str, tuple[str, float]] = {}  # screen, when it last changed
         self._activity: dict[str, float] = {}
         self._problem: dict[str, str | None] = {}  # error pattern seen on a ready screen
         self._reset: dict[str, str | None] = {}  # reset time an errored screen announced
         self._scanned_turn: dict[str, int] = {}  # the turn whose screen was last scanned
-        self.memory = Memory(settings.memory_estimate_mb)
+        self.memory = Memory(
+            settings.memory_estimate_mb, settings.instance_memory_max_mb, instances.store
+        )
         self.sweeps = 0
         self.last_sweep_ms = 0.0
         self._tasks: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
-        delivery.hold = self.hold_of
+        delivery.hold = self.holds.hold_of
         instances.listeners.append(self._on_state)
         instances.forget_listeners.append(self.forget)
 
@@ -110,23 +116,16 @@ class Health:
         """Drop what is kept about an instance retention has forgotten."""
         for per_instance in (self.checks, self.streak, self.recoveries, self._fingerprint,
                              self._activity, self._problem, self._reset, self._scanned_turn,
-                             self.held_until):  # fmt: skip
+                             self.holds.held_until):  # fmt: skip
             per_instance.pop(instance_id, None)
         for ids in (self.recovering, self.given_up, self.redelivered):
             ids.discard(instance_id)
         self.memory.forget(instance_id)
 
-    # -- holds (rate limits) ----------------------------------------------------------------
     def cancel_recoveries(self) -> None:
         """Stop every recovery in flight (the daemon is stopping)."""
         for task in list(self._tasks):
             task.cancel()
-
-    def hold_of(self, inst: Instance) -> float | None:
-        """Until when ``inst`` takes no new prompt (None: it may)."""
-        now = time.time()
-        until = max(self.held_until.get(inst.id, 0), self.held_until.get(f"agent:{inst.agent}", 0))
-        return until if until > now else None
 
     # -- the loop ---------------------------------------------------------------------------
     async def run(self) -> None:
@@ -150,6 +149,8 @@ class Health:
                     await self._wake.wait()
 
     def _on_state(self, inst: Instance, old: State) -> None:
+        if old == State.BUSY and inst.status == State.READY:
+            self.holds.turn_ended(inst)
         if inst.status in (State.EXITED, State.ERRORED) or (
             inst.status == State.READY and inst.id not in self.checks
         ):
@@ -176,6 +177,8 @@ class Health:
                 if (pane := panes.get(inst.id)) is not None and not pane.dead
             })  # fmt: skip
         for inst in watched:
+            if self.instances.pane_since.get(inst.id) == math.inf:
+                continue  # its pane is being made (or its start waits its turn): not dead
             if panes is None:
                 verdict = Verdict("unresponsive", ["tmux does not answer"])
             else:
@@ -209,22 +212,31 @@ class Health:
             and (old is None or old.verdict != "rate-limited")
             and not self.busy_with_job(inst.id)  # a job's attempt: its retries and backoff decide
         ):
-            self._hold(inst, verdict)  # once per episode: an expired hold is not renewed
+            self.holds.rate_limited(inst, verdict.reasons)  # once per episode
+        if verdict.verdict == "auth-failed" and (old is None or old.verdict != "auth-failed"):
+            self.holds.login_failed(inst)  # a job's specialist too: every retry would fail alike
         if verdict.verdict == "over-memory" and (old is None or old.verdict != "over-memory"):
             log.warning("instance over its memory cap", instance_id=inst.id,
                         reason=verdict.reasons[0])  # fmt: skip
             self.emit("memory.over", instanceId=inst.id, **self.memory.row(inst.id),
                       maxMb=self.settings.instance_memory_max_mb)  # fmt: skip
-        over = verdict.verdict == "over-memory"
-        threshold = self.settings.memory_over_sweeps if over else self.settings.unhealthy_threshold
         if (
             bad
-            and self.streak[inst.id] >= threshold
+            and self._due(inst.id, verdict)
             and inst.id not in self.recovering
             and not self.busy_with_job(inst.id)
             and verdict.verdict in ("dead", "stuck", "over-memory")  # unresponsive: tmux itself
-        ):  # must come back
+            and self.holds.account_held(inst.agent) is None  # must come back; a failed login: a
+        ):  # restart would fail the same way
             self._start_recovery(inst, verdict)
+
+    def _due(self, instance_id: str, verdict: Verdict) -> bool:
+        """Bad for long enough to recover: UNHEALTHY_THRESHOLD sweeps in a row, or for
+        memory TCM_MEMORY_OVER_SWEEPS measurements in a row above the cap."""
+        if verdict.verdict != "over-memory":
+            return self.streak[instance_id] >= self.settings.unhealthy_threshold
+        sample = self.memory.samples.get(instance_id)
+        return sample is not None and sample.over >= self.settings.memory_over_sweeps
 
     async def _check(self, inst: Instance, pane: PaneInfo | None) -> Verdict:
         if inst.status == State.EXITED or pane is None or pane.dead:
@@ -244,14 +256,7 @@ class Health:
         self._activity[inst.id] = pane.activity
         silent_s = now - self.instances.last_event.get(inst.id, 0)
         if inst.status == State.ERRORED:
-            reasons = [f"turn failed: {inst.last_error}"]
-            if changed or inst.id not in self._reset:
-                screen = await self.instances.tmux.capture(inst.id, 40)
-                self._reset[inst.id] = rate_limit_reset(screen)
-            reset = self._reset[inst.id]
-            if inst.last_error == "rate_limit" or reset is not None:
-                return Verdict("rate-limited", [*reasons, f"until {reset or 'later'}"])
-            return Verdict("errored", reasons)
+            return await self._errored(inst, changed)
         prompt, repeated = self.instances.repeats.get(inst.id, ("", 0))
         if repeated >= REPEATS_STUCK and inst.status in (State.BUSY, State.READY):
             return Verdict("stuck", [f"the same prompt was submitted {repeated} times without "
@@ -272,6 +277,8 @@ class Health:
                     inst.last_result or "", last_lines=200, patterns=self.patterns
                 )
             problem = self._problem.get(inst.id)
+            if auth_failure(None, problem):
+                return Verdict("auth-failed", [str(problem), LOGIN])
             if problem is not None:
                 reset = rate_limit_reset(problem)
                 if reset is not None:
@@ -282,10 +289,23 @@ class Health:
     def _memory_verdict(self, inst: Instance) -> Verdict:
         cap = self.settings.instance_memory_max_mb
         sample = self.memory.samples.get(inst.id)
-        if cap and sample is not None and sample.rss_mb > cap:
+        if cap and sample is not None and sample.over:
             return Verdict("over-memory", [f"uses {sample.rss_mb:.0f} MB, over "
                                            f"TCM_INSTANCE_MEMORY_MAX_MB {cap}"])  # fmt: skip
         return Verdict("healthy", [])
+
+    async def _errored(self, inst: Instance, changed: bool) -> Verdict:
+        """A failed turn: the account's login, its rate limit, or another error."""
+        reasons = [f"turn failed: {inst.last_error}"]
+        if auth_failure(inst.last_error):
+            return Verdict("auth-failed", [*reasons, LOGIN])
+        if changed or inst.id not in self._reset:
+            screen = await self.instances.tmux.capture(inst.id, 40)
+            self._reset[inst.id] = rate_limit_reset(screen)
+        reset = self._reset[inst.id]
+        if inst.last_error == "rate_limit" or reset is not None:
+            return Verdict("rate-limited", [*reasons, f"until {reset or 'later'}"])
+        return Verdict("errored", reasons)
 
     def _stall_s(self, inst: Instance) -> float:
         """How long ``inst`` may stay busy in silence: longer while one tool call runs, and
@@ -306,18 +326,6 @@ class Health:
             self._fingerprint[instance_id] = (fingerprint, now)
             return False
         return now - old[1] > stall_s
-
-    def _hold(self, inst: Instance, verdict: Verdict) -> None:
-        reset = next((r for r in verdict.reasons if r.startswith("until ")), "until later")
-        when = rate_limit_reset_time(reset.removeprefix("until "))
-        key = f"agent:{inst.agent}" if inst.agent == "claude" else inst.id
-        if self.held_until.get(key, 0) < time.time():  # not held yet (or the hold is over)
-            self.held_until[key] = when
-            log.info("holding new work", hold=key, until=when)
-            self.emit("health.hold", instanceId=inst.id, hold=key, until=when)
-            asyncio.get_running_loop().call_later(
-                max(0.0, when - time.time()) + 0.05, self.delivery.kick_all
-            )
 
     # -- recovery ---------------------------------------------------------------------------
     def _start_recovery(self, inst: Instance, verdict: Verdict) -> None:
@@ -357,6 +365,8 @@ class Health:
         finally:
             self.recovering.discard(inst.id)
         self.streak[inst.id] = 0
+        if (sample := self.memory.samples.get(inst.id)) is not None:
+            sample.over = 0  # the new process is measured afresh
         log.info("recovery", instance_id=inst.id, action=action, ok=ok, error=error)
         self.emit("recovery.result", instanceId=inst.id, action=action, ok=ok, error=error)
 
@@ -429,25 +439,8 @@ class Health:
             "sweeps": self.sweeps,
             "lastSweepMs": round(self.last_sweep_ms, 2),
             "memorySampleMs": round(self.memory.last_ms, 2),
+            "memorySampleCpuMs": round(self.memory.last_cpu_ms, 2),
+            "memoryMeasured": self.memory.last_measured,
             "memoryEstimates": self.memory.estimates.describe(),
             "instances": rows,
         }
-
-
-def rate_limit_reset_time(text: str) -> float:
-    """Unix time of a reset written like ``3pm``, ``3:30pm``, ``15:30`` (``:SS`` allowed),
-    in local time, the next such moment; else five minutes from now."""
-    now = time.time()
-    m = re.search(r"(\d{1,2})(?::(\d{2}))?(?::(\d{2}))?\s*([ap]m)?", text, re.IGNORECASE)
-    if not m:
-        return now + 300
-    hour, minute, second = int(m.group(1)), int(m.group(2) or 0), int(m.group(3) or 0)
-    if m.group(4):
-        hour = hour % 12 + (12 if m.group(4).lower() == "pm" else 0)
-    if hour > 23 or minute > 59 or second > 59:
-        return now + 300
-    local = time.localtime(now)
-    target = time.mktime(
-        (local.tm_year, local.tm_mon, local.tm_mday, hour, minute, second, 0, 0, -1)
-    )
-    return target if target > now else target + 86_400

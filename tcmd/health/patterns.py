@@ -13,9 +13,12 @@ from pathlib import Path
 
 from tcmd.config import read_pattern_file
 
+_AUTH = (r"API Error: 401|authentication_error|invalid x-api-key|Invalid API key|"
+         r"Please run /login|OAuth token has expired")
 PATTERNS: list[tuple[str, re.Pattern[str]]] = [
     ("usage limit", re.compile(r"usage limit reached|limit will reset|rate limit", re.I)),
     ("overloaded", re.compile(r"\boverloaded(_error)?\b|API Error: 529", re.I)),
+    ("authentication", re.compile(_AUTH, re.I)),
     ("api error", re.compile(r"API Error: \d{3}", re.I)),
     ("connection error", re.compile(r"connection error|ECONNREFUSED|ETIMEDOUT|fetch failed", re.I)),
     ("credit balance", re.compile(r"Credit balance is too low|credit balance", re.I)),
@@ -52,3 +55,11 @@ def rate_limit_reset(text: str) -> str | None:
         return None
     m = _RESET.search(text)
     return m.group(1).strip() if m else None
+
+
+def auth_failure(error: str | None, problem: str | None = None) -> bool:
+    """Whether a failed turn's ``error`` (StopFailure) or a screen's problem is a failed
+    login: the account's, not the instance's."""
+    return bool(error and "auth" in error.lower()) or bool(
+        problem and problem.startswith("authentication:")
+    )

@@ -344,9 +344,8 @@ class Instances:
         """Start (or restart in place) the agent process of ``inst``; whether it resumed.
         A paced profile's start first waits for its slot (TCM_SPAWN_RATE)."""
         prof = profile(inst.agent)
-        if prof.paced and await self.pacer.wait() and inst.status == State.TERMINATED:
-            raise Conflict(f"{inst.id} was terminated while it waited for its turn to start",
-                           data={"instanceId": inst.id})  # fmt: skip
+        if prof.paced:
+            await self._paced(inst)
         idir = self.settings.state_dir / "instances" / inst.id
         idir.mkdir(mode=0o700, parents=True, exist_ok=True)
         env = self._agent_env(inst, launch=inst.launched + 1)
@@ -394,6 +393,23 @@ class Instances:
             pane=pane.pane_id,
         )
         return spec.resumed
+
+    async def _paced(self, inst: Instance) -> None:
+        """Wait for the start's slot (TCM_SPAWN_RATE). Meanwhile the instance is starting
+        (a restart too: its old pane is gone), and a listing must not take the pane it has
+        not got yet for one that vanished."""
+        if inst.status not in (State.STARTING, State.TERMINATED):
+            self._set(inst, State.STARTING)
+        self.pane_since[inst.id] = float("inf")
+        try:
+            await self.pacer.wait()
+        except BaseException:
+            self.pane_since[inst.id] = time.monotonic()
+            raise
+        if inst.status == State.TERMINATED:
+            self.pane_since[inst.id] = time.monotonic()
+            raise Conflict(f"{inst.id} was terminated while it waited for its turn to start",
+                           data={"instanceId": inst.id})  # fmt: skip
 
     async def _start_pane(
         self, inst: Instance, argv: list[str], cwd: Path, env: dict[str, str]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -18,9 +18,11 @@ from tcmd.errors import Conflict, InvalidParams, NotFound
 from tcmd.instances.agents.registry import profile
 from tcmd.instances.authz import check_target, is_descendant, spawn_parent
 from tcmd.instances.delivery import Delivery
-from tcmd.instances.forward import MARGIN_S, Forwarder
 from tcmd.instances.registry import Instances
 from tcmd.model import IDLE, LIVE, Instance, Role, State, public_row
+
+if TYPE_CHECKING:  # Redis is imported only with REDIS_URL
+    from tcmd.instances.forward import Forwarder
 
 RoleName = Literal["executive", "manager", "specialist"]
 InstanceId = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_]+$")]
@@ -310,6 +312,8 @@ class InstanceTools:
             if len(away) < len(ids) or len(set(away.values())) > 1:
                 raise InvalidParams("instanceIds: wait on the instances of one node at a time")
             node, alive = next(iter(away.values()))
+            from tcmd.instances.forward import MARGIN_S  # with Redis only: imported then
+
             timeout_s = getattr(p, "timeoutMs", 0) / 1000 + MARGIN_S
             return await fwd.call(node, alive, method, p.model_dump(), caller, timeout_s)
 

@@ -18,11 +18,9 @@ import time
 from collections import Counter
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
-from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
 from tcmd.api import OPERATOR, Caller, Catalogue
 from tcmd.changes import Changes
@@ -32,7 +30,6 @@ from tcmd.health.loop import Health
 from tcmd.health.tools import HealthTools
 from tcmd.instances.authz import may_see
 from tcmd.instances.delivery import Delivery
-from tcmd.instances.forward import Forwarder
 from tcmd.instances.registry import Instances
 from tcmd.instances.tools import InstanceTools
 from tcmd.model import Instance, Role, State
@@ -50,7 +47,6 @@ from tcmd.server.tools import CoreTools
 from tcmd.store import StateDamaged
 from tcmd.store.jsonfile import JsonFileStore
 from tcmd.store.locks import Locks, embedded_locks, redis_locks
-from tcmd.store.mirror import Mirror
 from tcmd.tmux import Tmux
 from tcmd.usage.ledger import Account, Ledger
 from tcmd.usage.tools import UsageTools
@@ -58,11 +54,16 @@ from tcmd.usage.transcript import KINDS
 from tcmd.work.budget import Budgets
 from tcmd.work.dispatcher import Parallel
 from tcmd.work.queue.local import LocalJobQueue
-from tcmd.work.queue.redis import RedisJobQueue
 from tcmd.work.repolocks import RepoLocks
 from tcmd.work.retention import Retention
-from tcmd.work.shared import WAIT_S, SharedWork
 from tcmd.work.tools import ParallelTools
+
+if TYPE_CHECKING:  # Redis is imported only with REDIS_URL: ~0.1 s off every plain start
+    from redis.asyncio import Redis
+
+    from tcmd.instances.forward import Forwarder
+    from tcmd.store.mirror import Mirror
+    from tcmd.work.shared import SharedWork
 
 log = structlog.get_logger(__name__)
 SHUTDOWN_GRACE_S = 5.0
@@ -101,6 +102,8 @@ class Daemon:
         memory = self.health.memory  # the admission of specialists learns from its samples
         self.parallel.admission.estimate = memory.estimates.of
         self.parallel.admission.measured = memory.samples.__contains__
+        self.parallel.account_held = self.health.holds.account_held  # a failed login: tasks
+        self.health.holds.released = self.parallel.kick  # wait, and go when it works again
         self.retention = Retention(settings, self.instances, self.parallel, emit=self.emit)
         self.ledger = Ledger(self.store, Prices({}))  # the table is read at start
         self.budgets = Budgets(settings, self.parallel, self.ledger, self.emit)
@@ -151,6 +154,13 @@ class Daemon:
             if fields.get("waitMs") is not None:
                 m.queue_wait.observe(fields["waitMs"] / 1000)
 
+    def _load_learned(self) -> None:
+        """What the store kept of the event log, the usage and the memory estimates."""
+        self.events.load()
+        self.ledger.prices = Prices.load(self.settings.prices_file)  # checked by Settings
+        self.ledger.load()  # before any hook, and before the dispatcher asks the budgets
+        self.health.memory.load()  # what instances of each profile took, for admission
+
     def _observe(self) -> None:
         """Connect the services' signals to the event log and the metrics."""
         self.parallel.emit = self.emit
@@ -194,7 +204,7 @@ class Daemon:
 
     def _after_sweep(self) -> None:
         sdnotify.notify("WATCHDOG=1")  # a stalled sweep stops it: systemd restarts us
-        if self.parallel.held:  # memory may have freed: the held jobs are looked at again
+        if self.parallel.held or self.parallel.claims_held:  # memory may have freed: look again
             self.parallel.kick()
 
     def _count_usage(self, acct: Account | None, model: str, counts: list[int]) -> None:
@@ -252,9 +262,7 @@ class Daemon:
         self.store.put("meta", "boots", self.boots)
         if self.settings.redis_url:
             self._with_redis(self.settings.redis_url)
-        self.events.load()
-        self.ledger.prices = Prices.load(self.settings.prices_file)  # checked by Settings
-        self.ledger.load()  # before any hook, and before the dispatcher asks the budgets
+        self._load_learned()
         self._observe()
         if self.settings.hooks == "http":  # before any launch: the agents' settings name it
             await self.hooks.start()
@@ -319,6 +327,8 @@ class Daemon:
             log.warning("background task did not stop in time", task=task.get_name())
         self.tmux.disconnect()  # the control client; the server and its panes live on
         await self.lock_service.close()
+        if self.settings.redis_url:
+            from redis.exceptions import RedisError  # imported with REDIS_URL only
         if self._lock_client is not None:
             with contextlib.suppress(RedisError, OSError):
                 await self._lock_client.aclose()
@@ -333,6 +343,10 @@ class Daemon:
 
     def _mirror(self, url: str) -> Mirror:
         """The Redis mirror of this node's state (REDIS_URL set): its own client."""
+        from redis.asyncio import Redis
+
+        from tcmd.store.mirror import Mirror
+
         client = Redis.from_url(
             url, socket_timeout=REDIS_TIMEOUT_S, socket_connect_timeout=REDIS_TIMEOUT_S
         )
@@ -349,6 +363,11 @@ class Daemon:
     def _with_redis(self, url: str) -> None:
         """REDIS_URL set: the mirror, ids numbered across nodes, the shared job queue and
         the forwarding of calls to other nodes' instances."""
+        from redis.asyncio import Redis
+
+        from tcmd.instances.forward import Forwarder
+        from tcmd.work.shared import WAIT_S
+
         self.mirror = self._mirror(url)
         self.instances.number_executive = partial(self.mirror.number, "exec")
         self.instances.number_child = self._number_child
@@ -374,6 +393,9 @@ class Daemon:
 
     def _shared(self, client: Redis) -> SharedWork:
         """The shared job queue, on the client whose reads may block for a BLPOP."""
+        from tcmd.work.queue.redis import RedisJobQueue
+        from tcmd.work.shared import SharedWork
+
         queue = RedisJobQueue(
             client, prefix=self.settings.redis_prefix, lease_ms=self.settings.lease_ms
         )

@@ -17,6 +17,7 @@ test rewrites to make room appear or vanish.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Protocol
@@ -27,6 +28,7 @@ from tcmd.config import Settings
 
 log = structlog.get_logger(__name__)
 RECHECK_S = 1.0  # while a job is held, the dispatcher looks again this often
+CACHE_S = 0.1  # figures read this recently are used again (a busy queue dispatches often)
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 NO_LIMIT = 1 << 60  # cgroup v1 writes "no limit" as a page-rounded LONG_MAX
 
@@ -95,6 +97,8 @@ class ProcFigures:
         self.test_file = test_file
         self.meminfo = test_file or Path("/proc/meminfo")
         self.cgroups: list[tuple[Path, str, str]] = []
+        self._cached: float | None = None
+        self._read_at = -CACHE_S
         if test_file is None:
             try:
                 self.cgroups = cgroup_dirs(Path("/proc/self/cgroup").read_text())
@@ -102,6 +106,13 @@ class ProcFigures:
                 self.cgroups = []
 
     def available_mb(self) -> float | None:
+        now = time.monotonic()
+        if now - self._read_at < CACHE_S:
+            return self._cached
+        self._cached, self._read_at = self._read(), now
+        return self._cached
+
+    def _read(self) -> float | None:
         try:
             kb = meminfo_available_kb(self.meminfo.read_text())
         except (OSError, ValueError) as exc:

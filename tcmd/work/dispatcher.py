@@ -115,7 +115,11 @@ class Parallel:
         self.may_start: Callable[[Job], str | None] = lambda job: None
         # memory: a job starts only while its specialist fits (work/admission.py)
         self.admission = Admission(settings, ProcFigures(settings.memory_figures))
-        self.held: dict[str, str] = {}  # job id -> why it waits (held: memory …)
+        self.held: dict[str, str] = {}  # job id -> why it waits now (held: memory …)
+        self._told: set[str] = set()  # held jobs whose job.held event went out (once each)
+        self.claims_held: str | None = None  # REDIS_URL: why the claim loop claims nothing
+        # "is the account of this profile held?" (a failed login: health/loop.py)
+        self.account_held: Callable[[str], str | None] = lambda agent: None
         # tasks waiting for their dependencies (work/waiting.py): queued when they are ready
         self.waiting = Waiting(store, queue, self._live_manager)
         self.waiting.emit = self.emit_job
@@ -180,7 +184,7 @@ class Parallel:
         while True:
             wake_at = self.queue.next_wakeup()
             delay = None if wake_at is None else max(0.0, wake_at - time.time())
-            if self.held:  # held for memory: look again soon, it may have freed
+            if self.held or self.claims_held:  # held: look again soon, memory may have freed
                 delay = RECHECK_S if delay is None else min(delay, RECHECK_S)
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(delay):
@@ -213,6 +217,7 @@ class Parallel:
         if self.waiting.stalled:
             self.waiting.retry_stalled()
         now = time.time()
+        held: dict[str, str] = {}  # what this round finds held: the jobs next in line
         busy = {m for m, n in self.active.items() if n > 0}
         for manager in sorted(self.live_managers(), key=lambda m: m.id):
             mid = manager.id
@@ -222,13 +227,12 @@ class Parallel:
                 job = self.queue.peek(mid, now)
                 if job is None:
                     break
-                if (held := self.memory_held(job)) is not None:
-                    self._hold(job, held)
+                if (why := self.held_reason(job)) is not None:
+                    self._hold(job, why, held)
                     break  # this manager's next job waits; another profile may still fit
                 job = self.queue.take(mid, now)
                 if job is None:  # never: peek said it is there
                     break
-                self.held.pop(job.job_id, None)
                 if (refused := self.may_start(job)) is not None:
                     self.emit_job(self.queue.cancel(job.job_id, refused))
                     continue
@@ -241,17 +245,28 @@ class Parallel:
                 task = asyncio.get_running_loop().create_task(self.attempt(job, mid))
                 self.attempts[job.job_id] = task
                 task.add_done_callback(functools.partial(self.attempt_done, job.job_id, mid))
-        if self.held:
-            self.held = {j: why for j, why in self.held.items() if self._queued(j)}
+        self.held = held
+        if self._told:  # a job that left the queue is never held again
+            self._told = {j for j in self._told if self._queued(j)}
         self.instances.changes.fire()
         if self.poke is not None:
             self.poke()
 
-    # -- memory admission (work/admission.py) ---------------------------------------------
-    def memory_held(self, job: Job) -> str | None:
-        """Why ``job`` may not start now for want of memory (None: it may)."""
+    # -- held tasks: the account, memory (work/admission.py) -------------------------------
+    def held_reason(self, job: Job) -> str | None:
+        """Why ``job`` may not start now: its account's login failed, or memory is short
+        (None: it may start)."""
         run = self.runs.get(job.run_id)
-        return self.admission.check(run.agent if run else "claude", self.starting())
+        agent = run.agent if run else "claude"
+        return self.account_held(agent) or self.admission.check(agent, self.starting())
+
+    def held_of(self, job: Job) -> str | None:
+        """Why a waiting ``job`` does not start now, if it is held (shown with the task)."""
+        if (why := self.held.get(job.job_id)) is not None:
+            return why
+        if self.claims_held and job.state == JobState.QUEUED and job.extra.get("shared"):
+            return self.claims_held  # REDIS_URL: nothing is claimed while memory is short
+        return None
 
     def starting(self) -> list[tuple[str, str | None]]:
         """(profile, specialist id or None) of every attempt running now."""
@@ -266,12 +281,13 @@ class Parallel:
             out.append((run.agent if run else "claude", job.instance_id))
         return out
 
-    def _hold(self, job: Job, why: str) -> None:
-        if job.job_id not in self.held:
+    def _hold(self, job: Job, why: str, held: dict[str, str]) -> None:
+        if job.job_id not in self._told:
+            self._told.add(job.job_id)
             log.info("job held", job_id=job.job_id, reason=why)
             self.emit("job.held", jobId=job.job_id, taskId=job.task_id, runId=job.run_id,
                       managerId=job.manager_id, reason=why)  # fmt: skip
-        self.held[job.job_id] = why
+        held[job.job_id] = why
 
     def _queued(self, job_id: str) -> bool:
         try:

@@ -41,11 +41,11 @@ def run_tasks(parallel: Parallel, run: Run) -> list[dict[str, Any]]:
     """Every task of a run in task order: its job's row, or what it waits for."""
     waiting = parallel.waiting
     if not waiting.pending(run.run_id):
-        return [task_row(j, parallel.held.get(j.job_id)) for j in parallel.run_jobs(run)]
+        return [task_row(j, parallel.held_of(j)) for j in parallel.run_jobs(run)]
     return [
         waiting.row(run.run_id, task_id)
         if waiting.is_waiting(run.run_id, task_id)
-        else task_row(parallel.queue.get(job_id), parallel.held.get(job_id))
+        else task_row(job := parallel.queue.get(job_id), parallel.held_of(job))
         for task_id, job_id in run.job_ids.items()
     ]
 

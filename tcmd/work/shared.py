@@ -318,8 +318,10 @@ class SharedWork:
         if (mid not in busy and len(busy) >= p.manager_limit()) or self._full(mid):
             return
         free = p.limit_for(mid) - p.active.get(mid, 0)
-        if free > 0 and p.admission.check("claude", p.starting()) is not None:
-            return  # no room for one more (Claude) specialist: claim nothing until there is
+        if free > 0:  # no room for one more (Claude) specialist: claim nothing until there is
+            p.claims_held = p.admission.check("claude", p.starting())
+            if p.claims_held is not None:
+                return
         if free > 0 and foreign:
             free = min(await self._fit(mid, free), p.limit_for(mid) - p.active.get(mid, 0))
         if free <= 0:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import contextlib
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tcmd.api import Caller, NoParams, Tool
 from tcmd.errors import Conflict, Forbidden, InvalidParams, NotFound, TcmError
@@ -31,8 +31,10 @@ from tcmd.work.params import (
 from tcmd.work.queue.base import FINAL, Job, JobState, Priority, RetryPolicy, stats_of
 from tcmd.work.runmerge import MergeTool
 from tcmd.work.runview import run_row, run_tasks, task_row
-from tcmd.work.shared import SharedWork
 from tcmd.work.waiting import SharedRelease
+
+if TYPE_CHECKING:  # Redis is imported only with REDIS_URL
+    from tcmd.work.shared import SharedWork
 
 _UNSET_GRAPH_FIELDS = {"dependsOn", "runIfDependencyFails"}  # kept out of a job without them
 
@@ -377,7 +379,7 @@ class ParallelTools:
         else:
             jobs, managers = self.p.queue.jobs(manager_id=p.managerId), [str(p.managerId)]
             held = self.p.waiting.of_manager(str(p.managerId))
-            rows = [task_row(j, self.p.held.get(j.job_id)) for j in jobs]
+            rows = [task_row(j, self.p.held_of(j)) for j in jobs]
             rows += [self.p.waiting.row(*w) for w in held]
             waiting = len(held)
         by = {s: sum(j.state == s for j in jobs) for s in JobState}
@@ -437,9 +439,9 @@ class ParallelTools:
             manager_id=p.managerId,
             limit=None if not caller.is_operator else p.limit,
         )
-        held = self.p.held
+        held = self.p.held_of
         return [
-            {**j.public(), **({"held": held[j.job_id]} if j.job_id in held else {})}
+            {**j.public(), **({"held": why} if (why := held(j)) is not None else {})}
             for j in found
             if self._mine(caller, j)
         ][: p.limit]

@@ -10,19 +10,31 @@ of the pane's process tree) when idle and after one turn. Feeds docs/resources.m
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import statistics
 import sys
 import time
 from pathlib import Path
 
-from tests.bench.common import agent_daemon
+from tcmd.health.memory import tree
+from tests.bench.common import agent_daemon, cpu_seconds
 from tests.compat.conftest import API_KEY, claude_binary
 from tests.fakes import FAKE_CLAUDE
 from tests.fakes.fake_anthropic import FakeAnthropic
-from tests.support import run_concurrently, wait_until
+from tests.support import AgentDaemon, run_concurrently, wait_until
 
-N = 5
+N = 5  # set to 1 by --one: a start alone
+
+def start_cpu_s(agents: AgentDaemon, instance_id: str) -> float:
+    """CPU seconds the instance's process tree has used so far."""
+    pane = int(agents.daemon.tmux("display", "-p", "-t", f"={instance_id}:", "#{pane_pid}"))
+    total = 0.0
+    for pid in tree(pane):
+        with contextlib.suppress(OSError):
+            total += cpu_seconds(pid, children=False)
+    return total
 
 
 def measure(rate: str, claude: Path, env: dict[str, str]) -> None:
@@ -34,7 +46,8 @@ def measure(rate: str, claude: Path, env: dict[str, str]) -> None:
 
         def one() -> float:
             t = time.monotonic()
-            agents.spawn(timeoutMs=60_000)
+            spawned = agents.spawn(timeoutMs=60_000)
+            assert spawned["status"] == "ready", spawned
             return time.monotonic() - t
 
         t = time.monotonic()
@@ -44,6 +57,10 @@ def measure(rate: str, claude: Path, env: dict[str, str]) -> None:
               f"each spawn → ready median {statistics.median(each):.2f} s, "
               f"max {max(each):.2f} s")  # fmt: skip
         ids = [f"exec_{i}" for i in range(1, N + 1)]
+        cpu = [start_cpu_s(agents, iid) for iid in ids]
+        print(f"  CPU a start took (the pane's tree, spawn → ready): median "
+              f"{statistics.median(cpu):.2f} s, max {max(cpu):.2f} s; load average "
+              f"{os.getloadavg()[0]:.1f}")  # fmt: skip
 
         def rows() -> list[dict[str, float]]:
             return [r for r in agents.call("list") if "pssMb" in r]
@@ -66,6 +83,9 @@ def measure(rate: str, claude: Path, env: dict[str, str]) -> None:
 
 
 def main() -> None:
+    global N  # noqa: PLW0603  # a command-line switch of a benchmark script
+    if "--one" in sys.argv:
+        N = 1
     fake = "--fake" in sys.argv or not claude_binary().exists()
     if fake:
         print("the fake Claude (tests/fakes)")
@@ -78,7 +98,7 @@ def main() -> None:
                "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1", "DISABLE_TELEMETRY": "1",
                "DISABLE_ERROR_REPORTING": "1", "DISABLE_AUTOUPDATER": "1",
                "CLAUDE_CODE_MAX_RETRIES": "1", "CLAUDE_CODE_DISABLE_ALTERNATE_SCREEN": "1",
-               "IS_SANDBOX": "1"}  # fmt: skip
+               "IS_SANDBOX": "1", "TCM_CLAUDE_COMMAND": str(claude_binary())}  # fmt: skip
         for rate in ("0", "2"):
             measure(rate, claude_binary(), env)
 

@@ -189,6 +189,30 @@ def test_rate_limited_api_holds_new_prompts(
     assert "@reply later" not in fake_api.prompts()
 
 
+def test_a_401_holds_every_instance_of_the_account(
+    start_claude: Callable[..., AgentDaemon], fake_api: FakeAnthropic
+) -> None:
+    claude = start_claude(HEALTH_CHECK_INTERVAL="200")
+    first, second = spawn_ready(claude), spawn_ready(claude)
+    claude.call("send", {"instanceId": first, "text": "@fail 401"})
+    claude.wait_status(first, "errored", timeout_s=30)
+    error = claude.call("read", {"instanceId": first})["lastError"]
+    assert error == "authentication_failed"  # StopFailure of Claude Code 2.1.332 for a 401
+    wait_until(
+        lambda: any(
+            r["instanceId"] == first and r["verdict"] == "auth-failed"
+            for r in claude.call("health", {})["instances"]
+        ),
+        10,
+        what=f"the auth-failed verdict (StopFailure error {error!r})",
+    )
+    events = claude.call("events", {"since": 0, "limit": 10_000})["events"]
+    assert [e["instanceId"] for e in events if e["kind"] == "account.auth"] == [first]
+    held = claude.call("send", {"instanceId": second, "text": "@reply later", "timeoutMs": 500})
+    assert held["delivered"] is False and held["queued"] is True  # the other one is held too
+    assert "@reply later" not in fake_api.prompts()
+
+
 def test_restart_resumes_the_conversation(claude: AgentDaemon, fake_api: FakeAnthropic) -> None:
     exec_id = spawn_ready(claude)
     claude.call("send", {"instanceId": exec_id, "text": "@reply remembered\nfirst prompt"})

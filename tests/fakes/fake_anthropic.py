@@ -11,7 +11,7 @@ What it answers is chosen by the lines of the turn's prompt that start with ``@`
 | (none) | ``ok: <n> chars`` |
 | ``@reply TEXT`` | the final text is TEXT |
 | ``@tool NAME {json}`` | call tool NAME with that input; the final text quotes the results |
-| ``@fail STATUS`` | answer with HTTP STATUS (429, 500, 529) and the API's error body |
+| ``@fail STATUS`` | answer with HTTP STATUS (401, 429, 500, 529) and the API's error body |
 | ``@slow SECONDS`` | wait that long before answering (the turn stays busy) |
 | ``@usage in=N out=N cw=N cr=N`` | tokens each answer reports (default: 10 in, 5 out) |
 
@@ -40,6 +40,7 @@ from typing import Any
 
 REMINDER = "<system-reminder>"
 ERRORS = {
+    401: ("authentication_error", "invalid x-api-key"),
     429: ("rate_limit_error", "Number of request tokens has exceeded your rate limit."),
     500: ("api_error", "Internal server error"),
     529: ("overloaded_error", "Overloaded"),

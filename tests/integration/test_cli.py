@@ -22,32 +22,32 @@ def run(
     )
 
 
-def test_status_json_and_table(daemon: DaemonProcess) -> None:
-    out = run(["status", "--json"], daemon.env)
+def test_status_json_and_table(module_daemon: DaemonProcess) -> None:
+    out = run(["status", "--json"], module_daemon.env)
     assert out.returncode == 0, out.stderr
     st = json.loads(out.stdout)
-    assert st["pid"] == daemon.proc.pid  # type: ignore[union-attr]
-    table = run(["status"], daemon.env)
+    assert st["pid"] == module_daemon.proc.pid  # type: ignore[union-attr]
+    table = run(["status"], module_daemon.env)
     assert table.returncode == 0
     assert f"pid {st['pid']}" in table.stdout
     assert "jsonfile ok" in table.stdout
 
 
-def test_exit_codes(daemon: DaemonProcess, tmp_path: Path) -> None:
-    assert run(["no-such-command"], daemon.env).returncode == 2
-    refused = run(["call", "describe", '{"name": 3}'], daemon.env)
+def test_exit_codes(module_daemon: DaemonProcess, tmp_path: Path) -> None:
+    assert run(["no-such-command"], module_daemon.env).returncode == 2
+    refused = run(["call", "describe", '{"name": 3}'], module_daemon.env)
     assert refused.returncode == 4
     assert "name:" in refused.stderr
     assert "-32602" in refused.stderr
-    gone = dict(daemon.env, TCM_SOCKET=str(tmp_path / "none.sock"))
+    gone = dict(module_daemon.env, TCM_SOCKET=str(tmp_path / "none.sock"))
     unreachable = run(["--no-autostart", "status"], gone)
     assert unreachable.returncode == 3
     assert "not running" in unreachable.stderr
-    assert run(["call", "ping", "not json"], daemon.env).returncode == 2
+    assert run(["call", "ping", "not json"], module_daemon.env).returncode == 2
 
 
-def test_call_reads_params_from_stdin(daemon: DaemonProcess) -> None:
-    out = run(["call", "describe", "-"], daemon.env, stdin='{"name": "status"}')
+def test_call_reads_params_from_stdin(module_daemon: DaemonProcess) -> None:
+    out = run(["call", "describe", "-"], module_daemon.env, stdin='{"name": "status"}')
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["name"] == "status"
 

@@ -109,6 +109,7 @@ def test_ctrl_c_leaves_the_run_going_and_says_how_to_come_back(
     finally:
         if proc.poll() is None:
             proc.kill()
+            proc.wait(10)  # reaped here, not left to warn in whichever test collects it
     said = err_path.read_text()
     assert "run_1 goes on" in said
     assert "tcmctl run run_1 --follow" in said

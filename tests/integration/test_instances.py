@@ -262,7 +262,8 @@ def test_daemon_kill9_then_readoption(agents: AgentDaemon, tmp_path: Path) -> No
     agents.spawn()
     agents.spawn()
     agents.spawn()
-    agents.call("send", {"instanceId": "exec_2", "text": "@work 3\n@reply late"})
+    # busy long enough to outlast a restart of tcmd on a loaded machine (3 s did not)
+    agents.call("send", {"instanceId": "exec_2", "text": "@work 6\n@reply late"})
     agents.daemon.kill9()
     # while the daemon is down: one agent dies
     agents.daemon.tmux("kill-session", "-t", "=exec_3:")

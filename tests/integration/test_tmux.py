@@ -207,15 +207,13 @@ async def test_control_chars_in_command_name_do_not_break_parsing(
     weird.symlink_to("/bin/sleep")  # tmux prints this name raw, separator included
     await tmux.new_session("exec_5", [str(weird), "30"], cwd=tmp_path, env={})
     await tmux.new_session("exec_6", ["sleep", "30"], cwd=tmp_path, env={})
+    wanted = {"exec_5": "we\x1fi\trd;x", "exec_6": "sleep"}
 
-    async def both_execed() -> dict[str, PaneInfo] | None:  # past `env -C DIR --`
-        panes = {p.session: p for p in await tmux.panes()}
-        past = panes["exec_6"].command == "sleep" and panes["exec_5"].command != "env"
-        return panes if past else None
+    async def commands() -> dict[str, str] | None:  # each pane runs `env` until it execs
+        seen = {p.session: p.command for p in await tmux.panes()}
+        return seen if seen == wanted else None
 
-    by_session = await until(both_execed, "both panes past env")
-    assert by_session["exec_5"].command == "we\x1fi\trd;x"
-    assert by_session["exec_6"].command == "sleep"
+    await until(commands, "both commands parsed whole")
 
 
 async def test_respawn_replaces_a_dead_process_in_place(tmux: Tmux, tmp_path: Path) -> None:

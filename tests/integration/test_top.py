@@ -113,7 +113,7 @@ def test_top_shows_the_tree_and_follows_a_state_change(team: DaemonProcess, term
     assert term.row("exec_1")[1] == "ready"
     assert term.row("mgr_1_1")[1] == "ready"
     assert COLOUR.search(term.screen(colours=True))  # colour unless NO_COLOR says otherwise
-    sent = team.call("send", {"instanceId": "exec_1", "text": "sleep 4"})
+    sent = team.call("send", {"instanceId": "exec_1", "text": "sleep 2"})  # > the 1 s below
     assert sent["delivered"]  # acknowledged by the agent: it is busy now
     changed = time.monotonic()
     wait_until(lambda: term.row("exec_1")[1:2] == ["busy"], 1.0, what="exec_1 busy on screen")
@@ -183,7 +183,7 @@ def test_top_survives_a_resize_and_a_daemon_restart(team: DaemonProcess, term: T
             lambda s, h=height: (
                 len(lines := s.splitlines()) == h and KEYS_LINE in lines[-1] and "mgr_1_2" in s
             ),
-            5,
+            10,
             f"top redrawn in {width}x{height}",
         )
     old_pid = team.proc.pid  # type: ignore[union-attr]

@@ -70,6 +70,13 @@ def test_every_variable_parses() -> None:
         ("TCM_SOCKET", "/tmp/" + "d" * 120),
         ("TCM_AGENT_NICE", "20"),
         ("TCM_AGENT_NICE", "-5"),
+        ("TCM_SPAWN_RATE", "fast"),
+        ("TCM_SPAWN_RATE", "-1"),
+        ("TCM_MEMORY_RESERVE_MB", "-1"),
+        ("TCM_MEMORY_ESTIMATE_MB", "0"),
+        ("TCM_INSTANCE_MEMORY_MAX_MB", "1.5"),
+        ("TCM_MEMORY_OVER_SWEEPS", "0"),
+        ("TCM_TEST_MEMORY_FIGURES", "/nonexistent/meminfo"),
     ],
 )
 def test_invalid_values_name_the_variable(var: str, value: str) -> None:
@@ -152,3 +159,14 @@ def test_the_shared_budget_takes_one_largest_frame() -> None:
         Settings.from_env({**BASE, "TCM_MAX_PENDING_BYTES": str(1 << 20)})
     assert info.value.variable == "TCM_MAX_PENDING_BYTES"
     assert "at least TCM_MAX_FRAME_BYTES (4194304)" in info.value.message
+
+
+def test_memory_and_pacing_settings(tmp_path: Path) -> None:
+    s = Settings.from_env(BASE)
+    assert (s.memory_estimate_mb, s.memory_reserve_mb, s.instance_memory_max_mb) == (600, 1024, 0)
+    assert (s.memory_over_sweeps, s.spawn_rate, s.memory_figures) == (3, 2.0, None)
+    figures = tmp_path / "meminfo"
+    figures.write_text("MemAvailable: 1 kB\n")
+    s = Settings.from_env({**BASE, "TCM_SPAWN_RATE": "0.5", "TCM_INSTANCE_MEMORY_MAX_MB": "4096",
+                           "TCM_TEST_MEMORY_FIGURES": str(figures)})  # fmt: skip
+    assert (s.spawn_rate, s.instance_memory_max_mb, s.memory_figures) == (0.5, 4096, figures)

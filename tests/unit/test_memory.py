@@ -9,6 +9,7 @@ from pathlib import Path
 
 from tcmd.config import Settings
 from tcmd.health.memory import Estimates, Memory, percentile, tree
+from tcmd.store.jsonfile import JsonFileStore
 from tcmd.work.admission import (
     Admission,
     ProcFigures,
@@ -94,4 +95,53 @@ def test_admission_holds_with_the_reason_until_room_appears(tmp_path: Path) -> N
     admission.measured = lambda iid: iid == "spec_1_1_1"
     assert admission.check("claude", [("claude", "spec_1_1_1")]) is None
     figures.write_text("MemAvailable: 512000 kB\n")
-    assert admission.check("claude", []) == "held: memory (need 400 MB, have 0 MB)"
+    fresh = Admission(s, ProcFigures(s.memory_figures))  # (figures are kept 0.1 s)
+    fresh.estimate = admission.estimate
+    assert fresh.check("claude", []) == "held: memory (need 400 MB, have 0 MB)"
+
+
+def test_sampling_stays_within_its_budget_and_reaches_everyone_in_turn() -> None:
+    memory = Memory(default_estimate_mb=600, cap_mb=1)
+    panes = {f"spec_1_1_{i}": (os.getpid(), "claude") for i in range(3000)}
+    memory.sample(panes)
+    first = set(memory.samples)
+    assert 0 < len(first) < len(panes)  # not all 3000 in one sweep: the budget held
+    assert memory.last_ms < 50
+    for _ in range(200):
+        if len(memory.samples) == len(panes):
+            break
+        memory.sample(panes)
+    assert len(memory.samples) == len(panes)  # everyone measured, newcomers first
+    assert all(s.over >= 1 for s in memory.samples.values())  # 1 MB cap: over at once
+    before = {iid: s.over for iid, s in memory.samples.items()}
+    memory.sample(panes)  # then round-robin: the next ones in turn are measured again
+    again = [iid for iid, s in memory.samples.items() if s.over == before[iid] + 1]
+    assert len(again) == memory.last_measured > 0
+
+
+def test_the_kernels_figures_are_read_without_a_test_file() -> None:
+    meminfo = Path("/proc/meminfo").read_text()
+    total_kb = int(
+        next(line for line in meminfo.splitlines() if line.startswith("MemTotal:")).split()[1]
+    )
+    available = ProcFigures().available_mb()  # MemAvailable, or the cgroup's room if less
+    assert available is not None
+    assert 0 < available <= total_kb / 1024
+
+
+def test_what_ended_instances_took_is_kept_across_a_restart(tmp_path: Path) -> None:
+    store = JsonFileStore(tmp_path / "store")
+    store.open()
+    memory = Memory(default_estimate_mb=600, store=store)
+    for i, mb in enumerate((300.0, 320.0, 900.0)):
+        memory.estimates.observe(f"spec_{i}", "claude", mb)
+        memory.forget(f"spec_{i}")
+    store.close()
+    again = JsonFileStore(tmp_path / "store")
+    again.open()
+    restarted = Memory(default_estimate_mb=600, store=again)
+    assert restarted.estimates.of("claude") == 600  # nothing read yet
+    restarted.load()
+    assert restarted.estimates.of("claude") == 900.0
+    assert restarted.estimates.describe()["claude"]["samples"] == 3
+    again.close()

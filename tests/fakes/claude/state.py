@@ -66,6 +66,7 @@ class Session:
         self.turn_t0 = 0.0
         self.messages_written = 0  # assistant messages of this turn in the transcript
         self.queue: list[tuple[str, str, str]] = []  # (raw, prompt, display)
+        self.ballast: list[bytes] = []  # memory `@grow` took, held until the process ends
         self.dialog: list[Any] | None = None  # [selected option, chosen option or None]
         self.tasks: set[Task] = set()
         # threads and the main loop

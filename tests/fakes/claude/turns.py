@@ -31,6 +31,7 @@ DIRECTIVES = {
     "recall",
     "tool",
     "usage",
+    "grow",
 }
 DIRECTIVE_LINE = re.compile(r"@([a-z]+)(?:[ \t]+(.*))?")
 API_ERRORS = {  # StopFailure error -> (HTTP status, API error type, message)
@@ -221,6 +222,7 @@ class Turns(Hooks):
             "work": lambda arg: self.work(number(arg, 1.0)),
             "tool": self.silent_tool,
             "usage": lambda arg: self.assistant_message(arg, "working"),
+            "grow": lambda arg: self.ballast.append(b"\x01" * (int(number(arg, 1)) << 20)),
         }
         for name, arg in directives(raw):
             if name in actions:
