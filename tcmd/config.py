@@ -233,6 +233,7 @@ _SPEC: dict[str, tuple[str, Callable[[str, str], Any]]] = {
     "claude_sandbox": ("TCM_CLAUDE_SANDBOX", _bool),
     "retention_ms": ("TCM_RETENTION_MS", _int(0, 3_650 * 86_400_000)),
     "agent_nice": ("TCM_AGENT_NICE", _int(0, 19)),
+    "tmux_control": ("TCM_TMUX_CONTROL", _bool),
     "hooks": ("TCM_HOOKS", _choice("http", "command")),
     "prices_file": ("TCM_PRICES", _prices_file),
     "budget_usd": ("TCM_BUDGET_USD", _usd),
@@ -286,6 +287,7 @@ class Settings:
     claude_sandbox: bool = False  # Claude Code's own sandbox (bubblewrap) for its Bash tool
     retention_ms: int = 7 * 86_400_000  # finished runs, terminated instances: then forgotten
     agent_nice: int = 10  # agents run this much nicer than tcmd (0: as tcmd)
+    tmux_control: bool = True  # tmux calls over one control-mode client (off: a client each)
     hooks: str = "http"  # how Claude reports hook events: POST to tcmd, or run `tcmctl hook`
     prices_file: Path | None = None  # prices per model over the shipped table (tcmd/prices.json)
     budget_usd: float | None = None  # estimated cost at which no new task starts, daemon-wide

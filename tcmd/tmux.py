@@ -38,11 +38,13 @@ import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 
 import structlog
 
 from tcmd.children import run_child
 from tcmd.errors import InvalidParams, Unavailable
+from tcmd.tmux_control import CONTROL_SESSION, ControlClient, ControlLost, routable
 
 log = structlog.get_logger(__name__)
 
@@ -159,6 +161,41 @@ def _parse_pane(line: str) -> PaneInfo:
     )  # fmt: skip
 
 
+_READ_ONLY = frozenset({"list-panes", "list-sessions", "has-session", "display-message",
+                        "show-options", "show-environment"})  # fmt: skip
+# A paste's text travels as one argument of one line over the control connection; a
+# longer one goes by load-buffer from a client's stdin.
+PASTE_OVER_CONTROL_MAX = 16384
+ATTACH_RETRY_S = 30.0
+# Calls that make or end panes: tmux forks (and waits for its utmp helper) on each. Per
+# call, the start of each client process spaced them out; on the connection nothing
+# would, and a burst of them (200 launches at once) keeps the server from every other
+# client for seconds. So at most this many are in flight on the connection at once.
+_HEAVY = frozenset({"new-session", "respawn-pane", "kill-session"})
+HEAVY_IN_FLIGHT = 2
+
+
+def _split(args: Sequence[str]) -> list[list[str]]:
+    """The commands of one call, split at THEN."""
+    commands: list[list[str]] = [[]]
+    for arg in args:
+        if arg == THEN:
+            commands.append([])
+        else:
+            commands[-1].append(arg)
+    return commands
+
+
+def _raise(command: str, message: str) -> NoReturn:
+    """The error tmux's message means (same texts from a client's stderr or a %error)."""
+    kind = (
+        NoServer if message.startswith(_NO_SERVER)
+        else SessionExists if message.startswith(_DUPLICATE)
+        else TmuxError
+    )  # fmt: skip
+    raise kind(command, message)
+
+
 def _decode(data: bytes) -> str:
     return data.decode(errors="replace")
 
@@ -200,17 +237,67 @@ class Tmux:
 
     def __init__(
         self, socket_name: str, config_path: Path, *, timeout_s: float = 5.0,
-        breaker_threshold: int = 3, breaker_cooldown_s: float = 5.0,
+        breaker_threshold: int = 3, breaker_cooldown_s: float = 5.0, use_control: bool = True,
     ) -> None:  # fmt: skip
         self.socket_name = socket_name
         self.config_path = config_path
         self.timeout_s = timeout_s
         self._breaker = _Breaker(breaker_threshold, breaker_cooldown_s)
+        self.use_control = use_control
+        self._control: ControlClient | None = None
+        self._attach_after = 0.0  # no attach before this (monotonic) after a failed one
+        self._heavy = asyncio.Semaphore(HEAVY_IN_FLIGHT)
+
+    @property
+    def connected(self) -> bool:
+        """Whether commands go over the control connection (else: a client per call)."""
+        return self._control is not None and self._control.alive
 
     async def run(self, *args: str, stdin: bytes | None = None) -> str:
         """Run one tmux command; return stdout, raise TmuxError/NoServer/Unavailable."""
         self._breaker.check()
         command = _summary(args)
+        commands = _split(args)
+        if self.connected and stdin is None and all(routable(c) for c in commands):
+            heavy = any(c[0] in _HEAVY for c in commands)
+            async with self._heavy if heavy else contextlib.nullcontext():
+                try:
+                    if self.connected:  # still, after the wait for a heavy call's turn
+                        return await self._run_control(command, commands)
+                except ControlLost:
+                    if not all(c[0] in _READ_ONLY for c in commands):
+                        raise Unavailable(
+                            "tmux control connection lost during the call",
+                            data={"command": command},
+                        ) from None
+        return await self._run_client(command, args, stdin)
+
+    async def _run_control(self, command: str, commands: list[list[str]]) -> str:
+        """Each command a line on the control connection, all written at once."""
+        control = self._control
+        assert control is not None
+        started = time.monotonic()
+        futures = [control.submit(c) for c in commands]
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                answers = await asyncio.gather(*futures)
+        except TimeoutError:
+            self._breaker.timed_out()
+            # the connection stays: the answer still comes, in order (dropping it would lose
+            # the commands queued behind this one and cost a reconnection under load)
+            log.warning("tmux_timeout", command=command, timeout_s=self.timeout_s, control=True)
+            raise Unavailable(
+                f"tmux did not answer within {self.timeout_s}s", data={"command": command}
+            ) from None
+        self._breaker.answered()
+        ms = round((time.monotonic() - started) * 1e3, 1)
+        log.debug("tmux", command=command, ms=ms, control=True)
+        for answer in answers:
+            if not answer.ok:
+                _raise(command, answer.output.strip() or "error")
+        return "".join(a.output for a in answers)
+
+    async def _run_client(self, command: str, args: Sequence[str], stdin: bytes | None) -> str:
         argv = [TMUX_BIN, "-L", self.socket_name, "-f", str(self.config_path)]
         argv += [_escape(a) for a in args]
         started = time.monotonic()
@@ -229,14 +316,70 @@ class Tmux:
         stdout, stderr = _decode(done.stdout), _decode(done.stderr).strip()
         log.debug("tmux", command=command, rc=rc, ms=round((time.monotonic() - started) * 1e3, 1))
         if rc != 0 or stderr:
-            stderr = stderr or f"exit status {rc}"
-            kind = (
-                NoServer if stderr.startswith(_NO_SERVER)
-                else SessionExists if stderr.startswith(_DUPLICATE)
-                else TmuxError
-            )  # fmt: skip
-            raise kind(command, stderr)
+            _raise(command, stderr or f"exit status {rc}")
         return stdout
+
+    async def connect(self) -> bool:
+        """Attach the control client if the server runs and it is not attached; whether it is.
+
+        Never starts a server: the control session is made by a client call first, which
+        fails with NoServer when none runs.
+        """
+        if self.connected:
+            return True
+        if not self.use_control or time.monotonic() < self._attach_after:
+            return False
+        try:
+            await self._control_session()
+        except TmuxError as exc:  # NoServer among them
+            log.info("tmux control client not attached", error=exc.stderr)
+            return False
+        except Unavailable as exc:  # timed out, or the circuit is open
+            log.info("tmux control client not attached", error=exc.message)
+            return False
+        argv = [TMUX_BIN, "-L", self.socket_name, "-f", str(self.config_path), "-C",
+                "attach-session", "-f", "no-output,ignore-size",
+                "-t", f"={CONTROL_SESSION}"]  # fmt: skip
+        control = ControlClient(argv)
+        try:
+            await control.start(self.timeout_s)
+        except (ControlLost, TimeoutError, OSError) as exc:
+            # e.g. a tmux older than 3.2 (no attach-session -f): per call, asked again later
+            self._attach_after = time.monotonic() + ATTACH_RETRY_S
+            log.warning("tmux control client failed to attach", error=str(exc) or "timeout")
+            return False
+        control.on_lost = self._lost
+        self._control = control
+        log.info("tmux control client attached", socket=self.socket_name, pid=control.pid)
+        return True
+
+    async def _control_session(self) -> None:
+        """Make the control client's session unless it exists; NoServer if none runs (asked
+        first: new-session would start a server)."""
+        try:
+            target = f"={CONTROL_SESSION}"
+            await self._run_client("has-session", ["has-session", "-t", target], None)
+        except TmuxError as exc:
+            if isinstance(exc, NoServer) or not exc.gone:
+                raise
+            with contextlib.suppress(SessionExists):  # made meanwhile by another tcmd
+                await self._run_client(
+                    "new-session",
+                    ["new-session", "-d", "-s", CONTROL_SESSION, "-x", "80", "-y", "24", "--",
+                     "cat"],
+                    None,
+                )  # fmt: skip
+
+    def disconnect(self) -> None:
+        """Stop the control client (calls go back to a client process each)."""
+        control, self._control = self._control, None
+        if control is not None:
+            control.on_lost = lambda: None
+            control.close()
+
+    def _lost(self) -> None:
+        log.warning("tmux control client lost", socket=self.socket_name)
+        self._control = None
 
     async def ensure_server(self) -> None:
         """Write the config and start the server (no-op start if it already runs)."""
@@ -245,6 +388,7 @@ class Tmux:
         # Re-applies the options when the server was already running (daemon restart);
         # on a fresh server it also proves that exit-empty kept it alive.
         await self.run("source-file", str(self.config_path))
+        await self.connect()
 
     def _write_config(self) -> None:
         self.config_path.parent.mkdir(parents=True, exist_ok=True)
@@ -302,7 +446,8 @@ class Tmux:
             if exc.gone:  # no server, no such target, or (3.3a) no session at all
                 return []
             raise
-        return [_parse_pane(line) for line in out.splitlines() if line]
+        panes = (_parse_pane(line) for line in out.splitlines() if line)
+        return [p for p in panes if p.session != CONTROL_SESSION]
 
     async def capture(self, target: str, lines: int = 50, *, escapes: bool = False) -> str:
         """The last `lines` lines (history + screen), trailing blank lines dropped."""
@@ -326,12 +471,13 @@ class Tmux:
         buffer = f"tcm-{uuid.uuid4().hex}"
         pane = _target(target)
         then_enter = [THEN, "send-keys", "-t", pane, "Enter"] if enter else []
+        paste = [THEN, "paste-buffer", "-p", "-d", "-b", buffer, "-t", pane, *then_enter]
         try:
-            await self.run(
-                "load-buffer", "-b", buffer, "-",
-                THEN, "paste-buffer", "-p", "-d", "-b", buffer, "-t", pane, *then_enter,
-                stdin=data,
-            )  # fmt: skip
+            if self.connected and len(data) <= PASTE_OVER_CONTROL_MAX:
+                # no stdin there: the (sanitised) text goes as one quoted argument
+                await self.run("set-buffer", "-b", buffer, "--", data.decode(), *paste)
+            else:
+                await self.run("load-buffer", "-b", buffer, "-", *paste, stdin=data)
         except TmuxError:
             with contextlib.suppress(TmuxError):
                 await self.run("delete-buffer", "-b", buffer)
@@ -367,6 +513,7 @@ class Tmux:
 
     async def kill_server(self) -> None:
         """Kill the server and every pane in it; no error if it is not running."""
+        self.disconnect()
         with contextlib.suppress(NoServer):
             await self.run("kill-server")
 

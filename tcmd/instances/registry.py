@@ -615,6 +615,8 @@ class Instances:
                     await self._reconcile_soon.wait()
             self._reconcile_soon.clear()
             try:
+                if not self.tmux.connected and await self.tmux.connect():
+                    log.info("tmux control client attached again")
                 await self.reconcile()
             except TcmError as exc:
                 log.warning("reconcile failed", error=exc.message)

@@ -81,7 +81,8 @@ class Daemon:
         self.started_monotonic = time.monotonic()
         self.boots = 0
         self.store = JsonFileStore(settings.state_dir / "store", fsync=settings.journal_fsync)
-        self.tmux = Tmux(settings.tmux_socket, settings.state_dir / "tmux.conf")
+        tmux_conf = settings.state_dir / "tmux.conf"
+        self.tmux = Tmux(settings.tmux_socket, tmux_conf, use_control=settings.tmux_control)
         self.instances = Instances(settings, self.store, self.tmux)
         self.delivery = Delivery(self.instances)
         self.queue = LocalJobQueue(self.store)
@@ -324,6 +325,7 @@ class Daemon:
             _, stuck = await asyncio.wait(self._background, timeout=STOP_TASKS_S)
         for task in stuck:
             log.warning("background task did not stop in time", task=task.get_name())
+        self.tmux.disconnect()  # the control client; the server and its panes live on
         await self.lock_service.close()
         if self.settings.redis_url:
             from redis.exceptions import RedisError  # imported with REDIS_URL only

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from tcmd.errors import InvalidParams
+from tcmd.tmux_control import CONTROL_SESSION
 from tests.integration.test_cli import run
 from tests.support import DaemonProcess, wait_until
 
@@ -42,7 +43,7 @@ def test_a_missing_claude_command_is_refused_and_leaves_nothing(
         text=True,
         check=False,  # no session at all: tmux says so and exits 1
     ).stdout.split()
-    assert sessions == []
+    assert [s for s in sessions if s != CONTROL_SESSION] == []  # tcmd's control client's own
     tasks = tmp_path / "t.json"
     tasks.write_text(json.dumps({"managers": 1, "tasks": [{"id": "a", "instruction": "x"}]}))
     refused = run(["distribute", str(tasks), "--workdir", str(tmp_path)], daemon.env)

@@ -25,12 +25,15 @@ from tcmd.instances.tools import InstanceTools, SpawnParams
 from tcmd.model import State
 from tcmd.store.jsonfile import JsonFileStore
 from tcmd.tmux import PaneInfo, Tmux
+from tcmd.tmux_control import CONTROL_SESSION
 from tests.fakes import FAKE_CLAUDE
 from tests.support import AgentDaemon, DaemonProcess, run_concurrently, wait_until
 
 
 def sessions(agents: AgentDaemon) -> set[str]:
-    return set(agents.daemon.tmux("list-sessions", "-F", "#{session_name}").split())
+    """The sessions on tcm's tmux server but the control client's own (tcmd hides it)."""
+    names = set(agents.daemon.tmux("list-sessions", "-F", "#{session_name}").split())
+    return names - {CONTROL_SESSION}
 
 
 def shell_spawn(agents: AgentDaemon, role: str, parent: str | None = None) -> dict[str, Any]:
@@ -215,6 +218,8 @@ def test_spawn_whose_tmux_call_times_out_is_rolled_back_end_to_end(
     wrapper = bin_dir / "tmux"
     wrapper.write_text(
         "#!/bin/sh\n"
+        # no control client (tcmd falls back to a client per call, the path faked here)
+        'case " $* " in *" -C attach-session "*) exit 1;; esac\n'
         f"'{real}' \"$@\" || exit $?\n"
         f'case " $* " in *" new-session "*) [ -e \'{hang}\' ] && exec sleep 60;; esac\n'
         "exit 0\n"

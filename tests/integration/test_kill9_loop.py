@@ -24,6 +24,7 @@ import pytest
 
 from tcmctl.client import DaemonUnreachable
 from tcmd.errors import TcmError
+from tcmd.tmux_control import CONTROL_SESSION
 from tests.support import AgentDaemon, wait_until
 
 SOAK_S = float(os.environ.get("TCM_SOAK_S", "3"))
@@ -185,7 +186,8 @@ def test_kill9_loop_leaves_nothing_stuck_or_orphaned(agents: AgentDaemon) -> Non
         status = {r["instanceId"]: r["status"] for r in rows}
         live = {i for i, s in status.items() if s in LIVE}
         kept = live | {i for i, s in status.items() if s == "exited"}  # dead panes stay
-        sessions = set(agents.daemon.tmux("list-sessions", "-F", "#{session_name}").split())
+        listed = agents.daemon.tmux("list-sessions", "-F", "#{session_name}").split()
+        sessions = set(listed) - {CONTROL_SESSION}  # tcmd's own control client sits there
         problems[:] = [
             *(f"{i} is {status[i]} without a tmux session" for i in live - sessions),
             *(f"session {s} belongs to no live instance" for s in sessions - kept),

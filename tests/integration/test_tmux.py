@@ -181,6 +181,10 @@ async def test_panes_lists_twenty_sessions_in_one_call(
         calls.append(args)
         return await real_run(*args, stdin=stdin)
 
+    async def execed() -> bool:  # `env -C DIR --` has exec'd sleep in every pane
+        return sum(p.command == "sleep" for p in await tmux.panes()) == len(names)
+
+    await until(execed, "sleep running in every pane")
     monkeypatch.setattr(tmux, "run", counting_run)
     panes = await tmux.panes()
     assert len(calls) == 1
@@ -329,7 +333,9 @@ async def test_sessions_are_matched_exactly_and_killed_idempotently(
 
 
 async def test_missing_target_raises_clear_tmux_error(tmux: Tmux, tmp_path: Path) -> None:
-    await check_missing_target(tmux, "no current target")  # 3.3a's words with 0 sessions
+    # tmux 3.3a says "no current target" when no session exists at all; the control
+    # client's own session (hidden from listings) always exists now
+    await check_missing_target(tmux, "can't find session: nope")
     await tmux.new_session("other", ["sleep", "30"], cwd=tmp_path, env={})
     await check_missing_target(tmux, "can't find session: nope")
     assert await tmux.pane("%999") is None
