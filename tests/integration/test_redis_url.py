@@ -16,8 +16,11 @@ from tests.support import AgentDaemon, DaemonProcess, wait_until
 USER, PASSWORD = "tcm-node", "s3cret-Ω"
 
 
-def mirrored(agents: AgentDaemon) -> None:
-    """The daemon reports Redis healthy and has written everything through."""
+def mirrored_daemon(tmp_path: Path, factory: type[DaemonProcess], url: str) -> None:
+    """A daemon on ``url`` with one instance, once it reports Redis healthy and has
+    written everything through."""
+    agents = AgentDaemon.start_in(tmp_path, factory, FAKE_CLAUDE, {"REDIS_URL": url})
+    agents.spawn("executive", agent="shell")
     wait_until(
         lambda: (s := agents.call("status")["store"])["backend"] == "redis" and s["pending"] == 0,
         15,
@@ -36,10 +39,7 @@ def test_a_unix_socket_an_acl_user_and_a_db_number(
         "--user", USER, "on", f">{PASSWORD}", "~*", "&*", "+@all",
     ).start()  # fmt: skip
     try:
-        url = f"unix://{USER}:{PASSWORD}@{sock}?db=3"
-        agents = AgentDaemon.start_in(tmp_path, daemon_factory, FAKE_CLAUDE, {"REDIS_URL": url})
-        agents.spawn("executive", agent="shell")
-        mirrored(agents)
+        mirrored_daemon(tmp_path, daemon_factory, f"unix://{USER}:{PASSWORD}@{sock}?db=3")
 
         def db(n: int) -> redis.Redis:
             return redis.Redis(unix_socket_path=str(sock), username=USER, password=PASSWORD, db=n)
@@ -65,10 +65,9 @@ def test_tls_with_the_servers_ca(tmp_path: Path, daemon_factory: type[DaemonProc
         "--tls-ca-cert-file", str(cert), "--tls-auth-clients", "no",
     ).start()  # fmt: skip
     try:
-        url = f"rediss://127.0.0.1:{port}/2?ssl_ca_certs={cert}"
-        agents = AgentDaemon.start_in(tmp_path, daemon_factory, FAKE_CLAUDE, {"REDIS_URL": url})
-        agents.spawn("executive", agent="shell")
-        mirrored(agents)
+        mirrored_daemon(
+            tmp_path, daemon_factory, f"rediss://127.0.0.1:{port}/2?ssl_ca_certs={cert}"
+        )
         with redis.Redis(port=tls.port, db=2) as plain:  # the same server, without TLS
             assert plain.keys("tcm:*"), "nothing written to db 2 over TLS"
     finally:

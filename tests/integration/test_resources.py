@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,13 +30,13 @@ def health_of(agents: AgentDaemon, instance_id: str) -> dict[str, Any]:
     return rows[0] if rows else {}
 
 
-def test_a_task_is_held_for_memory_and_starts_when_memory_frees(
-    tmp_path: Path, daemon_factory: type[DaemonProcess]
-) -> None:
-    figures = tmp_path / "meminfo"
-    figures.write_text("MemTotal: 8000000 kB\nMemAvailable: 10240 kB\n")  # 10 MB free
-    agents = AgentDaemon.start_in(tmp_path, daemon_factory, FAKE_CLAUDE, {
-        **FAST, "TCM_TEST_MEMORY_FIGURES": str(figures), "TCM_MEMORY_RESERVE_MB": "0"})  # fmt: skip
+def one_task_run(
+    tmp_path: Path, factory: type[DaemonProcess], figures: Path, **env: str
+) -> tuple[AgentDaemon, Callable[[], dict[str, Any]]]:
+    """A daemon that reads its memory from ``figures`` (no reserve), a manager, and a run
+    (run_1) of one shell task: the daemon and a reader of that task's status row."""
+    memory = {"TCM_TEST_MEMORY_FIGURES": str(figures), "TCM_MEMORY_RESERVE_MB": "0"}
+    agents = AgentDaemon.start_in(tmp_path, factory, FAKE_CLAUDE, {**FAST, **memory, **env})
     agents.spawn("executive", agent="shell")
     agents.spawn("manager", parent="exec_1", agent="shell")
     tasks = [{"id": "t1", "instruction": "echo done"}]
@@ -46,6 +47,15 @@ def test_a_task_is_held_for_memory_and_starts_when_memory_frees(
         row: dict[str, Any] = agents.call("getParallelStatus", {"runId": "run_1"})["tasks"][0]
         return row
 
+    return agents, task
+
+
+def test_a_task_is_held_for_memory_and_starts_when_memory_frees(
+    tmp_path: Path, daemon_factory: type[DaemonProcess]
+) -> None:
+    figures = tmp_path / "meminfo"
+    figures.write_text("MemTotal: 8000000 kB\nMemAvailable: 10240 kB\n")  # 10 MB free
+    agents, task = one_task_run(tmp_path, daemon_factory, figures)
     held = wait_until(lambda: (t := task()).get("held") and t, 10, what="the task held")
     assert held["status"] == "queued"
     assert HELD.fullmatch(held["held"])
@@ -174,19 +184,9 @@ def test_with_redis_nothing_is_claimed_while_memory_is_short(
 ) -> None:
     figures = tmp_path / "meminfo"
     figures.write_text("MemAvailable: 10240 kB\n")
-    agents = AgentDaemon.start_in(tmp_path, daemon_factory, FAKE_CLAUDE, {
-        **FAST, "REDIS_URL": redis_server.url, "TCM_NODE_ID": "a",
-        "TCM_TEST_MEMORY_FIGURES": str(figures), "TCM_MEMORY_RESERVE_MB": "0"})  # fmt: skip
-    agents.spawn("executive", agent="shell")
-    agents.spawn("manager", parent="exec_1", agent="shell")
-    tasks = [{"id": "t1", "instruction": "echo done"}]
-    agents.call("executeParallel", {"managerId": "mgr_1_1", "agent": "shell", "wait": False,
-                                    "workDir": str(agents.work_dir), "tasks": tasks})  # fmt: skip
-
-    def task() -> dict[str, Any]:
-        row: dict[str, Any] = agents.call("getParallelStatus", {"runId": "run_1"})["tasks"][0]
-        return row
-
+    _, task = one_task_run(
+        tmp_path, daemon_factory, figures, REDIS_URL=redis_server.url, TCM_NODE_ID="a"
+    )
     held = wait_until(lambda: (t := task()).get("held") and t, 15, what="the claims held")
     assert held["status"] == "queued" and held["held"].startswith("held: memory (need ")
     figures.write_text("MemAvailable: 8000000 kB\n")
