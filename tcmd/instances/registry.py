@@ -346,7 +346,7 @@ class Instances:
         prof = profile(inst.agent)
         if prof.paced:
             await self._paced(inst)
-        idir = self.settings.state_dir / "instances" / inst.id
+        idir = self.instance_dir(inst)
         idir.mkdir(mode=0o700, parents=True, exist_ok=True)
         env = self._agent_env(inst, launch=inst.launched + 1)
         launch_env = LaunchEnv(self.settings, idir, self.python, env, hook_url=self.hook_url)
@@ -482,7 +482,7 @@ class Instances:
                              self.tool_running, self.screen_checked):  # fmt: skip
             per_instance.pop(inst.id, None)
         self.unsaved.discard(inst.id)
-        shutil.rmtree(self.settings.state_dir / "instances" / inst.id, ignore_errors=True)
+        shutil.rmtree(self.instance_dir(inst), ignore_errors=True)
         for forgot in self.forget_listeners:
             forgot(inst.id)
 
@@ -510,13 +510,16 @@ class Instances:
         # the dataclass itself: orjson encodes it as to_json() would, without asdict's copy
         self.store.put(NS, inst.id, inst)
 
+    def instance_dir(self, inst: Instance) -> Path:
+        """Where the instance's files live: its handoff FIFO, its exit record, its settings."""
+        return self.settings.state_dir / "instances" / inst.id
+
     def _exited(self, inst: Instance, pane: PaneInfo | None) -> None:
         """``pane``: tmux's record of the dead pane, else the launcher's record is read."""
         if pane is not None:
             inst.exit_status, inst.exit_signal = pane.dead_status, pane.dead_signal
         else:
-            idir = self.settings.state_dir / "instances" / inst.id
-            inst.exit_status, inst.exit_signal = read_exit(idir)
+            inst.exit_status, inst.exit_signal = read_exit(self.instance_dir(inst))
         if inst.status not in (State.EXITED, State.TERMINATED):
             log.info(
                 "exited", instance_id=inst.id, status=inst.exit_status, signal=inst.exit_signal
