@@ -45,6 +45,48 @@ def command_line(python: str) -> list[str]:
 def forward(payload: dict[str, Any], env: Mapping[str, str] | None = None) -> bool:
     """Send ``payload`` to tcmd as a ``hook`` notification; False (never an error) if not sent."""
     env = os.environ if env is None else env
+    frame = _hook_frame(payload, env)
+    return frame is not None and _send(frame, env)
+
+
+class HookLine:
+    """One connection for all the hooks of a long-lived process (the shell agent's runner).
+
+    tcmd tells who calls once per connection (SO_PEERCRED, then the caller's ancestry), so
+    a connection per event pays for that, and for an accept and a close, every time. Hooks
+    on one connection also arrive in the order they were sent. A send that finds the
+    connection broken (tcmd restarted) tries once more on a new one."""
+
+    def __init__(self, env: Mapping[str, str] | None = None) -> None:
+        self._env = os.environ if env is None else env
+        self._sock: _socket.socket | None = None
+
+    def send(self, payload: dict[str, Any]) -> bool:
+        """Send one hook; False (never an error) if it could not be sent."""
+        frame = _hook_frame(payload, self._env)
+        if frame is None:
+            return False
+        for _ in range(2):
+            if self._sock is None:
+                self._sock = _connect(self._env)
+                if self._sock is None:
+                    return False  # daemon down or busy: the health loop will notice
+            try:
+                self._sock.sendall(frame)
+                return True
+            except OSError:
+                self._sock.close()
+                self._sock = None
+        return False
+
+    def close(self) -> None:
+        """End the connection once tcmd has read everything sent on it."""
+        if self._sock is not None:
+            _finish(self._sock)
+            self._sock = None
+
+
+def _hook_frame(payload: dict[str, Any], env: Mapping[str, str]) -> bytes | None:
     params: dict[str, Any] = {"payload": payload}
     msg: dict[str, Any] = {"jsonrpc": "2.0", "method": "hook", "params": params}
     token = env.get("TCM_INSTANCE_TOKEN")
@@ -59,27 +101,46 @@ def forward(payload: dict[str, Any], env: Mapping[str, str] | None = None) -> bo
             params["payload"] = _shrink(payload)
             frame = _frame(msg)
     except (TypeError, ValueError):  # a value JSON cannot hold
-        return False
-    return _send(frame, env)
+        return None
+    return frame
 
 
-def _send(frame: bytes, env: Mapping[str, str]) -> bool:
+def _connect(env: Mapping[str, str]) -> _socket.socket | None:
     sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
     try:
         sock.settimeout(CONNECT_TIMEOUT_S)
         sock.connect(socket_path(env))
         sock.settimeout(SEND_TIMEOUT_S)
-        sock.sendall(frame)
-        # Stay alive until tcmd has read the frame (it closes on our EOF): tcmd tells who
-        # calls from the calling process, and a process already gone cannot be told.
+    except OSError:
+        sock.close()
+        return None
+    return sock
+
+
+def _finish(sock: _socket.socket) -> bool:
+    """Stay alive until tcmd has read what was sent (it closes on our EOF): tcmd tells who
+    calls from the calling process, and a process already gone cannot be told."""
+    try:
         sock.shutdown(_socket.SHUT_WR)
         while sock.recv(4096):
             pass
-    except OSError:  # daemon down or busy
-        return False  # the health loop will notice what we could not say
+    except OSError:
+        return False
     finally:
         sock.close()
     return True
+
+
+def _send(frame: bytes, env: Mapping[str, str]) -> bool:
+    sock = _connect(env)
+    if sock is None:
+        return False  # daemon down or busy: the health loop will notice what we could not say
+    try:
+        sock.sendall(frame)
+    except OSError:
+        sock.close()
+        return False
+    return _finish(sock)
 
 
 def _frame(msg: dict[str, Any]) -> bytes:

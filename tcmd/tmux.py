@@ -277,7 +277,7 @@ class Tmux:
         control = self._control
         assert control is not None
         started = time.monotonic()
-        futures = [control.submit(c) for c in commands]
+        futures = control.submit(*commands)
         try:
             async with asyncio.timeout(self.timeout_s):
                 answers = await asyncio.gather(*futures)

@@ -149,15 +149,17 @@ class ControlClient:
                 self._ready.exception()  # retrieved: it is what we raise (or a timeout)
             raise
 
-    def submit(self, args: Sequence[str]) -> asyncio.Future[Answer]:
-        """Write one command line; its answer resolves the future (answers come in order)."""
+    def submit(self, *commands: Sequence[str]) -> list[asyncio.Future[Answer]]:
+        """Write a line per command, in one write; each answer resolves its future (answers
+        come in order)."""
         if not self.alive or self._writer is None:
             raise ControlLost("control client not running")
-        future: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
-        line = " ".join(quote(a) for a in args) + "\n"
-        self._writer.write(line.encode(errors="surrogateescape"))
-        self.pending.append(future)
-        return future
+        loop = asyncio.get_running_loop()
+        lines = "".join(" ".join(quote(a) for a in args) + "\n" for args in commands)
+        self._writer.write(lines.encode(errors="surrogateescape"))
+        futures: list[asyncio.Future[Answer]] = [loop.create_future() for _ in commands]
+        self.pending.extend(futures)
+        return futures
 
     def line(self, text: str) -> None:
         """One line of the client's output: part of a block, or a notification (dropped)."""

@@ -11,8 +11,10 @@ Where pidfds are unavailable (an old kernel, a sandbox that forbids the call)
 ``available`` is False and tcmd keeps the fast reconcile and tmux's pane-died hook.
 
 The pane process is tcm's launcher (instances/launcher.py). When the agent ends, the
-launcher writes how (the raw wait status) to ``exited`` in the instance's directory before
-it exits the same way, so the exit status is known even before tmux has seen the death.
+launcher writes how (the raw wait status) into the pipe tcmd handed it its environment
+through, before it exits the same way: the watch holds that pipe's read end beside the
+pidfd, so the exit status is known even before tmux has seen the death. A pane adopted
+after a restart of tcmd has no such pipe; tmux's record of the dead pane tells instead.
 """
 
 from __future__ import annotations
@@ -22,9 +24,9 @@ import contextlib
 import os
 import time
 from collections.abc import Callable
-from pathlib import Path
+from dataclasses import dataclass
 
-from tcmd.instances.launcher import EXIT_RECORD
+from tcmd.instances.launcher import Handoff
 
 
 def _probe() -> bool:
@@ -36,6 +38,13 @@ def _probe() -> bool:
     return True
 
 
+@dataclass(slots=True)
+class _Watched:
+    pid: int
+    pidfd: int | None  # None: no pidfd here, the reconcile finds the death
+    handoff: Handoff | None  # None: adopted after a restart, no last words to read
+
+
 class DeathWatch:
     """One pidfd per instance's current pane process; ``on_death(instance_id)`` when it ends."""
 
@@ -43,66 +52,66 @@ class DeathWatch:
 
     def __init__(self, on_death: Callable[[str], None]) -> None:
         self._on_death = on_death
-        self._fds: dict[str, tuple[int, int]] = {}  # instance id -> (pid, pidfd)
+        self._watched: dict[str, _Watched] = {}
         self.dead: dict[str, float] = {}  # instance id -> when its pane process ended (monotonic)
+        # -> (exit status, signal) the launcher told; none for a pane adopted after a restart
+        self.exits: dict[str, tuple[int | None, int | None]] = {}
 
-    def watch(self, instance_id: str, pid: int) -> None:
-        """Watch ``pid``, the pane process of ``instance_id``'s newest launch."""
+    def watch(self, instance_id: str, pid: int, handoff: Handoff | None = None) -> None:
+        """Watch ``pid``, the pane process of ``instance_id``'s newest launch, whose launcher
+        was started with ``handoff`` (owned by the watch from now on: closed on forget)."""
         self.forget(instance_id)
+        watched = _Watched(pid, None, handoff)
+        self._watched[instance_id] = watched
         if not self.available:
             return
         try:
-            fd = os.pidfd_open(pid)
+            watched.pidfd = os.pidfd_open(pid)
         except ProcessLookupError:  # already gone
-            self._ended(instance_id)
+            self._ended(instance_id, watched)
             return
         except OSError:
             return  # the reconcile will see it
-        self._fds[instance_id] = (pid, fd)
-        asyncio.get_running_loop().add_reader(fd, self._readable, instance_id, pid)
+        asyncio.get_running_loop().add_reader(watched.pidfd, self._readable, instance_id, watched)
 
     def forget(self, instance_id: str) -> None:
         """Stop watching ``instance_id`` (a relaunch, a terminate) and drop what was seen."""
         self.dead.pop(instance_id, None)
-        watched = self._fds.pop(instance_id, None)
+        self.exits.pop(instance_id, None)
+        watched = self._watched.pop(instance_id, None)
         if watched is not None:
-            self._close(watched[1])
+            self._close(watched)
 
     def close(self) -> None:
-        for instance_id in list(self._fds):
+        for instance_id in list(self._watched):
             self.forget(instance_id)
 
-    def _readable(self, instance_id: str, pid: int) -> None:
-        watched = self._fds.get(instance_id)
-        if watched is None or watched[0] != pid:
-            return
-        del self._fds[instance_id]
-        self._close(watched[1])
-        self._ended(instance_id)
+    def _readable(self, instance_id: str, watched: _Watched) -> None:
+        if self._watched.get(instance_id) is watched:
+            self._ended(instance_id, watched)
 
-    def _ended(self, instance_id: str) -> None:
+    def _ended(self, instance_id: str, watched: _Watched) -> None:
+        del self._watched[instance_id]
+        if watched.handoff is not None:  # (None, None): the launcher itself was killed
+            status = watched.handoff.exit_status()
+            self.exits[instance_id] = (None, None) if status is None else decode_status(status)
+        self._close(watched)
         self.dead[instance_id] = time.monotonic()
         self._on_death(instance_id)
 
     @staticmethod
-    def _close(fd: int) -> None:
-        with contextlib.suppress(ValueError, RuntimeError):  # the loop is closed already
-            asyncio.get_running_loop().remove_reader(fd)
-        os.close(fd)
+    def _close(watched: _Watched) -> None:
+        if watched.pidfd is not None:
+            with contextlib.suppress(ValueError, RuntimeError):  # the loop is closed already
+                asyncio.get_running_loop().remove_reader(watched.pidfd)
+            os.close(watched.pidfd)
+            watched.pidfd = None
+        if watched.handoff is not None:
+            watched.handoff.close()
 
 
-def read_exit(instance_dir: Path) -> tuple[int | None, int | None]:
-    """(exit status, signal) the launcher recorded for its agent, or (None, None)."""
-    try:
-        status = int((instance_dir / EXIT_RECORD).read_text())
-    except (OSError, ValueError):
-        return None, None
+def decode_status(status: int) -> tuple[int | None, int | None]:
+    """A raw wait status as (exit status, signal)."""
     if os.WIFSIGNALED(status):
         return None, os.WTERMSIG(status)
     return (os.WEXITSTATUS(status) if os.WIFEXITED(status) else None), None
-
-
-def clear_exit(instance_dir: Path) -> None:
-    """Before a launch: an earlier launch's record must not speak for the new one."""
-    with contextlib.suppress(FileNotFoundError):
-        (instance_dir / EXIT_RECORD).unlink()

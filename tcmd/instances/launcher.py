@@ -9,12 +9,17 @@ exits the way the agent did (tmux shows the agent's exit status or signal), afte
 that status to ``exited`` beside HANDOFF for tcmd (instances/deaths.py).
 
 The agent starts only after tcmd has recorded the pane's pid, so the agent's first hook is
-never mistaken for a stranger's: tcmd makes a FIFO (``HANDOFF``, 0600, in the instance's
-state directory) and holds it open before it creates the pane; once it knows the pane's pid
-it writes ``KEY=VALUE`` lines and an empty line into it (and keeps it open a while: a FIFO
-that nobody holds open forgets what was written). The launcher adds those lines (the
-instance's token) to the agent's environment only: the token is never in argv, never in
-tmux, never in a file of its own. Usage::
+never mistaken for a stranger's. Before it creates the pane, tcmd makes a pipe (never a file:
+making a file or a FIFO per spawn cost tcmd more CPU than the rest of a task) and names it
+to the launcher as HANDOFF, ``/proc/<tcmd's pid>/fd/<its read end>:<the pipe's inode>``.
+Once it knows the pane's pid, tcmd writes ``KEY=VALUE`` lines and an empty line into it and
+closes its write end. The launcher opens the pipe through /proc (the inode proves it is
+still the same pipe, not an fd number reused meanwhile), reads those lines (the instance's
+token) into the agent's environment only: the token is never in argv, never in tmux, never
+in a file. The launcher then opens the pipe's write end and, when the agent has ended,
+writes ``exit <wait status>`` into it: tcmd keeps its read end for the pane's life and reads
+how the agent ended the moment the kernel says the pane process is gone
+(instances/deaths.py), before tmux may have noticed. Usage::
 
     python -I -S -c "<command_line()>" HANDOFF [--nice N] -- AGENT_ARGV...
 
@@ -30,13 +35,13 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import stat
 import sys
 from collections.abc import Mapping
-from pathlib import Path
 
 PR_SET_CHILD_SUBREAPER = 36
 HANDOFF_TIMEOUT_S = 60.0  # tcmd hands over within milliseconds; this is for a dead tcmd
-EXIT_RECORD = "exited"  # beside HANDOFF: the agent's raw wait status, for tcmd
+EXIT_LINE = b"exit "  # + the agent's raw wait status: the launcher's last words to tcmd
 LEFTOVER_GRACE_S = 1.0  # SIGTERM, then this long, then SIGKILL for what the agent left behind
 _FORWARD = (signal.SIGHUP, signal.SIGTERM)  # tmux's kill: pass it on to the agent
 _IGNORE = (signal.SIGINT, signal.SIGQUIT, signal.SIGTSTP)  # keys on the pane: the agent's
@@ -54,31 +59,74 @@ def command_line(python: str) -> list[str]:
     return [python, "-I", "-S", "-c", code]
 
 
-def open_handoff(path: Path) -> int:
-    """tcmd's side, before the pane exists: a fresh FIFO at ``path``, held open (O_RDWR, so
-    neither side blocks on open); the fd to ``hand_over`` to once the pane is recorded."""
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(path)
-    os.mkfifo(path, 0o600)
-    return os.open(path, os.O_RDWR | os.O_NONBLOCK)
+class Handoff:
+    """tcmd's side of one launch: the pipe it hands the launcher its environment through,
+    and through which the launcher tells how the agent ended. tcmd holds the read end
+    until the pane is done with (``close``)."""
+
+    def __init__(self) -> None:
+        self.read_fd, write_fd = os.pipe()  # close-on-exec: no tmux client inherits it
+        self._write_fd: int | None = write_fd
+        os.set_blocking(self.read_fd, False)
+        inode = os.fstat(self.read_fd).st_ino
+        self.address = f"/proc/{os.getpid()}/fd/{self.read_fd}:{inode}"
+
+    def hand_over(self, env: Mapping[str, str]) -> None:
+        """Give the launcher its environment (``KEY=VALUE`` lines, an empty line). The lines
+        wait in the pipe, held by the read end, until the launcher reads them."""
+        if self._write_fd is None:  # closed: the pane process is gone already
+            return
+        try:
+            os.write(self._write_fd, "".join(f"{k}={v}\n" for k, v in env.items()).encode() + b"\n")
+        finally:
+            os.close(self._write_fd)
+            self._write_fd = None
+
+    def exit_status(self) -> int | None:
+        """The raw wait status the launcher wrote when its agent ended; None if none came
+        (the launcher was killed, or never read its handoff)."""
+        data = b""
+        with contextlib.suppress(BlockingIOError):
+            while chunk := os.read(self.read_fd, 65536):
+                data += chunk
+        for line in reversed(data.split(b"\n")):
+            said = line.removeprefix(EXIT_LINE)
+            if said != line and said.isdigit():
+                return int(said)
+        return None
+
+    def close(self) -> None:
+        """Idempotent. Closed before ``hand_over``, the launcher gets nothing and does not
+        start the agent."""
+        for fd in (self._write_fd, self.read_fd):
+            if fd is not None and fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        self._write_fd, self.read_fd = None, -1
 
 
-def hand_over(fd: int, env: Mapping[str, str]) -> None:
-    """tcmd's side: give the launcher its environment (``KEY=VALUE`` lines, an empty line).
+def _open_pipe(address: str, flags: int) -> int | None:
+    """The launcher's side: an fd on the pipe ``address`` names, None if it is gone (or an
+    fd number that now names something else)."""
+    path, _, inode = address.rpartition(":")
+    try:
+        fd = os.open(path, flags | os.O_NONBLOCK)
+    except OSError:
+        return None
+    info = os.fstat(fd)
+    if not inode.isdigit() or info.st_ino != int(inode) or not stat.S_ISFIFO(info.st_mode):
+        os.close(fd)
+        return None
+    return fd
 
-    The caller closes ``fd`` later (after HANDOFF_TIMEOUT_S): closed before the launcher
-    opened the FIFO, the pipe and what was written to it would be gone."""
-    os.write(fd, "".join(f"{k}={v}\n" for k, v in env.items()).encode() + b"\n")
 
-
-def read_handoff(path: str, timeout_s: float = HANDOFF_TIMEOUT_S) -> dict[str, str] | None:
+def read_handoff(address: str, timeout_s: float = HANDOFF_TIMEOUT_S) -> dict[str, str] | None:
     """The launcher's side: the ``KEY=VALUE`` lines tcmd hands over; None if none came."""
     import select
     import time
 
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-    except OSError:
+    fd = _open_pipe(address, os.O_RDONLY)
+    if fd is None:
         return None
     data = b""
     deadline = time.monotonic() + timeout_s
@@ -113,6 +161,7 @@ def main(argv: list[str]) -> int:
         sys.stderr.write("tcm: the daemon did not hand this pane over; not starting the agent\n")
         return 1
     env = {**os.environ, **handed}
+    tell = _open_pipe(argv[0], os.O_WRONLY)  # for our last words; none: tcmd asks tmux
     if nice is not None:
         _lower_priority(nice)
     _become_subreaper()
@@ -129,15 +178,10 @@ def main(argv: list[str]) -> int:
         signal.signal(sig, lambda signum, frame: None)
     status = _wait_for(child)
     _end_leftovers()
-    _record_exit(Path(argv[0]).parent / EXIT_RECORD, status)
+    if tell is not None:  # how the agent ended, for tcmd, which sees this process end
+        with contextlib.suppress(OSError):  # (instances/deaths.py) before tmux may notice
+            os.write(tell, EXIT_LINE + str(status).encode() + b"\n")
     return _exit_like(status)
-
-
-def _record_exit(path: Path, status: int) -> None:
-    """How the agent ended, for tcmd, which sees this process end (instances/deaths.py)
-    before tmux may have noticed."""
-    with contextlib.suppress(OSError):
-        path.write_text(str(status))
 
 
 def niceness_for(agent_nice: int) -> int | None:

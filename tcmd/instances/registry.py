@@ -32,7 +32,7 @@ from tcmd.errors import Conflict, Forbidden, NotFound, TcmError
 from tcmd.instances import launcher
 from tcmd.instances.agents.base import LaunchEnv
 from tcmd.instances.agents.registry import profile
-from tcmd.instances.deaths import DeathWatch, clear_exit, read_exit
+from tcmd.instances.deaths import DeathWatch
 from tcmd.instances.identity import IN_TMUX, OUTSIDE, VANISHED, Identity, InPane, Who
 from tcmd.instances.pacing import Pacer
 from tcmd.instances.sessions import Sessions
@@ -346,27 +346,25 @@ class Instances:
         prof = profile(inst.agent)
         if prof.paced:
             await self._paced(inst)
-        idir = self.instance_dir(inst)
-        idir.mkdir(mode=0o700, parents=True, exist_ok=True)
         env = self._agent_env(inst, launch=inst.launched + 1)
-        launch_env = LaunchEnv(self.settings, idir, self.python, env, hook_url=self.hook_url)
+        launch_env = LaunchEnv(
+            self.settings, self.instance_dir(inst), self.python, env, hook_url=self.hook_url
+        )
         spec = prof.launch(inst, launch_env, resume=resume)
         # The pane runs the agent under tcm's launcher, which starts it only once handed its
         # token (never in argv or tmux) after its pid is recorded here (instances/launcher.py).
         secret = {k: v for k, v in spec.env.items() if k == "TCM_INSTANCE_TOKEN"}
         pane_env = {k: v for k, v in spec.env.items() if k not in secret}
-        handoff = idir / "handoff"
+        handoff = launcher.Handoff()
         nice = launcher.niceness_for(self.settings.agent_nice)
         lower = ["--nice", str(nice)] if nice is not None else []
-        argv = [*launcher.command_line(self.python), str(handoff), *lower, "--", *spec.argv]
+        argv = [*launcher.command_line(self.python), handoff.address, *lower, "--", *spec.argv]
         cwd = Path(inst.work_dir)
         if inst.status != State.STARTING:
             self._set(inst, State.STARTING)
         self.pane_since[inst.id] = float("inf")
         self.deaths.forget(inst.id)
-        clear_exit(idir)
         inst.launched += 1  # before the process exists: its first hook names this launch
-        fd = launcher.open_handoff(handoff)
         try:
             try:
                 pane = await self._start_pane(inst, argv, cwd, pane_env)
@@ -376,12 +374,11 @@ class Instances:
             finally:
                 self.pane_since[inst.id] = time.monotonic()
             self.identity.pane_started(inst.id, pane.pid)
-            self.deaths.watch(inst.id, pane.pid)
         except BaseException:
-            os.close(fd)  # the launcher, if any, reads nothing and does not start the agent
+            handoff.close()  # the launcher, if any, reads nothing and does not start the agent
             raise
-        launcher.hand_over(fd, secret)
-        asyncio.get_running_loop().call_later(launcher.HANDOFF_TIMEOUT_S, os.close, fd)
+        self.deaths.watch(inst.id, pane.pid, handoff)
+        handoff.hand_over(secret)
         inst.pane_id = pane.pane_id
         inst.exit_status = inst.exit_signal = None
         self._save(inst)
@@ -511,15 +508,16 @@ class Instances:
         self.store.put(NS, inst.id, inst)
 
     def instance_dir(self, inst: Instance) -> Path:
-        """Where the instance's files live: its handoff FIFO, its exit record, its settings."""
+        """Where the instance's files live, if its agent has any (Claude's settings); made
+        by the profile that writes them."""
         return self.settings.state_dir / "instances" / inst.id
 
     def _exited(self, inst: Instance, pane: PaneInfo | None) -> None:
-        """``pane``: tmux's record of the dead pane, else the launcher's record is read."""
+        """``pane``: tmux's record of the dead pane, else what the launcher told (if any)."""
         if pane is not None:
             inst.exit_status, inst.exit_signal = pane.dead_status, pane.dead_signal
         else:
-            inst.exit_status, inst.exit_signal = read_exit(self.instance_dir(inst))
+            inst.exit_status, inst.exit_signal = self.deaths.exits.get(inst.id, (None, None))
         if inst.status not in (State.EXITED, State.TERMINATED):
             log.info(
                 "exited", instance_id=inst.id, status=inst.exit_status, signal=inst.exit_signal
@@ -654,8 +652,10 @@ class Instances:
             told = self.deaths.dead.get(inst.id)  # the kernel says its pane process ended
             if pane is None or pane.dead or told is not None:
                 early = now - self.pane_since.get(inst.id, 0) < EARLY_EXIT_S
-                if pane is not None and not pane.dead and early and not self._tmux_late(inst):
-                    continue  # its last words are still on their way to tmux's screen
+                untold = told is not None and inst.id not in self.deaths.exits
+                waits = early or untold  # for its last words on tmux's screen, or its status
+                if pane is not None and not pane.dead and waits and not self._tmux_late(inst):
+                    continue
                 if pane is not None and early:
                     await self._early_exit(inst, pane, now - self.pane_since[inst.id])
                 self._exited(inst, pane if pane is not None and pane.dead else None)
@@ -677,8 +677,9 @@ class Instances:
         words become ``last_error``), which the reconcile reads."""
         inst = self.by_id.get(instance_id)
         since = self.pane_since.get(instance_id, 0.0)
-        if inst is None or inst.status not in LIVE or time.monotonic() - since < EARLY_EXIT_S:
-            self._reconcile_soon.set()
+        early = time.monotonic() - since < EARLY_EXIT_S
+        if inst is None or inst.status not in LIVE or early or instance_id not in self.deaths.exits:
+            self._reconcile_soon.set()  # (not told: adopted after a restart, tmux knows how)
             return
         self._exited(inst, None)
 

@@ -18,9 +18,10 @@ camelCase, as in the public JSON. The kinds tcm emits:
 =======================  ==========================================================
 
 Store layout: namespace ``events``, one document per event keyed by its zero-padded
-``seq``; ``counters/event`` holds the next ``seq``. The newest ``capacity`` events are
-kept; the oldest document is deleted as each new one goes over. Emitting is O(1): one
-append to memory and two or three store writes. A store failure while emitting raises
+``seq``. The newest ``capacity`` events are kept (so the newest tells the next ``seq``);
+the oldest document is deleted as each new one goes over. ``counters/event`` holds the
+next ``seq`` as of the last load. Emitting is O(1): one append to memory and one or two
+store writes. A store failure while emitting raises
 (``Unavailable``) to the caller, like any other state write.
 """
 
@@ -95,6 +96,10 @@ class EventLog:
         counter = self.store.get(COUNTER_NS, COUNTER_KEY)
         newest = self._events[-1]["seq"] if self._events else 0
         self._next_seq = max(counter if type(counter) is int else 1, newest + 1)
+        # The newest event is always kept, so it tells the next seq; the counter is written
+        # here only, for a log that a malformed newest event was dropped from.
+        if counter != self._next_seq:
+            self.store.put(COUNTER_NS, COUNTER_KEY, self._next_seq)
 
     def emit(self, kind: str, **fields: Any) -> Event:
         """Append, persist and announce one event; the event as stored."""
@@ -108,7 +113,6 @@ class EventLog:
         event = self.store.get(NS, key)
         assert isinstance(event, dict)
         self._next_seq = seq + 1
-        self.store.put(COUNTER_NS, COUNTER_KEY, self._next_seq)
         self._events.append(event)
         if len(self._events) > self.capacity:
             oldest = self._events.popleft()

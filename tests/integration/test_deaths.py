@@ -5,7 +5,6 @@ ends, only for the pane process of the newest launch."""
 from __future__ import annotations
 
 import asyncio
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,31 +12,56 @@ from pathlib import Path
 import pytest
 
 from tcmd.instances import launcher
-from tcmd.instances.deaths import DeathWatch, clear_exit, read_exit
+from tcmd.instances.deaths import DeathWatch, decode_status
 
 pytestmark = pytest.mark.skipif(not DeathWatch.available, reason="no pidfd_open here")
 
 
-def run_launcher(idir: Path, script: str) -> int:
-    """Start tcm's launcher with ``sh -c script`` as its agent, hand it over; its exit code."""
-    handoff = idir / "handoff"
-    fd = launcher.open_handoff(handoff)
+def run_launcher(script: str, *, hand_over: bool = True) -> tuple[int, int | None]:
+    """Start tcm's launcher with ``sh -c script`` as its agent, hand it over; its exit code
+    and the raw wait status it told tcmd."""
+    handoff = launcher.Handoff()
     try:
-        argv = [*launcher.command_line(sys.executable), str(handoff), "--", "sh", "-c", script]
+        argv = [*launcher.command_line(sys.executable), handoff.address, "--", "sh", "-c", script]
         proc = subprocess.Popen(argv)  # an argv, never a shell
-        launcher.hand_over(fd, {"TCM_INSTANCE_TOKEN": "t"})
-        return proc.wait(timeout=30)
+        if hand_over:
+            handoff.hand_over({"TCM_INSTANCE_TOKEN": "t"})
+        else:
+            handoff.close()
+        return proc.wait(timeout=30), handoff.exit_status() if hand_over else None
     finally:
-        os.close(fd)
+        handoff.close()
 
 
-def test_the_launcher_records_its_agents_exit_status_and_signal(tmp_path: Path) -> None:
-    assert run_launcher(tmp_path, "exit 3") == 3
-    assert read_exit(tmp_path) == (3, None)
-    assert run_launcher(tmp_path, "kill -9 $$") == -9  # the launcher ends the same way
-    assert read_exit(tmp_path) == (None, 9)
-    clear_exit(tmp_path)
-    assert read_exit(tmp_path) == (None, None)  # a new launch: nothing speaks for it yet
+def test_the_launcher_tells_its_agents_exit_status_and_signal() -> None:
+    code, status = run_launcher('test "$TCM_INSTANCE_TOKEN" = t && exit 3')
+    assert code == 3 and status is not None
+    assert decode_status(status) == (3, None)
+    code, status = run_launcher("kill -9 $$")
+    assert code == -9  # the launcher ends the same way
+    assert status is not None and decode_status(status) == (None, 9)
+
+
+def test_a_launcher_not_handed_over_starts_nothing(tmp_path: Path) -> None:
+    marker = tmp_path / "ran"
+    code, _ = run_launcher(f"touch {marker}", hand_over=False)
+    assert code == 1 and not marker.exists()
+
+
+def test_a_launcher_refuses_a_pipe_that_is_not_the_one_named() -> None:
+    """An fd number tcmd closed may name another pipe later: the inode tells them apart."""
+    handoff, other = launcher.Handoff(), launcher.Handoff()
+    try:
+        other.hand_over({"TCM_INSTANCE_TOKEN": "someone else's"})
+        path, _, _ = handoff.address.rpartition(":")
+        _, _, inode = other.address.rpartition(":")
+        assert launcher.read_handoff(f"{path}:{inode}", timeout_s=1) is None
+        assert launcher.read_handoff(other.address, timeout_s=1) == {
+            "TCM_INSTANCE_TOKEN": "someone else's"
+        }
+    finally:
+        handoff.close()
+        other.close()
 
 
 async def test_a_pidfd_tells_the_death_of_the_newest_pane_process_only() -> None:

@@ -108,9 +108,9 @@ async def test_calls_that_make_panes_are_not_sent_in_a_burst(
     in_flight: list[int] = []
     real = control.submit
 
-    def submit(args: Any) -> Any:
-        in_flight.append(len(control.pending) + 1)
-        return real(args)
+    def submit(*commands: Any) -> Any:
+        in_flight.append(len(control.pending) + len(commands))
+        return real(*commands)
 
     monkeypatch.setattr(control, "submit", submit)
     names = [f"exec_{i}" for i in range(12)]

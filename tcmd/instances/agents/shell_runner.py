@@ -8,7 +8,7 @@ entered while busy queued for after the running command, Ctrl-D on an empty line
 Each submitted text runs as ``SHELL -c TEXT`` (stdin /dev/null, stdout and stderr merged,
 its own process group); its output streams to the pane.
 
-State is reported as Claude's hook events through ``tcmctl.hook.forward``: SessionStart
+State is reported as Claude's hook events on one connection (``tcmctl.hook.HookLine``): SessionStart
 once ready, UserPromptSubmit when a command starts, Stop when it ends (the output, plus
 tcm's ``exit_status`` and ``interrupted``), SessionEnd on exit. A hook that cannot be
 delivered is dropped; the runner goes on.
@@ -31,7 +31,7 @@ import sys
 import termios
 import time
 
-from tcmctl.hook import forward
+from tcmctl.hook import HookLine
 
 TYPE_CHECKING = False  # not `from typing import ...`: importing typing costs milliseconds
 if TYPE_CHECKING:
@@ -157,9 +157,10 @@ class Runner:
         self.in_paste = False
         self.esc_deadline: float | None = None
         self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self.hooks = HookLine()
 
     def hook(self, event: str, **fields: Any) -> None:
-        forward(
+        self.hooks.send(
             {
                 "session_id": self.session_id,
                 "transcript_path": "",
@@ -291,6 +292,7 @@ class Runner:
         self.hook("SessionEnd", reason=reason)
         if self.job:
             self.job.signal(signal.SIGKILL)
+        self.hooks.close()
         return status
 
     def run(self, wake: int) -> int:
