@@ -42,6 +42,7 @@ from collections.abc import Mapping
 PR_SET_CHILD_SUBREAPER = 36
 HANDOFF_TIMEOUT_S = 60.0  # tcmd hands over within milliseconds; this is for a dead tcmd
 EXIT_LINE = b"exit "  # + the agent's raw wait status: the launcher's last words to tcmd
+AUTOGROUP_TRIES, AUTOGROUP_RETRY_S = 6, 0.05  # (kernel/sched/autogroup.c: HZ / 10 apart)
 LEFTOVER_GRACE_S = 1.0  # SIGTERM, then this long, then SIGKILL for what the agent left behind
 _FORWARD = (signal.SIGHUP, signal.SIGTERM)  # tmux's kill: pass it on to the agent
 _IGNORE = (signal.SIGINT, signal.SIGQUIT, signal.SIGTSTP)  # keys on the pane: the agent's
@@ -196,6 +197,33 @@ def _lower_priority(nice: int) -> None:
     with contextlib.suppress(OSError):
         if nice > os.getpriority(os.PRIO_PROCESS, 0):
             os.setpriority(os.PRIO_PROCESS, 0, nice)
+    _lower_autogroup(nice)
+
+
+def _lower_autogroup(nice: int) -> None:
+    """The same niceness for the pane's autogroup, where the kernel has them.
+
+    With autogroups (``kernel.sched_autogroup_enabled``, the default of many distributions)
+    the scheduler shares the CPU between sessions first, and a process's own niceness ranks
+    it only within its session. tmux starts every pane as a session of its own, so without
+    this each agent would weigh as much as tcmd however nice it is. The kernel lets an
+    unprivileged process lower its autogroup's priority, at most one such change per 100 ms
+    on the whole machine (EAGAIN): a few tries, then the agent starts anyway.
+    """
+    import time
+
+    for _ in range(AUTOGROUP_TRIES):
+        try:
+            with open("/proc/self/autogroup", "r+", encoding="ascii") as fh:
+                _, _, current = fh.read().rpartition(" ")
+                if current.strip().lstrip("-").isdigit() and int(current) >= nice:
+                    return
+                fh.write(str(nice))
+            return
+        except BlockingIOError:  # EAGAIN: another change within the last 100 ms
+            time.sleep(AUTOGROUP_RETRY_S)  # a kernel rate limit, not a condition to poll
+        except OSError:  # no autogroups here (or not allowed): the process niceness stands
+            return
 
 
 def _become_subreaper() -> None:

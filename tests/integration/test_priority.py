@@ -5,12 +5,27 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
+
 from tests.fakes import FAKE_CLAUDE
 from tests.support import AgentDaemon, DaemonProcess
 
 
 def niceness(pid: int) -> int:
     return os.getpriority(os.PRIO_PROCESS, pid)
+
+
+def autogroups() -> bool:
+    """Whether the kernel shares the CPU between sessions first (autogroups)."""
+    try:
+        return Path("/proc/sys/kernel/sched_autogroup_enabled").read_text().strip() == "1"
+    except OSError:
+        return False
+
+
+def autogroup_nice(pid: int) -> int:
+    """The niceness of the autogroup ``pid`` is in ("/autogroup-N nice K")."""
+    return int(Path(f"/proc/{pid}/autogroup").read_text().split()[-1])
 
 
 def agent_pid(agents: AgentDaemon, instance_id: str) -> int:
@@ -51,3 +66,15 @@ def test_agent_nice_zero_leaves_agents_at_tcmds_priority(
     shell = agents.spawn("executive", agent="shell")["instanceId"]
     agents.wait_status(shell, "ready")
     assert nice_of_a_command(agents, shell) == str(niceness(agents.daemon.proc.pid))
+
+
+@pytest.mark.skipif(not autogroups(), reason="the kernel groups no sessions here")
+def test_each_panes_autogroup_is_as_nice_as_its_agent(agents: AgentDaemon) -> None:
+    """tmux makes every pane a session, hence an autogroup of its own: the group's niceness
+    is what ranks an agent against tcmd, so it must be lowered too."""
+    assert agents.daemon.proc is not None
+    want = min(19, niceness(agents.daemon.proc.pid) + 10)
+    shell = agents.spawn("executive", agent="shell")["instanceId"]
+    agents.wait_status(shell, "ready")
+    assert autogroup_nice(agent_pid(agents, shell)) == want
+    assert autogroup_nice(agents.daemon.proc.pid) == autogroup_nice(os.getpid())  # tcmd's: as is
