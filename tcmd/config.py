@@ -286,7 +286,7 @@ class Settings:
     claude_permission_mode: str | None = None  # None: Claude's own default
     claude_sandbox: bool = False  # Claude Code's own sandbox (bubblewrap) for its Bash tool
     retention_ms: int = 7 * 86_400_000  # finished runs, terminated instances: then forgotten
-    agent_nice: int = 10  # agents run this much nicer than tcmd (0: as tcmd)
+    agent_nice: int = 19  # agents run this much nicer than tcmd (0: as tcmd; capped at 19)
     tmux_control: bool = True  # tmux calls over one control-mode client (off: a client each)
     hooks: str = "http"  # how Claude reports hook events: POST to tcmd, or run `tcmctl hook`
     prices_file: Path | None = None  # prices per model over the shipped table (tcmd/prices.json)

@@ -108,6 +108,9 @@ class DaemonProcess:
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=log,
+                # a session of its own, as systemd starts a service: where the kernel groups
+                # by session (autogroups), the test's own busy processes are not tcmd's group
+                start_new_session=True,
             )
         if wait:
             wait_until(self.answers, 15, what=f"tcmd on {self.socket}")
@@ -153,18 +156,24 @@ class DaemonProcess:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
-    def _kill_strays(self) -> None:
-        """Daemons tcmctl autostarted for this socket, found by their environment."""
+    def _kill_strays(self, *, tmux_too: bool = False) -> None:
+        """Daemons tcmctl autostarted for this socket (found by their environment); with
+        ``tmux_too``, tmux processes on this test's own tmux socket name that kill-server
+        could not reach: a server whose socket file a racing start (tcmd killed mid-start)
+        took over."""
         marker = f"TCM_SOCKET={self.socket}".encode()
+        tmux_socket = self.tmux_socket.encode()
         for proc in Path("/proc").iterdir():
             if not proc.name.isdigit() or int(proc.name) == os.getpid():
                 continue
             try:
                 environ = (proc / "environ").read_bytes().split(b"\0")
-                cmdline = (proc / "cmdline").read_bytes()
+                argv = (proc / "cmdline").read_bytes().split(b"\0")
             except OSError:
                 continue
-            if marker in environ and b"tcmd" in cmdline:
+            tcmd = marker in environ and any(b"tcmd" in arg for arg in argv)
+            tmux = argv[0] == b"tmux" and b"-L" in argv[:-1]
+            if tcmd or (tmux_too and tmux and argv[argv.index(b"-L") + 1] == tmux_socket):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(int(proc.name), signal.SIGKILL)
 
@@ -180,6 +189,7 @@ class DaemonProcess:
         subprocess.run(
             ["tmux", "-L", self.tmux_socket, "kill-server"], capture_output=True, check=False
         )
+        self._kill_strays(tmux_too=True)
         tmux_sock = Path(f"/tmp/tmux-{os.getuid()}/{self.tmux_socket}")
         tmux_sock.unlink(missing_ok=True)  # kill-server leaves its socket file behind
         tmux_sock.with_name(tmux_sock.name + ".tcmd.lock").unlink(missing_ok=True)  # a kill -9's

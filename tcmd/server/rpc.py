@@ -43,7 +43,8 @@ LINGER_S = 2.0
 LINGER_MAX = 256  # refused connections kept lingering at once; past that they close at once
 FRAME_ALLOWANCE = 16 * 1024  # unfinished bytes a connection holds outside the shared budget
 WRITE_HIGH_WATER = 64 * 1024  # the transport's own: past it, answers wait for a drain
-FD_RESERVE = 256  # descriptors beside the connections: store, tmux pipes, children, logs
+FD_RESERVE = 4096  # beside the connections: store, tmux pipes, children, logs, and two per
+# live instance (the pidfd of its pane process and the pipe its launcher speaks through)
 Identify = Callable[[int | None], Any]  # peer pid -> what the kernel says it is
 ResolveCaller = Callable[[str | None, Any, str], Caller]  # token, that verdict, method
 

@@ -45,7 +45,7 @@ def nice_of_a_command(agents: AgentDaemon, instance_id: str) -> str:
 def test_agents_and_their_commands_run_nicer_than_tcmd(agents: AgentDaemon) -> None:
     assert agents.daemon.proc is not None
     tcmd = niceness(agents.daemon.proc.pid)
-    want = min(19, tcmd + 10)  # the default TCM_AGENT_NICE
+    want = min(19, tcmd + 19)  # the default TCM_AGENT_NICE
     claude = agents.spawn("executive")["instanceId"]
     shell = agents.spawn("executive", agent="shell")["instanceId"]
     agents.wait_status(claude, "ready")
@@ -73,7 +73,7 @@ def test_each_panes_autogroup_is_as_nice_as_its_agent(agents: AgentDaemon) -> No
     """tmux makes every pane a session, hence an autogroup of its own: the group's niceness
     is what ranks an agent against tcmd, so it must be lowered too."""
     assert agents.daemon.proc is not None
-    want = min(19, niceness(agents.daemon.proc.pid) + 10)
+    want = min(19, niceness(agents.daemon.proc.pid) + 19)
     shell = agents.spawn("executive", agent="shell")["instanceId"]
     agents.wait_status(shell, "ready")
     assert autogroup_nice(agent_pid(agents, shell)) == want
