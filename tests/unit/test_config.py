@@ -19,7 +19,7 @@ def test_defaults_follow_the_contract() -> None:
     assert s.claude_command == ("claude",)
     assert s.socket_path == Path("/home/u/.local/state/tcm/tcmd.sock")
     assert s.state_dir == Path("/home/u/.local/state/tcm")
-    assert s.agent_nice == 10
+    assert s.agent_nice == 19
 
 
 def test_xdg_paths() -> None:
