@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import subprocess
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -55,7 +56,14 @@ ROUTED = frozenset({
     "display-message", "set-environment", "show-environment", "set-hook", "show-options",
     "set-option",
 })  # fmt: skip
-_PLAIN = frozenset("-_./:=@+,")  # never "%": an unquoted %if, %endif… is a directive
+# never "%": an unquoted %if, %endif… is a directive
+_PLAIN_WORD = re.compile(r"[A-Za-z0-9_./:=@+,-]+")
+_ESCAPES = {  # inside double quotes: what tmux would read otherwise, and control characters
+    **{c: f"\\{c:03o}" for c in [*range(0x20), 0x7F]},
+    **{ord(c): "\\" + c for c in '"\\$~'},
+    ord("\n"): "\\n",
+    ord("\t"): "\\t",
+}
 
 
 class ControlLost(Exception):
@@ -75,22 +83,10 @@ def routable(args: Sequence[str]) -> bool:
 
 def quote(arg: str) -> str:
     """``arg`` as one word for tmux's command parser, meaning exactly its text."""
-    if arg and arg.isascii() and all(c.isalnum() or c in _PLAIN for c in arg):
+    if _PLAIN_WORD.fullmatch(arg):
         return arg
-    out = ['"']
-    for ch in arg:
-        if ch in '"\\$~':
-            out.append("\\" + ch)
-        elif ch == "\n":
-            out.append("\\n")
-        elif ch == "\t":
-            out.append("\\t")
-        elif ch < " " or ch == "\x7f":
-            out.append(f"\\{ord(ch):03o}")
-        else:
-            out.append(ch)
-    out.append('"')
-    return "".join(out)
+    return '"' + arg.translate(_ESCAPES) + '"'
+
 
 
 class _Reader(asyncio.Protocol):

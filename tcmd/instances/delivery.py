@@ -163,6 +163,7 @@ class Delivery:
                 ok = False
             if queue and queue[0] is out:
                 queue.popleft()
+                self.instances.changes.fire(inst.id)  # pending(inst.id) changed
             if not out.done.done():
                 out.done.set_result(ok)
             if not ok:
@@ -180,12 +181,12 @@ class Delivery:
         started = time.monotonic()
         await tmux.paste(inst.id, profile(inst.agent).as_prompt(text), enter=True)
         for _ in range(ENTER_TRIES):
-            if await self.instances.changes.wait_for(acknowledged, ACK_WAIT_S):
+            if await self.instances.changes.wait_for(acknowledged, ACK_WAIT_S, inst.id):
                 break
             screen = await tmux.capture(inst.id, 20)
             if not profile(inst.agent).input_pending(screen, text):
                 # gone from the box, so submitted: on a loaded machine its hook can be late
-                await self.instances.changes.wait_for(acknowledged, ACK_LATE_S)
+                await self.instances.changes.wait_for(acknowledged, ACK_LATE_S, inst.id)
                 break
             log.info("prompt still in the input box: Enter again", instance_id=inst.id)
             await tmux.send_keys(inst.id, "Enter")

@@ -501,7 +501,7 @@ class Instances:
                 log.debug("state", instance_id=inst.id, old=old, new=new)
                 for listener in self.listeners:
                     listener(inst, old)
-            self.changes.fire()
+            self.changes.fire(inst.id)
 
     def _save(self, inst: Instance) -> None:
         # the dataclass itself: orjson encodes it as to_json() would, without asdict's copy
@@ -566,7 +566,7 @@ class Instances:
                 return {"accepted": False}
         else:
             self._save(inst)
-            self.changes.fire()
+            self.changes.fire(inst.id)
         return {"accepted": True, "status": inst.status.value}
 
     def _apply(self, inst: Instance, event: str, p: dict[str, Any]) -> State | None:

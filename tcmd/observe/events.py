@@ -117,7 +117,7 @@ class EventLog:
         if len(self._events) > self.capacity:
             oldest = self._events.popleft()
             self.store.delete(NS, event_key(oldest["seq"]))
-        self.changes.fire()
+        self.changes.fire("events")
         return event
 
     def after(self, seq: int) -> Iterator[Event]:
@@ -135,7 +135,7 @@ class EventLog:
 
     async def wait(self, seq: int, timeout_s: float | None) -> bool:
         """True as soon as some event is newer than ``seq``; False after ``timeout_s``."""
-        return await self.changes.wait_for(lambda: self._next_seq - 1 > seq, timeout_s)
+        return await self.changes.wait_for(lambda: self._next_seq - 1 > seq, timeout_s, "events")
 
     async def wait_since(self, seq: int, timeout_s: float | None, limit: int = 1000) -> list[Event]:
         """The events after ``seq``, waiting up to ``timeout_s`` for one; [] at timeout."""

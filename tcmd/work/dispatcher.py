@@ -97,6 +97,7 @@ class Parallel:
         self.instances = instances
         self.delivery = delivery
         self.runs: dict[str, Run] = {}
+        self._final_upto: dict[str, int] = {}  # run id -> its first jobs known final (run_done)
         self.active: dict[str, int] = {}  # manager id -> attempts running now
         self.limits: dict[str, int] = {}  # manager id -> its current maxConcurrent
         self.attempts: dict[str, asyncio.Task[None]] = {}  # job id -> running attempt
@@ -451,7 +452,7 @@ class Parallel:
     async def _run_task(self, job: Job, run: Run, spec: Instance) -> tuple[str, dict[str, Any]]:
         changes = self.instances.changes
         await self.instances.launch(spec, resume=False)
-        await changes.wait_for(lambda: spec.status != State.STARTING, SPAWN_TIMEOUT_S)
+        await changes.wait_for(lambda: spec.status != State.STARTING, SPAWN_TIMEOUT_S, spec.id)
         if spec.status != State.READY:
             raise TaskFailed(f"specialist {spec.id} did not start ({spec.status.value})")
         task = job.task
@@ -463,7 +464,9 @@ class Parallel:
             raise TaskFailed(f"the task prompt was not acknowledged by {spec.id}")
         timeout_ms = int(task.get("timeoutMs") or run.timeout_ms)
         finished = await changes.wait_for(
-            lambda: spec.status in IDLE and not self.delivery.pending(spec.id), timeout_ms / 1000
+            lambda: spec.status in IDLE and not self.delivery.pending(spec.id),
+            timeout_ms / 1000,
+            spec.id,  # its state, and its prompts leaving the outbox, fire with its id
         )
         if not finished:
             raise TaskFailed(f"timed out after {timeout_ms} ms (still {spec.status.value})")
@@ -506,9 +509,16 @@ class Parallel:
         ]  # fmt: skip
 
     def run_done(self, run: Run) -> bool:
+        """Whether every job of ``run`` is final. Checked at every job's end: a final job
+        stays final, so the jobs known final are not looked at again (O(1) amortised)."""
         if self.waiting.pending(run.run_id):
             return False
-        return all(j.state in FINAL for j in self.run_jobs(run))
+        job_ids = list(run.job_ids.values())
+        done = self._final_upto.get(run.run_id, 0)
+        while done < len(job_ids) and self.queue.get(job_ids[done]).state in FINAL:
+            done += 1
+        self._final_upto[run.run_id] = done
+        return done == len(job_ids)
 
     def finish_runs(self) -> None:
         for run in self.runs.values():
@@ -535,6 +545,7 @@ class Parallel:
         failure or a crash half-way leaves jobs without a run, forgotten later."""
         self.store.delete(RUNS, run.run_id)
         del self.runs[run.run_id]
+        self._final_upto.pop(run.run_id, None)
         jobs = list(run.job_ids.values())
         self.runless.update(jobs)  # what a failure below leaves, forget_runless takes later
         for job_id in jobs:

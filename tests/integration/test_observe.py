@@ -41,9 +41,11 @@ class WatchedChanges(Changes):
         super().__init__()
         self.waiting = asyncio.Event()
 
-    async def wait_for(self, predicate: Callable[[], bool], timeout_s: float | None) -> bool:
+    async def wait_for(
+        self, predicate: Callable[[], bool], timeout_s: float | None, key: str | None = None
+    ) -> bool:
         self.waiting.set()  # nothing awaits between here and blocking: a woken test knows
-        return await super().wait_for(predicate, timeout_s)
+        return await super().wait_for(predicate, timeout_s, key)
 
 
 @dataclass
