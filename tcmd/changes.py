@@ -17,11 +17,16 @@ from collections.abc import Callable
 ANY = None  # the key of a waiter that any change may concern
 
 
+def run_key(run_id: str) -> str:
+    """The key of a change to a job of run ``run_id``."""
+    return f"run:{run_id}"
+
+
 class Changes:
     """A broadcast 'something changed' signal with predicate waits, by key."""
 
     def __init__(self) -> None:
-        self._waiting: dict[str | None, set[asyncio.Event]] = {}
+        self._waiting: dict[str | None, set[asyncio.Future[None]]] = {}
         self.count = 0
 
     def fire(self, key: str | None = None) -> None:
@@ -33,24 +38,26 @@ class Changes:
         else:
             groups = [g for g in (self._waiting.get(key), self._waiting.get(ANY)) if g]
         for group in groups:
-            for event in group:
-                event.set()
+            for waiter in group:
+                if not waiter.done():
+                    waiter.set_result(None)
 
     async def wait_for(
         self, predicate: Callable[[], bool], timeout_s: float | None, key: str | None = ANY
     ) -> bool:
         """True once ``predicate()`` holds; False if ``timeout_s`` passes first. With a
         ``key``, the predicate must read only what changes fired with that key change."""
+        loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(timeout_s):
                 while not predicate():
-                    event = asyncio.Event()
+                    waiter = loop.create_future()
                     group = self._waiting.setdefault(key, set())
-                    group.add(event)
+                    group.add(waiter)
                     try:
-                        await event.wait()
+                        await waiter
                     finally:
-                        group.discard(event)
+                        group.discard(waiter)
                         if not group and self._waiting.get(key) is group:
                             del self._waiting[key]
         except TimeoutError:

@@ -31,6 +31,7 @@ from typing import Any
 import regex
 import structlog
 
+from tcmd.changes import run_key
 from tcmd.config import Settings
 from tcmd.errors import TcmError
 from tcmd.instances.agents.registry import profile
@@ -310,6 +311,7 @@ class Parallel:
     def job_moved(self, job: Job) -> None:
         """A job of this node's runs moved (here, or on another node: the shared queue's
         notice): a final one releases or cancels the tasks that wait for it."""
+        self.instances.changes.fire(run_key(job.run_id))  # for those waiting on its run
         try:
             self.waiting.ended(job)
         except Exception:  # the store refused: the next start replays the job states

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tcmd.api import Caller, NoParams, Tool
+from tcmd.changes import run_key
 from tcmd.errors import Conflict, Forbidden, InvalidParams, NotFound, TcmError
 from tcmd.instances.agents.registry import profile
 from tcmd.instances.authz import check_target, may_see
@@ -241,7 +242,7 @@ class ParallelTools:
                 done += 1
             return done == len(job_ids)
 
-        await self.p.instances.changes.wait_for(all_final, None)
+        await self.p.instances.changes.wait_for(all_final, None, run_key(run.run_id))
         return self.summary(run)
 
     def summary(self, run: Run) -> dict[str, Any]:
