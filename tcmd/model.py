@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import operator
 import time
 from collections.abc import Callable
 from dataclasses import MISSING, asdict, dataclass, field, fields
@@ -105,8 +106,8 @@ class Instance:
         return True
 
     def public(self) -> dict[str, Any]:
-        """What ``list`` shows (never the token)."""
-        return public_row(lambda name: getattr(self, name, None))
+        """What ``list`` shows (never the token); ``list`` over hundreds calls it a lot."""
+        return _row(_public_attrs(self))
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -160,24 +161,36 @@ def child_id(parent: Instance | None, role: Role, n: int) -> str:
     return f"{prefix}_{number_of(parent.id)}_{n}"
 
 
+_PUBLIC = {  # what ``list`` shows -> the Instance field it comes from (never the token)
+    "instanceId": "id",
+    "role": "role",
+    "parentId": "parent_id",
+    "workDir": "work_dir",
+    "status": "status",
+    "created": "created",
+    "stateSince": "updated",  # when it entered its status (time in state)
+    "agent": "agent",
+    "model": "model",
+    "lastResult": "last_result",
+    "lastError": "last_error",
+    "lastExitCode": "last_exit_code",
+    "turns": "turns",
+    "restarts": "restarts",
+    "node": "node",
+}
+_PUBLIC_KEYS = tuple(_PUBLIC)
+_PUBLIC_FIELDS = tuple(_PUBLIC.values())
+_public_attrs = operator.attrgetter(*_PUBLIC_FIELDS)  # one C call for all of them
+
+
 def public_row(get: Callable[[str], Any]) -> dict[str, Any]:
-    """What ``list`` shows of an instance, its fields read by ``get`` (an Instance's
-    attributes, or a stored record's keys: another node's, from the Redis mirror)."""
-    status, role = get("status"), get("role")
-    return {
-        "instanceId": get("id"),
-        "role": getattr(role, "value", role),
-        "parentId": get("parent_id"),
-        "workDir": get("work_dir"),
-        "status": getattr(status, "value", status),
-        "created": get("created"),
-        "stateSince": get("updated"),  # when it entered its status (time in state)
-        "agent": get("agent"),
-        "model": get("model"),
-        "lastResult": get("last_result"),
-        "lastError": get("last_error"),
-        "lastExitCode": get("last_exit_code"),
-        "turns": get("turns"),
-        "restarts": get("restarts"),
-        "node": get("node"),
-    }
+    """What ``list`` shows of a stored record (another node's, from the Redis mirror), its
+    fields read by ``get``; an Instance's own is ``Instance.public`` (the same keys)."""
+    return _row(tuple(get(name) for name in _PUBLIC_FIELDS))
+
+
+def _row(values: tuple[Any, ...]) -> dict[str, Any]:
+    row = dict(zip(_PUBLIC_KEYS, values, strict=True))
+    role, status = row["role"], row["status"]
+    row["role"], row["status"] = getattr(role, "value", role), getattr(status, "value", status)
+    return row
