@@ -47,6 +47,7 @@ class Operator:
     socket: Path
     timeout_s: float
     latencies: list[float] = field(default_factory=list)
+    by_method: dict[str, list[float]] = field(default_factory=dict)
     timeouts: int = 0
     errors: int = 0
     busy_peak: int = 0  # specialists seen busy in one `list` answer
@@ -73,7 +74,8 @@ class Operator:
             except Exception:  # an error answer: count it, keep calling
                 self.errors += 1
                 continue
-            self.latencies.append(time.perf_counter() - t)
+            self.latencies.append(took := time.perf_counter() - t)
+            self.by_method.setdefault(method, []).append(took)
             if method == "list":
                 busy = sum(
                     r["instanceId"].startswith("spec_") and r["status"] == "busy" for r in out
@@ -246,6 +248,12 @@ def main() -> None:
         f"{sum(o.timeouts for o in operators)} timed out after {a.rpc_timeout:g} s, "
         f"{sum(o.errors for o in operators)} errors"
     )
+    for method in OPERATOR_METHODS:
+        each = [x for o in operators for x in o.by_method.get(method, [])]
+        print(
+            f"  {method}: {len(each)} calls, p50 {_pct(each, 0.5) * 1e3:.1f} ms, "
+            f"p99 {_pct(each, 0.99) * 1e3:.1f} ms"
+        )
     final = {s: sum(v == s for v in states.values()) for s in (*FINAL, "missing")}
     if tmux_timeouts:
         print("tmux commands that timed out:", tmux_timeouts)
