@@ -463,9 +463,11 @@ async def serve(settings: Settings) -> int:
     try:
         await daemon.start()
     except AlreadyRunning as exc:
+        daemon.locks.release()  # the ones this daemon took before it met the other's
         log.error("refusing to start", reason=exc.message)
         return 1
     except StateDamaged as exc:  # nothing served yet: exit as found, no final snapshot
+        daemon.locks.release()
         log.error("refusing to start", reason=exc.message, store=str(daemon.store.directory))
         return 3
     # What start-up made (modules, the loaded state) lives as long as the daemon: out of

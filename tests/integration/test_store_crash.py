@@ -27,6 +27,7 @@ from typing import Any
 import pytest
 
 from tcmd.model import Instance, Role
+from tcmd.server.pidlock import tmux_lock_path
 from tcmd.store.jsonfile import JsonFileStore
 from tests.integration.store_writer import DELETE_EVERY, NS, SNAPSHOT_EVERY, key_index, value_for
 
@@ -193,6 +194,7 @@ def test_daemon_refuses_damaged_state_in_one_line(
         assert words in errors[0]["reason"], errors[0]
     assert errors[0]["store"] == str(store)
     assert not (tmp_path / "s.sock").exists()
+    assert not tmux_lock_path(env["TCM_TMUX_SOCKET"]).exists()  # it leaves no lock behind
 
 
 def child_env() -> dict[str, str]:

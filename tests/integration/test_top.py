@@ -3,6 +3,7 @@ read by capture-pane, against a real daemon running shell agents."""
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 import subprocess
@@ -78,6 +79,7 @@ class Terminal:
 
     def close(self) -> None:
         subprocess.run(["tmux", "-L", self.name, "kill-server"], capture_output=True, check=False)
+        Path(f"/tmp/tmux-{os.getuid()}/{self.name}").unlink(missing_ok=True)  # left by kill-server
 
 
 @pytest.fixture
