@@ -511,8 +511,9 @@ class Parallel:
         ]  # fmt: skip
 
     def run_done(self, run: Run) -> bool:
-        """Whether every job of ``run`` is final. Checked at every job's end: a final job
-        stays final, so the jobs known final are not looked at again (O(1) amortised)."""
+        """Whether every job of ``run`` is final. Checked at every move of one of its jobs:
+        a final job stays final, so the jobs known final are not looked at again (what is
+        left per call is a copy of the job ids, in C)."""
         if self.waiting.pending(run.run_id):
             return False
         job_ids = list(run.job_ids.values())

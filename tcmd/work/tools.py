@@ -227,22 +227,10 @@ class ParallelTools:
         self.p.dispatch()
 
     async def _await_run(self, run: Run) -> dict[str, Any]:
-        job_ids = list(run.job_ids.values())
-        done = 0  # job_ids[:done] are final, and a final job stays final
-
-        def final(job_id: str) -> bool:
-            try:
-                return self.p.queue.get(job_id).state in FINAL
-            except NotFound:  # a task waiting for its dependencies: no job yet
-                return False
-
-        def all_final() -> bool:  # checked on every change: O(1) amortised, not O(jobs)
-            nonlocal done
-            while done < len(job_ids) and final(job_ids[done]):
-                done += 1
-            return done == len(job_ids)
-
-        await self.p.instances.changes.wait_for(all_final, None, run_key(run.run_id))
+        # run_done is O(1) amortised: it is checked at every move of one of the run's jobs
+        await self.p.instances.changes.wait_for(
+            lambda: self.p.run_done(run), None, run_key(run.run_id)
+        )
         return self.summary(run)
 
     def summary(self, run: Run) -> dict[str, Any]:
