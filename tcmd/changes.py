@@ -46,7 +46,7 @@ class Changes:
         self, predicate: Callable[[], bool], timeout_s: float | None, key: str | None = ANY
     ) -> bool:
         """True once ``predicate()`` holds; False if ``timeout_s`` passes first. With a
-        ``key``, the predicate must read only what changes fired with that key change."""
+        ``key``, every change the predicate reads must be fired with that key (or none)."""
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(timeout_s):

@@ -56,8 +56,7 @@ ROUTED = frozenset({
     "display-message", "set-environment", "show-environment", "set-hook", "show-options",
     "set-option",
 })  # fmt: skip
-# never "%": an unquoted %if, %endif… is a directive
-_PLAIN_WORD = re.compile(r"[A-Za-z0-9_./:=@+,-]+")
+_PLAIN_WORD = re.compile(r"[A-Za-z0-9_./:=@+,-]+")  # never "%": %if, %endif… are directives
 _ESCAPES = {  # inside double quotes: what tmux would read otherwise, and control characters
     **{c: f"\\{c:03o}" for c in [*range(0x20), 0x7F]},
     **{ord(c): "\\" + c for c in '"\\$~'},
@@ -86,7 +85,6 @@ def quote(arg: str) -> str:
     if _PLAIN_WORD.fullmatch(arg):
         return arg
     return '"' + arg.translate(_ESCAPES) + '"'
-
 
 
 class _Reader(asyncio.Protocol):

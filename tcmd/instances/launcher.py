@@ -6,7 +6,7 @@ leave. It marks itself a child subreaper (``PR_SET_CHILD_SUBREAPER``), so a proc
 agent that double-forks to shed its parent is re-parented here, not to init; it starts the
 agent, reaps every orphan, and when the agent ends it ends what the agent left running, then
 exits the way the agent did (tmux shows the agent's exit status or signal), after writing
-that status to ``exited`` beside HANDOFF for tcmd (instances/deaths.py).
+that status into the HANDOFF pipe for tcmd (instances/deaths.py).
 
 The agent starts only after tcmd has recorded the pane's pid, so the agent's first hook is
 never mistaken for a stranger's. Before it creates the pane, tcmd makes a pipe (never a file:

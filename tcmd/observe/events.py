@@ -21,8 +21,8 @@ Store layout: namespace ``events``, one document per event keyed by its zero-pad
 ``seq``. The newest ``capacity`` events are kept (so the newest tells the next ``seq``);
 the oldest document is deleted as each new one goes over. ``counters/event`` holds the
 next ``seq`` as of the last load. Emitting is O(1): one append to memory and one or two
-store writes. A store failure while emitting raises
-(``Unavailable``) to the caller, like any other state write.
+store writes. A store failure while emitting raises (``Unavailable``) to the caller, like
+any other state write.
 """
 
 from __future__ import annotations

@@ -8,9 +8,9 @@ entered while busy queued for after the running command, Ctrl-D on an empty line
 Each submitted text runs as ``SHELL -c TEXT`` (stdin /dev/null, stdout and stderr merged,
 its own process group); its output streams to the pane.
 
-State is reported as Claude's hook events on one connection (``tcmctl.hook.HookLine``): SessionStart
-once ready, UserPromptSubmit when a command starts, Stop when it ends (the output, plus
-tcm's ``exit_status`` and ``interrupted``), SessionEnd on exit. A hook that cannot be
+State is reported as Claude's hook events, all on one connection (``tcmctl.hook.HookLine``):
+SessionStart once ready, UserPromptSubmit when a command starts, Stop when it ends (the
+output, plus tcm's ``exit_status`` and ``interrupted``), SessionEnd on exit. A hook that cannot be
 delivered is dropped; the runner goes on.
 
 Every task of a parallel run starts one runner, so its start-up is most of what a no-op
