@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
 import subprocess
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -91,8 +93,18 @@ async def test_create_starts_at_head_and_maps_workdir(repo: Path, root: Path) ->
 
 
 async def test_parallel_tasks_keep_both_changes(repo: Path, root: Path) -> None:
+    # Two `git worktree add` at once on one repository can fail the second one reading the
+    # first's half-written .git/worktrees/<name>: tcmd queues them (repolocks), and so do we.
+    lock = asyncio.Lock()
+
+    @contextlib.asynccontextmanager
+    async def one_at_a_time(repo: Path) -> AsyncIterator[None]:
+        async with lock:
+            yield
+
     a, b = await asyncio.gather(
-        worktrees.create(repo, root, "run_1", "a"), worktrees.create(repo, root, "run_1", "b")
+        worktrees.create(repo, root, "run_1", "a", one_at_a_time),
+        worktrees.create(repo, root, "run_1", "b", one_at_a_time),
     )
     (a.path / "file.txt").write_text("from a\n")
     (b.path / "file.txt").write_text("from b\n")
