@@ -107,7 +107,7 @@ class Instance:
 
     def public(self) -> dict[str, Any]:
         """What ``list`` shows (never the token); ``list`` over hundreds calls it a lot."""
-        return _row(_public_attrs(self))
+        return row_of(public_values(self))
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -181,16 +181,18 @@ _PUBLIC = {  # what ``list`` shows -> the Instance field it comes from (never th
 }
 _PUBLIC_KEYS = tuple(_PUBLIC)
 _PUBLIC_FIELDS = tuple(_PUBLIC.values())
-_public_attrs = operator.attrgetter(*_PUBLIC_FIELDS)  # one C call for all of them
+# an Instance's public fields as a tuple, in one C call (instances/rows.py compares them)
+public_values = operator.attrgetter(*_PUBLIC_FIELDS)
 
 
 def public_row(get: Callable[[str], Any]) -> dict[str, Any]:
     """What ``list`` shows of a stored record (another node's, from the Redis mirror), its
     fields read by ``get``; an Instance's own is ``Instance.public`` (the same keys)."""
-    return _row(tuple(get(name) for name in _PUBLIC_FIELDS))
+    return row_of(tuple(get(name) for name in _PUBLIC_FIELDS))
 
 
-def _row(values: tuple[Any, ...]) -> dict[str, Any]:
+def row_of(values: tuple[Any, ...]) -> dict[str, Any]:
+    """A ``list`` row of an Instance's ``public_values``."""
     row = dict(zip(_PUBLIC_KEYS, values, strict=True))
     role, status = row["role"], row["status"]
     # a dict, not ``.value``: an enum's value is a descriptor, slow across hundreds of rows

@@ -19,6 +19,7 @@ from tcmd.instances.agents.registry import profile
 from tcmd.instances.authz import check_target, is_descendant, spawn_parent
 from tcmd.instances.delivery import Delivery
 from tcmd.instances.registry import Instances
+from tcmd.instances.rows import Rows
 from tcmd.model import IDLE, LIVE, Instance, Role, State, public_row
 
 if TYPE_CHECKING:  # Redis is imported only with REDIS_URL
@@ -46,9 +47,7 @@ class SpawnParams(Params):
         default=None, description="Parent instance; defaults to the calling instance"
     )
     agent: str = Field(default="claude", description="Agent profile: claude or shell")
-    model: ArgText | None = Field(
-        default=None, max_length=200, description="Model for the agent"
-    )
+    model: ArgText | None = Field(default=None, max_length=200, description="Model for the agent")
     wait: bool = Field(default=True, description="Return when the instance is ready")
     timeoutMs: int = Field(
         default=30_000, ge=0, le=600_000, description="How long to wait for ready"
@@ -200,8 +199,10 @@ class InstanceTools:
         self.peers = peers  # node -> {"alive", "instances"}: other daemons, from Redis
         self.emit: Callable[..., None] = lambda kind, **fields: None  # the event log's
         self.forwarder: Forwarder | None = None  # calls on other nodes' instances (Redis)
-        # more fields for `list` rows from other services (a manager's parallelExecution)
-        self.row_extras: list[Callable[[Instance], dict[str, Any]]] = []
+        # `list` rows, kept until they change; other services add fields (row_extras)
+        self.rows = Rows()
+        self.row_extras = self.rows.extras  # a manager's parallelExecution, memory
+        instances.forget_listeners.append(self.rows.forget)
 
     def tools(self) -> list[Tool[Any]]:
         return [
@@ -379,16 +380,12 @@ class InstanceTools:
                 and not is_descendant(inst, str(caller.instance_id), self.instances.find)
             ):
                 continue  # an instance sees itself and its descendants only
-            row = inst.public()
-            for extra in self.row_extras:
-                row.update(extra(inst))
-            rows.append(row)
+            rows.append(self.rows.of(inst))
         if p.allNodes and caller.is_operator:
             here = self.instances.node
             rows = [{**r, "node": r["node"] or here, "nodeAlive": True} for r in rows]
             rows += other_nodes_rows(self.peers(), here, p)
         return rows
-
 
     async def terminate(self, caller: Caller, p: TerminateParams) -> dict[str, Any]:
         inst = self._target(caller, p.instanceId, "terminate")

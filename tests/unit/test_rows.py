@@ -1,0 +1,52 @@
+"""list rows are kept until what they show changes, however the instance was changed."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tcmd.instances.rows import Rows
+from tcmd.model import Instance, Role, State
+
+
+def instance(n: int) -> Instance:
+    return Instance(id=f"spec_{n}", role=Role.SPECIALIST, parent_id="mgr_1", work_dir="/w",
+                    agent="claude", context="", token="secret", session_id="s")  # fmt: skip
+
+
+def test_an_unchanged_instance_keeps_its_row() -> None:
+    rows, inst = Rows(), instance(1)
+    first = rows.of(inst)
+    assert rows.of(inst) is first
+    assert first["instanceId"] == "spec_1" and first["status"] == "starting"
+    assert "secret" not in repr(first)
+
+
+def test_any_change_to_what_the_row_shows_makes_a_new_one() -> None:
+    rows, inst = Rows(), instance(1)
+    first = rows.of(inst)
+    inst.last_error = "boom"  # a field set directly, with no one told
+    second = rows.of(inst)
+    assert second is not first and second["lastError"] == "boom"
+    inst.move(State.READY)
+    assert rows.of(inst)["status"] == "ready"
+    assert first["lastError"] is None and first["status"] == "starting"  # handed out: as was
+
+
+def test_extras_are_part_of_the_row() -> None:
+    rows, inst = Rows(), instance(1)
+    memory: dict[str, Any] = {}
+    rows.extras.append(lambda i: dict(memory))
+    assert "memoryMb" not in rows.of(inst)
+    memory["memoryMb"] = 512.0
+    assert rows.of(inst)["memoryMb"] == 512.0
+    memory.clear()  # an extra that goes away leaves the row too
+    assert "memoryMb" not in rows.of(inst)
+
+
+def test_a_forgotten_instance_leaves_nothing_behind() -> None:
+    rows, a, b = Rows(), instance(1), instance(2)
+    row_a = rows.of(a)
+    rows.of(b)
+    rows.forget("spec_2")
+    assert rows.of(a) is row_a
+    assert len(rows._kept) == 1
