@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import operator
 import os
 import re
 import secrets
@@ -19,6 +20,7 @@ import shutil
 import sys
 import time
 import uuid
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -42,6 +44,7 @@ from tcmd.store import StateDamaged, StateStore
 from tcmd.tmux import NoServer, PaneInfo, SessionExists, Tmux
 
 log = structlog.get_logger(__name__)
+_STATUS = operator.attrgetter("status")
 NS = "instances"
 # Deaths come from the kernel (a pidfd per pane process, instances/deaths.py), so the
 # reconcile's one list-panes call is a safety net every 2 s. Without pidfds: tmux 3.3a
@@ -214,10 +217,10 @@ class Instances:
             yield child
 
     def counts(self) -> dict[str, int]:
-        out: dict[str, int] = {}
-        for inst in self.by_id.values():
-            out[inst.status.value] = out.get(inst.status.value, 0) + 1
-        return out
+        """Instances by state, terminated ones too (``status`` asks this on every call:
+        counted in C, without an enum's slow ``.value`` per instance)."""
+        by_state = Counter(map(_STATUS, self.by_id.values()))
+        return {state.value: n for state, n in by_state.items()}
 
     # -- lifecycle ------------------------------------------------------------------------
     def create(

@@ -69,6 +69,7 @@ class CoreTools:
     def __init__(self, daemon: Served, counts: Callable[[Caller], dict[str, int]]) -> None:
         self.daemon = daemon
         self.counts = counts
+        self.settings = daemon.settings.describe()  # they never change; status shows them
 
     def tools(self) -> list[Tool[Any]]:
         return [
@@ -131,7 +132,7 @@ class CoreTools:
             "stateDir": str(d.settings.state_dir),
             "node": d.node,
             "store": d.store_health(),
-            "settings": d.settings.describe(),
+            "settings": self.settings,
         }
 
     def list_tools(self, caller: Caller, params: NoParams) -> list[dict[str, Any]]:

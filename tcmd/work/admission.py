@@ -17,6 +17,7 @@ test rewrites to make room appear or vanish.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -141,10 +142,9 @@ class Admission:
         available = self.figures.available_mb()
         if available is None:
             return None
-        pending = sum(
-            self.estimate(a) for a, iid in starting if iid is None or not self.measured(iid)
-        )
-        need = self.estimate(agent)
+        estimate = functools.cache(self.estimate)  # one figure a profile for this check
+        pending = sum(estimate(a) for a, iid in starting if iid is None or not self.measured(iid))
+        need = estimate(agent)
         have = available - self.reserve_mb - pending
         if have >= need:
             return None

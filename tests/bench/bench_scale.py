@@ -137,6 +137,13 @@ def _submit(
     return submitted
 
 
+def _ran_waited_s(pid: int) -> tuple[float, float]:
+    """Seconds the process's main thread (tcmd's event loop) ran on a CPU, and waited on a
+    run queue while runnable (/proc/<pid>/task/<pid>/schedstat: the scheduler's own count)."""
+    ran_ns, waited_ns, _ = Path(f"/proc/{pid}/task/{pid}/schedstat").read_text().split()
+    return int(ran_ns) / 1e9, int(waited_ns) / 1e9
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--managers", type=int, default=20)
@@ -173,6 +180,7 @@ def main() -> None:
             p.start()
         cpu0 = (cpu_seconds(proc.pid, children=False), cpu_seconds(proc.pid),
                 cpu_seconds(tmux_pid, children=False), _machine_busy_s())  # fmt: skip
+        sched0 = _ran_waited_s(proc.pid)
         t0 = time.time()
         submitted = _submit(agents, managers, a.tasks, a.task_s, rng)
         submit_s = time.time() - t0
@@ -187,6 +195,7 @@ def main() -> None:
         seen_end = time.time()
         cpu1 = (cpu_seconds(proc.pid, children=False), cpu_seconds(proc.pid),
                 cpu_seconds(tmux_pid, children=False), _machine_busy_s())  # fmt: skip
+        sched1 = _ran_waited_s(proc.pid)
         stop.set()
         operators: list[Operator] = [done.get(timeout=a.rpc_timeout + 30) for _ in processes]
         for p in processes:
@@ -239,6 +248,11 @@ def main() -> None:
         f"(+ reaped children {cpu1[1] - cpu0[1] - (cpu1[0] - cpu0[0]):.1f}), tmux server "
         f"{cpu1[2] - cpu0[2]:.1f}, whole machine {machine:.1f} "
         f"({machine / max(a.tasks, 1) * 1e3:.0f} ms a task)"
+    )
+    ran, waited = sched1[0] - sched0[0], sched1[1] - sched0[1]
+    print(
+        f"tcmd's event loop: ran {ran:.1f} s, waited {waited:.1f} s for a CPU while runnable "
+        f"({waited / max(seen_end - t0, 1e-9) * 100:.0f} % of the run)"
     )
     print(f"tcmd peak RSS (VmHWM) {rss_mb:.0f} MB")
     print(

@@ -12,11 +12,12 @@ token, so the instance can call tcm's tools as itself and as nothing more.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shlex
 from pathlib import Path
+
+import orjson
 
 from tcmctl.hook import command_line as hook_command_line
 from tcmd.config import Settings
@@ -178,5 +179,5 @@ def _hook(env: LaunchEnv, event: str) -> dict[str, object]:
 def _write_private(path: Path, content: object) -> None:
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        json.dump(content, fh, indent=2)
+    with os.fdopen(fd, "wb") as fh:  # orjson: json.dump with an indent encodes in Python
+        fh.write(orjson.dumps(content, option=orjson.OPT_INDENT_2))
