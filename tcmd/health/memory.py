@@ -28,6 +28,7 @@ import time
 from collections import deque
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 
 import structlog
 
@@ -36,6 +37,7 @@ from tcmd.store import StateStore
 
 log = structlog.get_logger(__name__)
 MEMORY_NS = "memory"
+NO_ROW: Mapping[str, float] = MappingProxyType({})  # the row of an instance not measured yet
 
 PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024
 RSS_BUDGET_MS = 3.0  # per sweep, measuring trees (at least one instance is measured)
@@ -54,6 +56,7 @@ class Sample:
     processes: int
     at: float  # when it was measured (unix time)
     over: int = 0  # measurements in a row above the cap
+    shown: dict[str, float] | None = None  # its row (Memory.row), made once, read-only
 
 
 def _read(path: str) -> bytes | None:
@@ -187,7 +190,8 @@ class Memory:
         deadline = time.perf_counter() + PSS_BUDGET_MS / 1000
         for iid in _after(sorted(self._trees), self._pss_last):
             known = [kb for kb in map(pss_kb, self._trees[iid]) if kb is not None]
-            self.samples[iid].pss_mb = sum(known) / 1024 if known else None
+            sample = self.samples[iid]
+            sample.pss_mb, sample.shown = sum(known) / 1024 if known else None, None
             self._pss_last = iid
             if time.perf_counter() >= deadline:
                 break
@@ -225,15 +229,17 @@ class Memory:
                 kept = [float(p) for p in peaks if isinstance(p, int | float)]
                 self.estimates.ended[prof] = deque(kept, maxlen=KEEP_PEAKS)
 
-    def row(self, instance_id: str) -> dict[str, float]:
-        """``memoryMb`` (and ``pssMb`` when known) for a ``list`` or ``health`` row."""
+    def row(self, instance_id: str) -> Mapping[str, float]:
+        """``memoryMb`` (and ``pssMb`` when known) for a ``list`` or ``health`` row: made
+        once a sample (``list`` asks for every row of every call), so not to be modified."""
         s = self.samples.get(instance_id)
         if s is None:
-            return {}
-        out = {"memoryMb": round(s.rss_mb, 1)}
-        if s.pss_mb is not None:
-            out["pssMb"] = round(s.pss_mb, 1)
-        return out
+            return NO_ROW
+        if s.shown is None:
+            s.shown = {"memoryMb": round(s.rss_mb, 1)}
+            if s.pss_mb is not None:
+                s.shown["pssMb"] = round(s.pss_mb, 1)
+        return s.shown
 
 
 def _after(order: list[str], last: str, skip: Collection[str] = ()) -> list[str]:

@@ -11,18 +11,18 @@ shared by every caller until it changes, so callers must not modify it (copy to 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from tcmd.model import Instance, public_values, row_of
 
-Extra = Callable[[Instance], dict[str, Any]]
+Extra = Callable[[Instance], Mapping[str, Any]]  # read, never modified
 
 
 class Rows:
     def __init__(self) -> None:
         self.extras: list[Extra] = []  # more fields from other services, called per row
-        self._kept: dict[str, tuple[tuple[Any, ...], list[dict[str, Any]], dict[str, Any]]] = {}
+        self._kept: dict[str, tuple[tuple[Any, ...], list[Mapping[str, Any]], dict[str, Any]]] = {}
 
     def of(self, inst: Instance) -> dict[str, Any]:
         """``inst``'s row as ``list`` shows it; do not modify it."""

@@ -367,15 +367,17 @@ class InstanceTools:
 
     def list(self, caller: Caller, p: ListParams) -> list[dict[str, Any]]:
         rows = []
+        skip = None if p.includeTerminated else State.TERMINATED
+        role, operator = Role(p.role) if p.role else None, caller.is_operator
         for inst in self.instances.by_id.values():
-            if inst.status == State.TERMINATED and not p.includeTerminated:
+            if inst.status is skip:
                 continue
-            if p.role and inst.role.value != p.role:
+            if role is not None and inst.role is not role:
                 continue
             if p.parentId and inst.parent_id != p.parentId:
                 continue
             if (
-                not caller.is_operator
+                not operator
                 and inst.id != caller.instance_id
                 and not is_descendant(inst, str(caller.instance_id), self.instances.find)
             ):

@@ -17,6 +17,7 @@ import signal
 import sys
 import time
 from collections import Counter
+from collections.abc import Mapping
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -28,6 +29,7 @@ from tcmd.changes import Changes
 from tcmd.config import Settings
 from tcmd.errors import ConfigError, Forbidden
 from tcmd.health.loop import Health
+from tcmd.health.memory import NO_ROW
 from tcmd.health.tools import HealthTools
 from tcmd.instances.authz import may_see
 from tcmd.instances.delivery import Delivery
@@ -222,12 +224,12 @@ class Daemon:
         caller = self.instances.resolve_caller(token, None, "hook")
         self.instances.on_hook(caller, payload, launch)
 
-    def _memory_row(self, inst: Instance) -> dict[str, Any]:
+    def _memory_row(self, inst: Instance) -> Mapping[str, Any]:
         return self.health.memory.row(inst.id)
 
-    def _manager_load(self, inst: Instance) -> dict[str, Any]:
-        if inst.role != Role.MANAGER:
-            return {}
+    def _manager_load(self, inst: Instance) -> Mapping[str, Any]:
+        if inst.role is not Role.MANAGER:
+            return NO_ROW
         return {"parallelExecution": self.parallel.load_of(inst.id)}
 
     def counts(self, caller: Caller = OPERATOR) -> dict[str, int]:
