@@ -2,8 +2,8 @@
 
 An operator's ``list`` of 200 instances spent most of its time building 200 dicts that were
 the same as the call before: between two calls only the few instances that moved differ.
-``Rows.of(inst)`` takes the row's values (one C call, model.public_values) and the extras
-other services add (memory, a manager's load), and hands back the row it built last time
+``Rows.of(inst)`` takes the row's values (one C call, model.public_values) and the fields
+other services add (``added``: memory, a manager's load), and hands back the row it built last time
 when both are equal; otherwise it builds and keeps a new one. Comparing the values is what
 makes this safe: no code that changes an Instance has to say so. A row handed out is
 shared by every caller until it changes, so callers must not modify it (copy to add).
@@ -12,29 +12,31 @@ shared by every caller until it changes, so callers must not modify it (copy to 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from types import MappingProxyType
 from typing import Any
 
 from tcmd.model import Instance, public_values, row_of
 
 Extra = Callable[[Instance], Mapping[str, Any]]  # read, never modified
+NO_EXTRA: Mapping[str, Any] = MappingProxyType({})
 
 
 class Rows:
     def __init__(self) -> None:
-        self.extras: list[Extra] = []  # more fields from other services, called per row
-        self._kept: dict[str, tuple[tuple[Any, ...], list[Mapping[str, Any]], dict[str, Any]]] = {}
+        # more fields from other services (memory, a manager's load): one call a row, whose
+        # answer is best the same object while nothing changed (compared by identity first)
+        self.added: Extra = lambda inst: NO_EXTRA
+        self._kept: dict[str, tuple[tuple[Any, ...], Mapping[str, Any], dict[str, Any]]] = {}
 
     def of(self, inst: Instance) -> dict[str, Any]:
         """``inst``'s row as ``list`` shows it; do not modify it."""
-        values = public_values(inst)
-        extras = [extra(inst) for extra in self.extras]
+        values, added = public_values(inst), self.added(inst)
         kept = self._kept.get(inst.id)
-        if kept is not None and kept[0] == values and kept[1] == extras:
+        if kept is not None and kept[0] == values and (kept[1] is added or kept[1] == added):
             return kept[2]
         row = row_of(values)
-        for extra in extras:
-            row.update(extra)
-        self._kept[inst.id] = (values, extras, row)
+        row.update(added)
+        self._kept[inst.id] = (values, added, row)
         return row
 
     def forget(self, instance_id: str) -> None:

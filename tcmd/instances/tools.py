@@ -199,9 +199,7 @@ class InstanceTools:
         self.peers = peers  # node -> {"alive", "instances"}: other daemons, from Redis
         self.emit: Callable[..., None] = lambda kind, **fields: None  # the event log's
         self.forwarder: Forwarder | None = None  # calls on other nodes' instances (Redis)
-        # `list` rows, kept until they change; other services add fields (row_extras)
-        self.rows = Rows()
-        self.row_extras = self.rows.extras  # a manager's parallelExecution, memory
+        self.rows = Rows()  # `list` rows, kept until they change; rows.added: more fields
         instances.forget_listeners.append(self.rows.forget)
 
     def tools(self) -> list[Tool[Any]]:

@@ -29,7 +29,6 @@ from tcmd.changes import Changes
 from tcmd.config import Settings
 from tcmd.errors import ConfigError, Forbidden
 from tcmd.health.loop import Health
-from tcmd.health.memory import NO_ROW
 from tcmd.health.tools import HealthTools
 from tcmd.instances.authz import may_see
 from tcmd.instances.delivery import Delivery
@@ -224,13 +223,13 @@ class Daemon:
         caller = self.instances.resolve_caller(token, None, "hook")
         self.instances.on_hook(caller, payload, launch)
 
-    def _memory_row(self, inst: Instance) -> Mapping[str, Any]:
-        return self.health.memory.row(inst.id)
-
-    def _manager_load(self, inst: Instance) -> Mapping[str, Any]:
+    def _row_extra(self, inst: Instance) -> Mapping[str, Any]:
+        """What ``list`` adds to an instance's row: its memory (the same object until the
+        next sample) and, for a manager, its parallelExecution figures."""
+        memory = self.health.memory.row(inst.id)
         if inst.role is not Role.MANAGER:
-            return NO_ROW
-        return {"parallelExecution": self.parallel.load_of(inst.id)}
+            return memory
+        return {**memory, "parallelExecution": self.parallel.load_of(inst.id)}
 
     def counts(self, caller: Caller = OPERATOR) -> dict[str, int]:
         """The operator's: connections, requests and instances by state. An instance's:
@@ -283,7 +282,7 @@ class Daemon:
         instance_tools = InstanceTools(
             self.instances, self.delivery, peers=lambda: self.mirror.peers if self.mirror else {}
         )
-        instance_tools.row_extras += [self._manager_load, self._memory_row]
+        instance_tools.rows.added = self._row_extra
         instance_tools.emit = self.emit
         instance_tools.forwarder = self.forwarder
         if self.forwarder is not None:

@@ -32,10 +32,10 @@ def test_any_change_to_what_the_row_shows_makes_a_new_one() -> None:
     assert first["lastError"] is None and first["status"] == "starting"  # handed out: as was
 
 
-def test_extras_are_part_of_the_row() -> None:
+def test_fields_other_services_add_are_part_of_the_row() -> None:
     rows, inst = Rows(), instance(1)
     memory: dict[str, Any] = {}
-    rows.extras.append(lambda i: dict(memory))
+    rows.added = lambda i: dict(memory)
     assert "memoryMb" not in rows.of(inst)
     memory["memoryMb"] = 512.0
     assert rows.of(inst)["memoryMb"] == 512.0
