@@ -3,10 +3,11 @@
 An operator's ``list`` of 200 instances spent most of its time building 200 dicts that were
 the same as the call before: between two calls only the few instances that moved differ.
 ``Rows.of(inst)`` takes the row's values (one C call, model.public_values) and the fields
-other services add (``added``: memory, a manager's load), and hands back the row it built last time
-when both are equal; otherwise it builds and keeps a new one. Comparing the values is what
-makes this safe: no code that changes an Instance has to say so. A row handed out is
-shared by every caller until it changes, so callers must not modify it (copy to add).
+other services add (``added``: memory, a manager's load), and hands back the row it built
+last time when both are equal; otherwise it builds and keeps a new one. Comparing the
+values is what makes this safe: no code that changes an Instance has to say so. A row
+handed out is shared by every caller until it changes, so callers must not modify it
+(copy to add).
 """
 
 from __future__ import annotations
