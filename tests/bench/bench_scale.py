@@ -271,13 +271,17 @@ def main() -> None:
     final = {s: sum(v == s for v in states.values()) for s in (*FINAL, "missing")}
     if tmux_timeouts:
         print("tmux commands that timed out:", tmux_timeouts)
-    reasons: dict[str, int] = {}
-    for job in by_tag.values():
-        if job["state"] == "failed":
+    for label, chosen in (
+        ("failed jobs by reason", lambda j: j["state"] == "failed"),
+        ("jobs that completed after a failed attempt, by its error", lambda j: (
+            j["state"] == "completed" and j["attempts"] > 1)),
+    ):  # fmt: skip
+        reasons: dict[str, int] = {}
+        for job in filter(chosen, by_tag.values()):
             why = str(job.get("last_error") or "?")[:60]
             reasons[why] = reasons.get(why, 0) + 1
-    if reasons:
-        print("failed jobs by reason:", dict(sorted(reasons.items(), key=lambda kv: -kv[1])[:6]))
+        if reasons:
+            print(f"{label}:", dict(sorted(reasons.items(), key=lambda kv: -kv[1])[:6]))
     print(
         f"jobs: {final}; attempts {sum(j['attempts'] for j in by_tag.values())}, "
         f"reruns {sum(j['reruns'] for j in by_tag.values())}"
