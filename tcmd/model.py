@@ -105,10 +105,6 @@ class Instance:
         self.updated = time.time()
         return True
 
-    def public(self) -> dict[str, Any]:
-        """What ``list`` shows (never the token); ``list`` over hundreds calls it a lot."""
-        return row_of(public_values(self))
-
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
@@ -187,7 +183,8 @@ public_values = operator.attrgetter(*_PUBLIC_FIELDS)
 
 def public_row(get: Callable[[str], Any]) -> dict[str, Any]:
     """What ``list`` shows of a stored record (another node's, from the Redis mirror), its
-    fields read by ``get``; an Instance's own is ``Instance.public`` (the same keys)."""
+    fields read by ``get``; an Instance's own is ``row_of(public_values(inst))``, kept
+    by instances/rows.py (the same keys)."""
     return row_of(tuple(get(name) for name in _PUBLIC_FIELDS))
 
 

@@ -381,7 +381,7 @@ class InstanceTools:
             ):
                 continue  # an instance sees itself and its descendants only
             rows.append(self.rows.of(inst))
-        if p.allNodes and caller.is_operator:
+        if p.allNodes and operator:
             here = self.instances.node
             rows = [{**r, "node": r["node"] or here, "nodeAlive": True} for r in rows]
             rows += other_nodes_rows(self.peers(), here, p)
