@@ -220,6 +220,7 @@ _SPEC: dict[str, tuple[str, Callable[[str, str], Any]]] = {
     "max_calls_per_connection": ("TCM_MAX_CALLS_PER_CONNECTION", _int(1, 100_000)),
     "max_queued_prompts": ("TCM_MAX_QUEUED_PROMPTS", _int(1, 100_000)),
     "max_queued_prompt_bytes": ("TCM_MAX_QUEUED_PROMPT_BYTES", _int(1024, 1 << 40)),
+    "ack_late_ms": ("TCM_ACK_LATE_MS", _int(100, 3_600_000)),
     "journal_fsync": ("TCM_JOURNAL_FSYNC", _bool),
     "trust_workdirs": ("TCM_TRUST_WORKDIRS", _bool),
     "stall_ms": ("TCM_STALL_MS", _int(100, 86_400_000)),
@@ -274,6 +275,7 @@ class Settings:
     max_calls_per_connection: int = 64  # calls running at once on one connection
     max_queued_prompts: int = 100  # per instance: prompts waiting or being delivered
     max_queued_prompt_bytes: int = 16 * 1024 * 1024  # per instance: their text, UTF-8
+    ack_late_ms: int = 20_000  # a prompt gone from the input box: its hook awaited this long
     journal_fsync: bool = False
     trust_workdirs: bool = True
     stall_ms: int = 600_000  # busy with no hook and no screen change this long: stuck

@@ -3,8 +3,10 @@
 A prompt goes in with bracketed paste and a separate Enter. It counts as delivered when
 the agent acknowledges it (UserPromptSubmit). If no acknowledgement comes, Enter is
 pressed again only while the text visibly still sits in the input box; once it has left
-the box the acknowledgement is awaited longer (a busy machine runs hooks late). The text
-itself is never sent twice. Prompts to a busy instance wait in its outbox and go out, in order,
+the box the acknowledgement is awaited longer (``TCM_ACK_LATE_MS``: a busy machine runs
+hooks late), and without it the prompt is reported ``UNCONFIRMED``: the agent has it and
+may be running it, so a caller must not hand the work to anyone else. The text itself is
+never sent twice. Prompts to a busy instance wait in its outbox and go out, in order,
 when it turns ready; prompts to an instance that exits are dropped and reported undelivered.
 An outbox holds at most TCM_MAX_QUEUED_PROMPTS prompts and TCM_MAX_QUEUED_PROMPT_BYTES of
 their text; past either, ``send`` is refused (Capacity) and nothing is queued.
@@ -15,6 +17,7 @@ gets it in its answer, and the instance's ``lastError`` says it for those who re
 from __future__ import annotations
 
 import asyncio
+import enum
 import time
 from collections import deque
 from collections.abc import Callable
@@ -32,13 +35,20 @@ log = structlog.get_logger(__name__)
 DELIVERABLE = frozenset({State.READY, State.ERRORED})
 ACK_WAIT_S = 2.0  # per try; the notes measured 0.3-0.7 s from paste to UserPromptSubmit
 ENTER_TRIES = 3
-ACK_LATE_S = 20.0  # a prompt no longer in the box is awaited this long for its hook
+
+
+class Sent(enum.Enum):
+    """How the delivery of one prompt ended."""
+
+    ACKNOWLEDGED = "acknowledged"  # its UserPromptSubmit came
+    UNCONFIRMED = "unconfirmed"  # it left the input box, but no hook came in time
+    NOT_TAKEN = "not taken"  # still in the box after every Enter, dropped, or the pane failed
 
 
 @dataclass(slots=True)
 class Outgoing:
     text: str
-    done: asyncio.Future[bool]
+    done: asyncio.Future[Sent]
     size: int  # bytes of text in UTF-8, counted against the outbox's limit
     queued_at: float = field(default_factory=time.monotonic)
     dropped: str | None = None  # why it will never be delivered, when it was dropped
@@ -52,6 +62,9 @@ class Delivery:
         self.outbox: dict[str, deque[Outgoing]] = {}
         self.max_prompts = instances.settings.max_queued_prompts
         self.max_bytes = instances.settings.max_queued_prompt_bytes
+        self.ack_late_s = instances.settings.ack_late_ms / 1000
+        # the longest one delivery takes: every Enter tried (a capture each), then the late wait
+        self.longest_s = ENTER_TRIES * (ACK_WAIT_S + 5.0) + self.ack_late_s
         self.workers: dict[str, asyncio.Task[None]] = {}
         self.last_sent: dict[str, str] = {}  # instance id -> the prompt it last accepted
         # until when an instance takes no new prompt (a rate-limit hold); set by health
@@ -79,7 +92,10 @@ class Delivery:
         if ahead == 0 and inst.status in DELIVERABLE and self.hold(inst) is None:
             try:
                 async with asyncio.timeout(timeout_s):
-                    result["delivered"] = await asyncio.shield(out.done)
+                    sent = await asyncio.shield(out.done)
+                result["delivered"] = sent is Sent.ACKNOWLEDGED
+                if sent is Sent.UNCONFIRMED:
+                    result["submitted"] = True  # the agent has it: it may be running it
                 result["queued"] = False
             except TimeoutError:
                 pass  # still in flight: it stays queued and will be confirmed later
@@ -120,7 +136,7 @@ class Delivery:
         for out in dropped:
             out.dropped = reason
             if not out.done.done():
-                out.done.set_result(False)
+                out.done.set_result(Sent.NOT_TAKEN)
         return [out.text for out in dropped]
 
     def _on_state(self, inst: Instance, old: State) -> None:
@@ -129,7 +145,7 @@ class Delivery:
         elif inst.status not in LIVE:
             for out in self.outbox.pop(inst.id, deque()):
                 if not out.done.done():
-                    out.done.set_result(False)
+                    out.done.set_result(Sent.NOT_TAKEN)
 
     def kick_all(self) -> None:
         """Try every outbox again (a hold has ended)."""
@@ -157,20 +173,26 @@ class Delivery:
         while queue and inst.status in DELIVERABLE:
             out = queue[0]
             try:
-                ok = await self._deliver(inst, out.text)
+                sent = await self._deliver(inst, out.text)
             except TcmError as exc:
                 log.warning("delivery failed", instance_id=inst.id, error=exc.message)
-                ok = False
+                sent = Sent.NOT_TAKEN
             if queue and queue[0] is out:
                 queue.popleft()
                 self.instances.changes.fire(inst.id)  # pending(inst.id) changed
             if not out.done.done():
-                out.done.set_result(ok)
-            if not ok:
+                out.done.set_result(sent)
+            if sent is Sent.NOT_TAKEN:
                 inst.last_error = "prompt was not acknowledged by the agent"
-                break
+            elif sent is Sent.UNCONFIRMED:
+                inst.last_error = (
+                    "the prompt left the input box, but the agent did not acknowledge it "
+                    f"within {self.ack_late_s:g} s (TCM_ACK_LATE_MS): it may still run it"
+                )
+            if sent is not Sent.ACKNOWLEDGED:
+                break  # the next prompt waits for the instance to turn ready again
 
-    async def _deliver(self, inst: Instance, text: str) -> bool:
+    async def _deliver(self, inst: Instance, text: str) -> Sent:
         acks = self.instances.acks
         before = acks.get(inst.id, 0)
 
@@ -179,6 +201,7 @@ class Delivery:
 
         tmux = self.instances.tmux
         started = time.monotonic()
+        left_box = False
         await tmux.paste(inst.id, profile(inst.agent).as_prompt(text), enter=True)
         for _ in range(ENTER_TRIES):
             if await self.instances.changes.wait_for(acknowledged, ACK_WAIT_S, inst.id):
@@ -186,17 +209,21 @@ class Delivery:
             screen = await tmux.capture(inst.id, 20)
             if not profile(inst.agent).input_pending(screen, text):
                 # gone from the box, so submitted: on a loaded machine its hook can be late
-                await self.instances.changes.wait_for(acknowledged, ACK_LATE_S, inst.id)
+                left_box = True
+                await self.instances.changes.wait_for(acknowledged, self.ack_late_s, inst.id)
                 break
             log.info("prompt still in the input box: Enter again", instance_id=inst.id)
             await tmux.send_keys(inst.id, "Enter")
-        delivered = acks.get(inst.id, 0) > before
-        if delivered:
-            self.last_sent[inst.id] = text
-        log.debug(
-            "delivered" if delivered else "not acknowledged",
+        if acks.get(inst.id, 0) > before:
+            sent = Sent.ACKNOWLEDGED
+        else:
+            sent = Sent.UNCONFIRMED if left_box and inst.status in LIVE else Sent.NOT_TAKEN
+        if sent is not Sent.NOT_TAKEN:
+            self.last_sent[inst.id] = text  # what it runs, for health and terminate
+        (log.debug if sent is Sent.ACKNOWLEDGED else log.info)(
+            f"prompt {sent.value}",
             instance_id=inst.id,
             chars=len(text),
             ms=round((time.monotonic() - started) * 1000, 1),
         )
-        return delivered
+        return sent

@@ -74,6 +74,9 @@ class SendParams(Params):
 class SendResult(BaseModel):
     instanceId: str
     delivered: bool
+    # not delivered, yet it left the input box: no hook confirmed it within TCM_ACK_LATE_MS,
+    # and the agent may be running it (do not send it again)
+    submitted: bool | None = None
     queued: bool
     status: str
     position: int | None = None

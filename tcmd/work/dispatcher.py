@@ -49,7 +49,7 @@ from tcmd.work.waiting import Waiting
 log = structlog.get_logger(__name__)
 RUNS = "runs"
 SPAWN_TIMEOUT_S = 60.0
-DELIVERY_TIMEOUT_S = 30.0
+DELIVERY_SLACK_S = 10.0  # beyond the longest a delivery takes: tmux calls on a busy machine
 PATTERN_TIMEOUT_S = 0.2  # a completionPattern's match is given up after this (event loop time)
 RUN_GONE = "its run {run_id} was lost (never stored, or its record is gone): the task cannot run"
 
@@ -461,17 +461,26 @@ class Parallel:
         text = profile(run.agent).task_prompt(
             str(task.get("context") or ""), str(task["instruction"])
         )
-        sent = await self.delivery.send(spec, text, DELIVERY_TIMEOUT_S)
-        if not sent["delivered"]:
+        acks, acked, turns = self.instances.acks, self.instances.acks.get(spec.id, 0), spec.turns
+        sent = await self.delivery.send(spec, text, self.delivery.longest_s + DELIVERY_SLACK_S)
+        if not sent["delivered"] and not sent.get("submitted"):
             raise TaskFailed(f"the task prompt was not acknowledged by {spec.id}")
+
+        def took_it() -> bool:
+            """Whether the agent has visibly started on the prompt. One that left the input
+            box unacknowledged (a starved machine runs hooks late) is the agent's all the
+            same: retrying it elsewhere would run the work twice, so it is awaited."""
+            return acks.get(spec.id, 0) > acked or spec.turns > turns or spec.status != State.READY
+
         timeout_ms = int(task.get("timeoutMs") or run.timeout_ms)
         finished = await changes.wait_for(
-            lambda: spec.status in IDLE and not self.delivery.pending(spec.id),
+            lambda: took_it() and spec.status in IDLE and not self.delivery.pending(spec.id),
             timeout_ms / 1000,
-            spec.id,  # its state, and its prompts leaving the outbox, fire with its id
+            spec.id,  # its state, its hooks, and its prompts leaving the outbox fire with its id
         )
         if not finished:
-            raise TaskFailed(f"timed out after {timeout_ms} ms (still {spec.status.value})")
+            why = "" if took_it() else f": the prompt left its box, but {spec.id} never took it up"
+            raise TaskFailed(f"timed out after {timeout_ms} ms (still {spec.status.value}){why}")
         return self._judge(job, spec)
 
     @staticmethod

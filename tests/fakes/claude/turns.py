@@ -32,6 +32,7 @@ DIRECTIVES = {
     "tool",
     "usage",
     "grow",
+    "late",
 }
 DIRECTIVE_LINE = re.compile(r"@([a-z]+)(?:[ \t]+(.*))?")
 API_ERRORS = {  # StopFailure error -> (HTTP status, API error type, message)
@@ -168,6 +169,9 @@ class Turns(Hooks):
             "ts": time.time(),
         }
         try:
+            for name, arg in directives(raw):  # a starved machine: the hook runs late
+                if name == "late":
+                    self.wait(timeout=number(arg, 1.0))
             self.fire(
                 "UserPromptSubmit",
                 prompt=prompt,
