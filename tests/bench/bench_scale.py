@@ -51,6 +51,9 @@ class Operator:
     timeouts: int = 0
     errors: int = 0
     busy_peak: int = 0  # specialists seen busy in one `list` answer
+    ran_s: float = 0.0  # on a CPU, during the calls (the scheduler's count)
+    waited_s: float = 0.0  # runnable but waiting for a CPU: part of every latency it saw
+    span_s: float = 0.0
 
     def run(self, stop: Any, done: Any) -> None:
         """In its own process until ``stop`` is set; then itself goes back on ``done``."""
@@ -60,6 +63,7 @@ class Operator:
     def calls_until(self, stop: Any) -> None:
         client = Client(self.socket, timeout_s=self.timeout_s).connect()
         n = 0
+        sched0, t0 = _ran_waited_s("thread-self"), time.perf_counter()
         while not stop.is_set():
             method = OPERATOR_METHODS[n % len(OPERATOR_METHODS)]
             n += 1
@@ -81,6 +85,8 @@ class Operator:
                     r["instanceId"].startswith("spec_") and r["status"] == "busy" for r in out
                 )
                 self.busy_peak = max(self.busy_peak, busy)
+        sched1, self.span_s = _ran_waited_s("thread-self"), time.perf_counter() - t0
+        self.ran_s, self.waited_s = sched1[0] - sched0[0], sched1[1] - sched0[1]
         client.close()
 
 
@@ -137,10 +143,11 @@ def _submit(
     return submitted
 
 
-def _ran_waited_s(pid: int) -> tuple[float, float]:
-    """Seconds the process's main thread (tcmd's event loop) ran on a CPU, and waited on a
-    run queue while runnable (/proc/<pid>/task/<pid>/schedstat: the scheduler's own count)."""
-    ran_ns, waited_ns, _ = Path(f"/proc/{pid}/task/{pid}/schedstat").read_text().split()
+def _ran_waited_s(thread: int | str) -> tuple[float, float]:
+    """Seconds a process's main thread (tcmd's event loop: its pid), or "thread-self", ran
+    on a CPU and waited on a run queue while runnable (schedstat: the scheduler's own count)."""
+    path = f"/proc/{thread}/task/{thread}" if isinstance(thread, int) else f"/proc/{thread}"
+    ran_ns, waited_ns, _ = Path(path, "schedstat").read_text().split()
     return int(ran_ns) / 1e9, int(waited_ns) / 1e9
 
 
@@ -261,6 +268,13 @@ def main() -> None:
         f"mean {statistics.fmean(lat) * 1e3 if lat else 0:.1f} ms; "
         f"{sum(o.timeouts for o in operators)} timed out after {a.rpc_timeout:g} s, "
         f"{sum(o.errors for o in operators)} errors"
+    )
+    ran, waited = sum(o.ran_s for o in operators), sum(o.waited_s for o in operators)
+    span = sum(o.span_s for o in operators)
+    print(
+        f"  the operator processes: ran {ran:.1f} s, waited {waited:.1f} s for a CPU while "
+        f"runnable ({waited / max(span, 1e-9) * 100:.0f} % of their time; their wait is in "
+        "the latencies too)"
     )
     for method in OPERATOR_METHODS:
         each = [x for o in operators for x in o.by_method.get(method, [])]
