@@ -7,7 +7,7 @@ beside them. Every handler checks the caller's role first (``authz.py``).
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
@@ -366,8 +366,18 @@ class InstanceTools:
             "lastExitCode": inst.last_exit_code,
         }
 
-    def list(self, caller: Caller, p: ListParams) -> list[dict[str, Any]]:
-        rows = []
+    def list(self, caller: Caller, p: ListParams) -> list[Any]:
+        """The rows, each JSON encoded once while it stands (``rows.encoded``); as dicts
+        where other nodes' rows join them (``allNodes``)."""
+        if p.allNodes and caller.is_operator:
+            here = self.instances.node
+            rows = [{**r, "node": r["node"] or here, "nodeAlive": True}
+                    for r in map(self.rows.of, self._listed(caller, p))]  # fmt: skip
+            return rows + other_nodes_rows(self.peers(), here, p)
+        return list(map(self.rows.encoded, self._listed(caller, p)))
+
+    def _listed(self, caller: Caller, p: ListParams) -> Iterator[Instance]:
+        """The instances ``list`` shows ``caller``, as ``p`` filters them."""
         skip = None if p.includeTerminated else State.TERMINATED
         role, operator = Role(p.role) if p.role else None, caller.is_operator
         for inst in self.instances.by_id.values():
@@ -383,12 +393,7 @@ class InstanceTools:
                 and not is_descendant(inst, str(caller.instance_id), self.instances.find)
             ):
                 continue  # an instance sees itself and its descendants only
-            rows.append(self.rows.of(inst))
-        if p.allNodes and operator:
-            here = self.instances.node
-            rows = [{**r, "node": r["node"] or here, "nodeAlive": True} for r in rows]
-            rows += other_nodes_rows(self.peers(), here, p)
-        return rows
+            yield inst
 
     async def terminate(self, caller: Caller, p: TerminateParams) -> dict[str, Any]:
         inst = self._target(caller, p.instanceId, "terminate")

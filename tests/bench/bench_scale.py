@@ -55,8 +55,10 @@ class Operator:
     waited_s: float = 0.0  # runnable but waiting for a CPU: part of every latency it saw
     span_s: float = 0.0
 
-    def run(self, stop: Any, done: Any) -> None:
+    def run(self, stop: Any, done: Any, own_session: bool = False) -> None:
         """In its own process until ``stop`` is set; then itself goes back on ``done``."""
+        if own_session:
+            os.setsid()
         self.calls_until(stop)
         done.put(self)
 
@@ -160,6 +162,8 @@ def main() -> None:
     parser.add_argument("--operators", type=int, default=4)
     parser.add_argument("--rpc-timeout", type=float, default=10.0)
     parser.add_argument("--seed", type=int, default=13)
+    parser.add_argument("--operator-sessions", action="store_true",
+                        help="each operator in a session of its own (a terminal each)")
     a = parser.parse_args()
     rng = random.Random(a.seed)
     env = {
@@ -180,7 +184,10 @@ def main() -> None:
         mp = multiprocessing.get_context("spawn")
         stop, done = mp.Event(), mp.Queue()
         processes = [
-            mp.Process(target=Operator(agents.daemon.socket, a.rpc_timeout).run, args=(stop, done))
+            mp.Process(
+                target=Operator(agents.daemon.socket, a.rpc_timeout).run,
+                args=(stop, done, a.operator_sessions),
+            )
             for _ in range(a.operators)
         ]
         for p in processes:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
+
 from tcmd.instances.rows import Rows
 from tcmd.model import Instance, Role, State
 
@@ -50,3 +52,14 @@ def test_a_forgotten_instance_leaves_nothing_behind() -> None:
     rows.forget("spec_2")
     assert rows.of(a) is row_a
     assert len(rows._kept) == 1
+
+
+def test_the_encoded_row_is_the_row_and_is_made_again_when_it_changes() -> None:
+    rows, inst = Rows(), instance(1)
+    first = rows.encoded(inst)
+    assert orjson.loads(orjson.dumps([first])) == [rows.of(inst)]
+    assert rows.encoded(inst) is first  # encoded once while the row stands
+    inst.turns = 3
+    second = rows.encoded(inst)
+    assert second is not first
+    assert orjson.loads(orjson.dumps(second))["turns"] == 3
