@@ -46,6 +46,7 @@ class Operator:
 
     socket: Path
     timeout_s: float
+    methods: tuple[str, ...] = OPERATOR_METHODS
     latencies: list[float] = field(default_factory=list)
     by_method: dict[str, list[float]] = field(default_factory=dict)
     timeouts: int = 0
@@ -67,7 +68,7 @@ class Operator:
         n = 0
         sched0, t0 = _ran_waited_s("thread-self"), time.perf_counter()
         while not stop.is_set():
-            method = OPERATOR_METHODS[n % len(OPERATOR_METHODS)]
+            method = self.methods[n % len(self.methods)]
             n += 1
             t = time.perf_counter()
             try:
@@ -162,8 +163,17 @@ def main() -> None:
     parser.add_argument("--operators", type=int, default=4)
     parser.add_argument("--rpc-timeout", type=float, default=10.0)
     parser.add_argument("--seed", type=int, default=13)
-    parser.add_argument("--operator-sessions", action="store_true",
-                        help="each operator in a session of its own (a terminal each)")
+    parser.add_argument(
+        "--methods",
+        nargs="+",
+        default=list(OPERATOR_METHODS),
+        help="what the operators call, in turn (ping: the RPC alone)",
+    )
+    parser.add_argument(
+        "--operator-sessions",
+        action="store_true",
+        help="each operator in a session of its own (a terminal each)",
+    )
     a = parser.parse_args()
     rng = random.Random(a.seed)
     env = {
@@ -185,7 +195,7 @@ def main() -> None:
         stop, done = mp.Event(), mp.Queue()
         processes = [
             mp.Process(
-                target=Operator(agents.daemon.socket, a.rpc_timeout).run,
+                target=Operator(agents.daemon.socket, a.rpc_timeout, tuple(a.methods)).run,
                 args=(stop, done, a.operator_sessions),
             )
             for _ in range(a.operators)
@@ -283,7 +293,7 @@ def main() -> None:
         f"runnable ({waited / max(span, 1e-9) * 100:.0f} % of their time; their wait is in "
         "the latencies too)"
     )
-    for method in OPERATOR_METHODS:
+    for method in a.methods:
         each = [x for o in operators for x in o.by_method.get(method, [])]
         print(
             f"  {method}: {len(each)} calls, p50 {_pct(each, 0.5) * 1e3:.1f} ms, "
