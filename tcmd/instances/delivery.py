@@ -3,8 +3,9 @@
 A prompt goes in with bracketed paste and a separate Enter. It counts as delivered when
 the agent acknowledges it (UserPromptSubmit). If no acknowledgement comes, Enter is
 pressed again only while the text visibly still sits in the input box; once it has left
-the box the acknowledgement is awaited longer (``TCM_ACK_LATE_MS``: a busy machine runs
-hooks late), and without it the prompt is reported ``UNCONFIRMED``: the agent has it and
+the box (or tmux, starved, cannot show the box in time: the text went with its Enter) the
+acknowledgement is awaited longer (``TCM_ACK_LATE_MS``: a busy machine runs hooks late),
+and without it the prompt is reported ``UNCONFIRMED``: the agent has it and
 may be running it, so a caller must not hand the work to anyone else. The text itself is
 never sent twice. Prompts to a busy instance wait in its outbox and go out, in order,
 when it turns ready; prompts to an instance that exits are dropped and reported undelivered.
@@ -206,14 +207,20 @@ class Delivery:
         for _ in range(ENTER_TRIES):
             if await self.instances.changes.wait_for(acknowledged, ACK_WAIT_S, inst.id):
                 break
-            screen = await tmux.capture(inst.id, 20)
-            if not profile(inst.agent).input_pending(screen, text):
-                # gone from the box, so submitted: on a loaded machine its hook can be late
-                left_box = True
-                await self.instances.changes.wait_for(acknowledged, self.ack_late_s, inst.id)
-                break
-            log.info("prompt still in the input box: Enter again", instance_id=inst.id)
-            await tmux.send_keys(inst.id, "Enter")
+            try:
+                if profile(inst.agent).input_pending(await tmux.capture(inst.id, 20), text):
+                    log.info("prompt still in the input box: Enter again", instance_id=inst.id)
+                    await tmux.send_keys(inst.id, "Enter")
+                    continue
+            except TcmError as exc:
+                # tmux too slow to show the box (or take the Enter, which it may still
+                # do): the text was pasted with its Enter, so it has most likely gone in
+                log.info("prompt's box not seen: taken as gone", instance_id=inst.id,
+                         error=exc.message)  # fmt: skip
+            # gone from the box, so submitted: on a loaded machine its hook can be late
+            left_box = True
+            await self.instances.changes.wait_for(acknowledged, self.ack_late_s, inst.id)
+            break
         if acks.get(inst.id, 0) > before:
             sent = Sent.ACKNOWLEDGED
         else:
