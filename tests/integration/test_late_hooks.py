@@ -12,6 +12,7 @@ from pathlib import Path
 
 from tcmd.instances.delivery import ACK_WAIT_S
 from tests.fakes import FAKE_CLAUDE
+from tests.integration.test_parallel import run_parallel, team
 from tests.support import AgentDaemon, DaemonProcess, wait_until
 
 LATE_S = ACK_WAIT_S + 2.5  # the hook comes well after delivery gave up on it
@@ -27,18 +28,9 @@ def test_a_task_whose_hook_is_late_runs_once_and_completes(
     tmp_path: Path, daemon_factory: type[DaemonProcess]
 ) -> None:
     agents = late_daemon(tmp_path, daemon_factory)
-    agents.spawn("executive")
-    manager = agents.spawn("manager", parent="exec_1")["instanceId"]
-    out = agents.call(
-        "executeParallel",
-        {
-            "managerId": manager,
-            "workDir": str(agents.work_dir),
-            "agent": "claude",
-            "retry": {"attempts": 3, "baseMs": 10, "capMs": 20},
-            "tasks": [{"id": "slow-hook", "instruction": f"@late {LATE_S}\n@reply done once"}],
-        },
-    )
+    [manager] = team(agents)
+    task = {"id": "slow-hook", "instruction": f"@late {LATE_S}\n@reply done once"}
+    out = run_parallel(agents, manager, [task], agent="claude")  # 3 attempts allowed
     [row] = out["results"]
     assert (row["status"], row["attempts"], row["result"]) == ("completed", 1, "done once")
     prompts = [e for e in agents.events("UserPromptSubmit") if "@late" in e["prompt"]]
