@@ -13,7 +13,7 @@ handed out is shared by every caller until it changes, so callers must not modif
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from types import MappingProxyType
 from typing import Any
 
@@ -46,12 +46,24 @@ class Rows:
         """``inst``'s row as ``list`` shows it; do not modify it."""
         return self._current(inst).row
 
-    def encoded(self, inst: Instance) -> orjson.Fragment:
-        """The same row as JSON, for an answer (encoded once while the row stands)."""
-        kept = self._current(inst)
-        if kept.json is None:
-            kept.json = orjson.Fragment(orjson.dumps(kept.row))
-        return kept.json
+    def encoded(self, instances: Iterable[Instance]) -> list[orjson.Fragment]:
+        """Their rows as JSON, for an answer, each encoded once while the row stands.
+        One loop for all (``list`` asks for hundreds a call): ``_current``, inlined."""
+        out = []
+        kept_now, added_to = self._kept.get, self.added
+        for inst in instances:
+            values, added = public_values(inst), added_to(inst)
+            kept = kept_now(inst.id)
+            if (
+                kept is None
+                or kept.values != values
+                or (kept.added is not added and kept.added != added)
+            ):
+                kept = self._keep(inst.id, values, added)
+            if kept.json is None:
+                kept.json = orjson.Fragment(orjson.dumps(kept.row))
+            out.append(kept.json)
+        return out
 
     def _current(self, inst: Instance) -> _Kept:
         values, added = public_values(inst), self.added(inst)
@@ -62,9 +74,12 @@ class Rows:
             and (kept.added is added or kept.added == added)
         ):
             return kept
+        return self._keep(inst.id, values, added)
+
+    def _keep(self, instance_id: str, values: tuple[Any, ...], added: Mapping[str, Any]) -> _Kept:
         row = row_of(values)
         row.update(added)
-        kept = self._kept[inst.id] = _Kept(values, added, row)
+        kept = self._kept[instance_id] = _Kept(values, added, row)
         return kept
 
     def forget(self, instance_id: str) -> None:

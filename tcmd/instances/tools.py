@@ -7,7 +7,7 @@ beside them. Every handler checks the caller's role first (``authz.py``).
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
@@ -374,13 +374,23 @@ class InstanceTools:
             rows = [{**r, "node": r["node"] or here, "nodeAlive": True}
                     for r in map(self.rows.of, self._listed(caller, p))]  # fmt: skip
             return rows + other_nodes_rows(self.peers(), here, p)
-        return list(map(self.rows.encoded, self._listed(caller, p)))
+        return self.rows.encoded(self._listed(caller, p))
 
-    def _listed(self, caller: Caller, p: ListParams) -> Iterator[Instance]:
+    def _listed(self, caller: Caller, p: ListParams) -> Iterable[Instance]:
         """The instances ``list`` shows ``caller``, as ``p`` filters them."""
         skip = None if p.includeTerminated else State.TERMINATED
         role, operator = Role(p.role) if p.role else None, caller.is_operator
-        for inst in self.instances.by_id.values():
+        every = self.instances.by_id.values()
+        if operator and role is None and not p.parentId:  # an operator's plain list
+            return [inst for inst in every if inst.status is not skip]
+        return self._filtered(caller, p, every, skip, role)
+
+    def _filtered(
+        self, caller: Caller, p: ListParams, every: Iterable[Instance],
+        skip: State | None, role: Role | None,
+    ) -> Iterator[Instance]:  # fmt: skip
+        operator = caller.is_operator
+        for inst in every:
             if inst.status is skip:
                 continue
             if role is not None and inst.role is not role:

@@ -6,7 +6,7 @@ from typing import Any
 
 import orjson
 
-from tcmd.instances.rows import Rows
+from tcmd.instances.rows import NO_EXTRA, Rows
 from tcmd.model import Instance, Role, State
 
 
@@ -54,12 +54,19 @@ def test_a_forgotten_instance_leaves_nothing_behind() -> None:
     assert len(rows._kept) == 1
 
 
-def test_the_encoded_row_is_the_row_and_is_made_again_when_it_changes() -> None:
-    rows, inst = Rows(), instance(1)
-    first = rows.encoded(inst)
-    assert orjson.loads(orjson.dumps([first])) == [rows.of(inst)]
-    assert rows.encoded(inst) is first  # encoded once while the row stands
-    inst.turns = 3
-    second = rows.encoded(inst)
-    assert second is not first
-    assert orjson.loads(orjson.dumps(second))["turns"] == 3
+def test_the_encoded_rows_are_the_rows_and_are_made_again_when_they_change() -> None:
+    rows, a, b = Rows(), instance(1), instance(2)
+    first = rows.encoded([a, b])
+    assert orjson.loads(orjson.dumps(first)) == [rows.of(a), rows.of(b)]
+    again = rows.encoded([a, b])
+    assert again[0] is first[0] and again[1] is first[1]  # encoded once while a row stands
+    b.turns = 3
+    memory = {"memoryMb": 64.0}
+    rows.added = lambda i: memory if i is a else NO_EXTRA
+    third = rows.encoded([a, b])
+    assert third[0] is not first[0] and third[1] is not first[1]
+    assert [orjson.loads(orjson.dumps(f)) for f in third] == [
+        {**rows.of(a), "memoryMb": 64.0},
+        {**rows.of(b), "turns": 3},
+    ]
+    assert rows.encoded([b])[0] is third[1]
