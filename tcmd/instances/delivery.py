@@ -65,7 +65,7 @@ class Delivery:
         self.max_bytes = instances.settings.max_queued_prompt_bytes
         self.ack_late_s = instances.settings.ack_late_ms / 1000
         # the longest one delivery takes: every Enter tried (a capture each), then the late wait
-        self.longest_s = ENTER_TRIES * (ACK_WAIT_S + 5.0) + self.ack_late_s
+        self.longest_s = ENTER_TRIES * (ACK_WAIT_S + instances.tmux.timeout_s) + self.ack_late_s
         self.workers: dict[str, asyncio.Task[None]] = {}
         self.last_sent: dict[str, str] = {}  # instance id -> the prompt it last accepted
         # until when an instance takes no new prompt (a rate-limit hold); set by health

@@ -34,6 +34,10 @@ class _Kept:
         self.values, self.added, self.row = values, added, row
         self.json: orjson.Fragment | None = None
 
+    def encode(self) -> orjson.Fragment:
+        self.json = orjson.Fragment(orjson.dumps(self.row))
+        return self.json
+
 
 class Rows:
     def __init__(self) -> None:
@@ -44,11 +48,15 @@ class Rows:
 
     def of(self, inst: Instance) -> dict[str, Any]:
         """``inst``'s row as ``list`` shows it; do not modify it."""
-        return self._current(inst).row
+        return self._current((inst,))[0].row
 
     def encoded(self, instances: Iterable[Instance]) -> list[orjson.Fragment]:
-        """Their rows as JSON, for an answer, each encoded once while the row stands.
-        One loop for all (``list`` asks for hundreds a call): ``_current``, inlined."""
+        """Their rows as JSON, for an answer, each encoded once while the row stands."""
+        return [k.json if k.json is not None else k.encode() for k in self._current(instances)]
+
+    def _current(self, instances: Iterable[Instance]) -> list[_Kept]:
+        """Their kept rows, made again where what they show changed. One loop for all:
+        ``list`` asks for hundreds a call, and a call a row cost more than the rows."""
         out = []
         kept_now, added_to = self._kept.get, self.added
         for inst in instances:
@@ -60,21 +68,8 @@ class Rows:
                 or (kept.added is not added and kept.added != added)
             ):
                 kept = self._keep(inst.id, values, added)
-            if kept.json is None:
-                kept.json = orjson.Fragment(orjson.dumps(kept.row))
-            out.append(kept.json)
+            out.append(kept)
         return out
-
-    def _current(self, inst: Instance) -> _Kept:
-        values, added = public_values(inst), self.added(inst)
-        kept = self._kept.get(inst.id)
-        if (
-            kept is not None
-            and kept.values == values
-            and (kept.added is added or kept.added == added)
-        ):
-            return kept
-        return self._keep(inst.id, values, added)
 
     def _keep(self, instance_id: str, values: tuple[Any, ...], added: Mapping[str, Any]) -> _Kept:
         row = row_of(values)

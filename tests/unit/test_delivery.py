@@ -30,6 +30,8 @@ EMPTY_BOX = "───\n❯ \n───"
 class Screen:
     """What tmux answers: each capture takes the next screen (or raises it)."""
 
+    timeout_s = 5.0
+
     def __init__(self, *screens: str | Exception) -> None:
         self.screens = list(screens)
         self.pasted: list[str] = []
