@@ -207,13 +207,20 @@ def _summary(args: Sequence[str]) -> str:
 
 
 class _Breaker:
-    """Fail fast after `threshold` consecutive timeouts, for `cooldown_s`."""
+    """Fail fast after `threshold` consecutive timeouts of a server that showed no life.
+
+    A timeout counts only when tmux answered nothing, to anyone, while the call waited: a
+    server that answers slowly (starved of CPU, a queue of calls ahead) is alive, and
+    failing every call for `cooldown_s` would turn one stall into many failed tasks. Any
+    answer, a late one to a call that gave up included, closes the circuit.
+    """
 
     def __init__(self, threshold: int, cooldown_s: float) -> None:
         self.threshold = threshold
         self.cooldown_s = cooldown_s
         self.timeouts = 0
         self.open_until = 0.0
+        self.last_answer = float("-inf")  # monotonic time of the last answer from tmux
 
     def check(self) -> None:
         left = self.open_until - time.monotonic()
@@ -223,13 +230,18 @@ class _Breaker:
                 data={"retry_in_s": round(left, 1)},
             )
 
-    def timed_out(self) -> None:
+    def timed_out(self, started: float) -> bool:
+        """A call that began at `started` (monotonic) timed out; whether it counted."""
+        if self.last_answer >= started:
+            return False  # slow, not dead: someone's call was answered meanwhile
         self.timeouts += 1
         if self.timeouts >= self.threshold:
             self.open_until = time.monotonic() + self.cooldown_s
+        return True
 
     def answered(self) -> None:
         self.timeouts = 0
+        self.last_answer = time.monotonic()
 
 
 class Tmux:
@@ -282,14 +294,15 @@ class Tmux:
             async with asyncio.timeout(self.timeout_s):
                 answers = await asyncio.gather(*futures)
         except TimeoutError:
-            self._breaker.timed_out()
+            counted = self._breaker.timed_out(started)
             # the connection stays: the answer still comes, in order (dropping it would lose
-            # the commands queued behind this one and cost a reconnection under load)
-            log.warning("tmux_timeout", command=command, timeout_s=self.timeout_s, control=True)
+            # the commands queued behind this one and cost a reconnection under load), and
+            # closes the circuit when it does (`control.on_answer`)
+            log.warning("tmux_timeout", command=command, timeout_s=self.timeout_s, control=True,
+                        counted=counted)  # fmt: skip
             raise Unavailable(
                 f"tmux did not answer within {self.timeout_s}s", data={"command": command}
             ) from None
-        self._breaker.answered()
         ms = round((time.monotonic() - started) * 1e3, 1)
         log.debug("tmux", command=command, ms=ms, control=True)
         for answer in answers:
@@ -304,8 +317,8 @@ class Tmux:
         try:
             done = await run_child(argv, stdin=stdin or b"", timeout_s=self.timeout_s)
         except TimeoutError:
-            self._breaker.timed_out()
-            log.warning("tmux_timeout", command=command, timeout_s=self.timeout_s)
+            counted = self._breaker.timed_out(started)
+            log.warning("tmux_timeout", command=command, timeout_s=self.timeout_s, counted=counted)
             raise Unavailable(
                 f"tmux did not answer within {self.timeout_s}s", data={"command": command}
             ) from None
@@ -349,6 +362,7 @@ class Tmux:
             log.warning("tmux control client failed to attach", error=str(exc) or "timeout")
             return False
         control.on_lost = self._lost
+        control.on_answer = self._breaker.answered
         self._control = control
         log.info("tmux control client attached", socket=self.socket_name, pid=control.pid)
         return True

@@ -110,6 +110,7 @@ class ControlClient:
     def __init__(self, argv: Sequence[str]) -> None:
         self.argv = list(argv)
         self.on_lost: Callable[[], None] = lambda: None
+        self.on_answer: Callable[[], None] = lambda: None  # every answer, late ones too
         self.pending: deque[asyncio.Future[Answer]] = deque()
         self.alive = False
         self._ready: asyncio.Future[None] | None = None
@@ -176,6 +177,7 @@ class ControlClient:
             self.close()
 
     def _answer(self, answer: Answer) -> None:
+        self.on_answer()
         if not self.pending:
             log.warning("tmux control: an answer nobody asked for", ok=answer.ok)
             return

@@ -280,3 +280,33 @@ async def test_the_registry_reattaches_a_lost_client(instances: Instances, tmp_p
         return inst.status == State.EXITED
 
     await until(exited, "the instance marked exited", timeout_s=5)
+
+
+async def test_a_stopped_server_opens_the_circuit_and_its_late_answers_close_it(
+    tmux: Tmux,
+) -> None:
+    # Timeouts of a server that answers nothing open the circuit; when the server goes on,
+    # the answers of the calls that gave up still come over the connection, and the first
+    # closes the circuit at once instead of after the cool-down (60 s here).
+    pid = int(await tmux.run("display-message", "-p", "#{pid}"))
+    fast = Tmux(tmux.socket_name, tmux.config_path, timeout_s=0.3, breaker_cooldown_s=60)
+    assert await fast.connect()
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        for _ in range(3):
+            with pytest.raises(Unavailable, match=r"did not answer within 0\.3s"):
+                await fast.run("has-session", "-t", f"={CONTROL_SESSION}")
+        with pytest.raises(Unavailable, match="circuit open"):
+            await fast.run("has-session", "-t", f"={CONTROL_SESSION}")
+    finally:
+        os.kill(pid, signal.SIGCONT)
+
+    async def answered() -> bool:
+        try:
+            await fast.run("has-session", "-t", f"={CONTROL_SESSION}")
+        except Unavailable:
+            return False
+        return True
+
+    await until(answered, "the late answers to close the circuit", timeout_s=5.0)
+    fast.disconnect()
