@@ -1,11 +1,11 @@
 """Health: a sweep over every instance each HEALTH_CHECK_INTERVAL, and recovery.
 
-A death or a failed turn wakes the loop at once, and while a verdict awaits confirmation
-the sweeps come every interval ÷ threshold, so a crash is recovered within about one
-interval plus the agent's start. One sweep = one batched tmux query (``list-panes -a``)
-plus a screen capture only where one is needed (a busy instance silent for the stall
-time). A finished turn's output is read for error patterns. Each instance gets a
-score, a verdict and reasons:
+A death, a failed turn or a newcomer is looked at once, alone (its own pane), between
+sweeps; while a verdict awaits confirmation the sweeps come every interval ÷ threshold,
+so a crash is recovered within about one interval plus the agent's start. One sweep = one
+batched tmux query (``list-panes -a``) plus a screen capture only where one is needed (a
+busy instance silent for the stall time). A finished turn's output is read for error
+patterns. Each instance gets a score, a verdict and reasons:
 
     healthy · dead · stuck · errored · rate-limited · auth-failed · over-memory ·
     unresponsive · failed
@@ -31,7 +31,7 @@ import math
 import re
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -108,6 +108,7 @@ class Health:
         self.last_sweep_ms = 0.0
         self._tasks: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
+        self._look_now: set[str] = set()  # instances to look at before the next sweep
         delivery.hold = self.holds.hold_of
         instances.listeners.append(self._on_state)
         instances.forget_listeners.append(self.forget)
@@ -129,24 +130,36 @@ class Health:
 
     # -- the loop ---------------------------------------------------------------------------
     async def run(self) -> None:
-        """Sweep every interval; sooner while a verdict awaits confirmation or on a death."""
-        interval = self.settings.health_check_interval_ms / 1000
-        threshold = self.settings.unhealthy_threshold
-        watchdog = self.watchdog_s
+        """Sweep every interval (every interval ÷ threshold while a verdict awaits
+        confirmation); between sweeps, look at once at the instances `_on_state` names."""
+        next_sweep = 0.0
         while True:
-            self._wake.clear()
             try:
-                await self.sweep()
+                if time.monotonic() >= next_sweep:
+                    self._look_now.clear()
+                    await self.sweep()
+                    next_sweep = time.monotonic() + self._pause()
+                elif self._look_now:
+                    due, self._look_now = self._look_now, set()
+                    await self.sweep(only=due)
+                    next_sweep = min(next_sweep, time.monotonic() + self._pause())
             except Exception:  # a bug in one sweep must not end health checking for good
                 log.exception("health sweep failed")
+                next_sweep = time.monotonic() + self._pause()
             self.on_sweep()  # the watchdog ping: a stalled sweep stops it, systemd restarts us
-            confirming = any(0 < n < threshold for n in self.streak.values())
-            wait = interval / threshold if confirming else interval
-            if watchdog is not None:
-                wait = min(wait, watchdog)
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(wait):
-                    await self._wake.wait()
+            if not self._look_now:  # named while that sweep ran: look at them now
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(max(0.0, next_sweep - time.monotonic())):
+                        await self._wake.wait()
+
+    def _pause(self) -> float:
+        """Seconds to the next sweep."""
+        interval = self.settings.health_check_interval_ms / 1000
+        threshold = self.settings.unhealthy_threshold
+        confirming = any(0 < n < threshold for n in self.streak.values())
+        wait = interval / threshold if confirming else interval
+        return wait if self.watchdog_s is None else min(wait, self.watchdog_s)
 
     def _on_state(self, inst: Instance, old: State) -> None:
         if old == State.BUSY and inst.status == State.READY:
@@ -154,23 +167,31 @@ class Health:
         if inst.status in (State.EXITED, State.ERRORED) or (
             inst.status == State.READY and inst.id not in self.checks
         ):
-            self._wake.set()  # a death, a failed turn, a newcomer: look now, not at the tick
+            self._look_now.add(inst.id)  # a death, a failed turn, a newcomer: look now, not at
+            self._wake.set()  # the tick, and at it alone (not every instance a spawn)
 
-    async def sweep(self) -> dict[str, Verdict]:
+    async def sweep(self, only: Collection[str] | None = None) -> dict[str, Verdict]:
+        """Check every instance, or `only` these (each its own pane, no memory sampling:
+        a sweep measures everyone in turn)."""
         started = time.perf_counter()
+        candidates = (
+            self.instances.by_id.values()
+            if only is None
+            else [i for i in map(self.instances.by_id.get, only) if i is not None]
+        )
         watched = [
-            i
-            for i in self.instances.by_id.values()
-            if i.status != State.TERMINATED and i.id not in self.given_up
+            i for i in candidates if i.status != State.TERMINATED and i.id not in self.given_up
         ]
+        tmux = self.instances.tmux
         try:
-            panes: dict[str, PaneInfo] | None = {
-                p.session: p for p in await self.instances.tmux.panes()
-            }
+            if only is None:
+                panes: dict[str, PaneInfo] | None = {p.session: p for p in await tmux.panes()}
+            else:
+                panes = {i.id: p for i in watched if (p := await tmux.pane(i.id)) is not None}
         except Unavailable as exc:
             panes = None
             log.warning("tmux does not answer", error=exc.message)
-        if panes is not None:
+        if panes is not None and only is None:
             self.memory.sample({
                 inst.id: (pane.pid, inst.agent)
                 for inst in watched
@@ -190,8 +211,9 @@ class Health:
             if inst.status == State.TERMINATED:
                 continue  # terminated while we looked
             self._record(inst, verdict)
-        self.sweeps += 1
-        self.last_sweep_ms = (time.perf_counter() - started) * 1000
+        if only is None:
+            self.sweeps += 1
+            self.last_sweep_ms = (time.perf_counter() - started) * 1000
         return self.checks
 
     def _record(self, inst: Instance, verdict: Verdict) -> None:

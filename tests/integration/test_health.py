@@ -227,6 +227,29 @@ def test_health_sweep_over_a_hundred_instances(
     assert all(r["score"] == 100 for r in summary["instances"])
 
 
+def test_a_newcomer_or_a_death_is_looked_at_alone(
+    tmp_path: Path, daemon_factory: type[DaemonProcess]
+) -> None:
+    # Each spawn used to wake a sweep over every instance: with 200 live ones that is 200
+    # checks, a list of every pane and a memory sampling per spawn. Now the newcomer (or
+    # the dead one) gets its verdict at once, from its own pane, and the sweeps keep their
+    # interval (an hour here: every sweep after the first would be a wake).
+    agents = AgentDaemon.start_in(
+        tmp_path, daemon_factory, FAKE_CLAUDE, {"HEALTH_CHECK_INTERVAL": "3600000"}
+    )
+    agents.spawn("executive", agent="shell")
+    agents.spawn("manager", parent="exec_1", agent="shell")
+    for _ in range(5):
+        agents.spawn("specialist", parent="mgr_1_1", agent="shell")
+    wait_until(lambda: agents.call("health")["healthy"] == 7, 10, what="7 verdicts")
+    assert agents.call("health")["sweeps"] == 1  # the one at start
+    pid = agents.daemon.tmux("display", "-p", "-t", "=spec_1_1_3:", "#{pane_pid}").strip()
+    os.kill(int(pid), signal.SIGKILL)
+    wait_until(lambda: health_of(agents, "spec_1_1_3").get("verdict") == "dead", 10)
+    summary = agents.call("health")
+    assert (summary["sweeps"], summary["healthy"], summary["dead"]) == (1, 6, 1)
+
+
 def test_error_pattern_on_screen_is_reported(healthy: AgentDaemon) -> None:
     healthy.spawn("executive", agent="shell")
     healthy.call("send", {"instanceId": "exec_1", "text": "python3 -c '1/0'"})
