@@ -281,7 +281,8 @@ def main() -> None:
     print(f"tcmd peak RSS (VmHWM) {rss_mb:.0f} MB")
     print(
         f"operator RPCs: {len(lat)} answered, p50 {_pct(lat, 0.5) * 1e3:.1f} ms, "
-        f"p99 {_pct(lat, 0.99) * 1e3:.1f} ms, max {max(lat, default=0) * 1e3:.0f} ms, "
+        f"p99 {_pct(lat, 0.99) * 1e3:.1f} ms, p99.9 {_pct(lat, 0.999) * 1e3:.1f} ms, "
+        f"max {max(lat, default=0) * 1e3:.0f} ms ({sum(x > 0.1 for x in lat)} over 100 ms), "
         f"mean {statistics.fmean(lat) * 1e3 if lat else 0:.1f} ms; "
         f"{sum(o.timeouts for o in operators)} timed out after {a.rpc_timeout:g} s, "
         f"{sum(o.errors for o in operators)} errors"
