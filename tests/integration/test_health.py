@@ -211,16 +211,26 @@ def test_a_crash_loop_stops_after_the_bound(
     assert len(agents.events("SessionStart")) == starts  # no further restarts were tried
 
 
-def test_health_sweep_over_a_hundred_instances(
-    tmp_path: Path, daemon_factory: type[DaemonProcess]
-) -> None:
+def shell_tree(
+    tmp_path: Path, daemon_factory: type[DaemonProcess], *, interval_ms: int,
+    specialists: int, wait: bool = True,
+) -> AgentDaemon:  # fmt: skip
+    """A daemon sweeping every `interval_ms`, and exec_1 → mgr_1_1 → that many specialists,
+    all of the `shell` agent."""
     agents = AgentDaemon.start_in(
-        tmp_path, daemon_factory, FAKE_CLAUDE, {"HEALTH_CHECK_INTERVAL": "300"}
+        tmp_path, daemon_factory, FAKE_CLAUDE, {"HEALTH_CHECK_INTERVAL": str(interval_ms)}
     )
     agents.spawn("executive", agent="shell")
     agents.spawn("manager", parent="exec_1", agent="shell")
-    for _ in range(98):
-        agents.spawn("specialist", parent="mgr_1_1", agent="shell", wait=False)
+    for _ in range(specialists):
+        agents.spawn("specialist", parent="mgr_1_1", agent="shell", wait=wait)
+    return agents
+
+
+def test_health_sweep_over_a_hundred_instances(
+    tmp_path: Path, daemon_factory: type[DaemonProcess]
+) -> None:
+    agents = shell_tree(tmp_path, daemon_factory, interval_ms=300, specialists=98, wait=False)
     wait_until(lambda: agents.call("health")["healthy"] == 100, 60, what="100 healthy")
     summary = agents.call("health")
     assert (summary["total"], summary["unhealthy"], summary["dead"]) == (100, 0, 0)
@@ -234,13 +244,7 @@ def test_a_newcomer_or_a_death_is_looked_at_alone(
     # checks, a list of every pane and a memory sampling per spawn. Now the newcomer (or
     # the dead one) gets its verdict at once, from its own pane, and the sweeps keep their
     # interval (an hour here: every sweep after the first would be a wake).
-    agents = AgentDaemon.start_in(
-        tmp_path, daemon_factory, FAKE_CLAUDE, {"HEALTH_CHECK_INTERVAL": "3600000"}
-    )
-    agents.spawn("executive", agent="shell")
-    agents.spawn("manager", parent="exec_1", agent="shell")
-    for _ in range(5):
-        agents.spawn("specialist", parent="mgr_1_1", agent="shell")
+    agents = shell_tree(tmp_path, daemon_factory, interval_ms=3_600_000, specialists=5)
     wait_until(lambda: agents.call("health")["healthy"] == 7, 10, what="7 verdicts")
     assert agents.call("health")["sweeps"] == 1  # the one at start
     pid = agents.daemon.tmux("display", "-p", "-t", "=spec_1_1_3:", "#{pane_pid}").strip()
